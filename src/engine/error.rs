@@ -1,0 +1,34 @@
+use crate::codec::CodecError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("pad {pad} failed verification: {why}")]
+    CorruptPad { pad: String, why: String },
+    #[error("the index could not be read: {0} (wrong master key, or a damaged store)")]
+    Index(#[from] CodecError),
+    #[error("the store holds no index for this master key")]
+    NoIndex,
+    #[error("no such key: {0}")]
+    NotFound(String),
+    #[error("the index in the store was changed by someone else since it was loaded; local changes were kept and not written")]
+    Conflict,
+    #[error("an index page outgrew its pad")]
+    PageTooBig,
+    #[error("the index root does not fit in one pad ({0} bytes)")]
+    RootTooBig(usize),
+}
+
+impl Error {
+    /// Bad data from the store: never to be shown as content.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::CorruptPad { .. } | Error::Index(_) | Error::Store(StoreError::Corrupt(_))
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,539 @@
+//! The pad manager and the MutAnt API: values chunked into pads, written and read concurrently,
+//! pads recycled through the free list, the index committed copy-on-write.
+//!
+//! Lifecycle of a pad: free (in the committed index's `free_pads`) -> in flight (being written
+//! for a change) -> referenced by an entry -> released by a later change (`pending_free`) ->
+//! free again once that change is committed. The index lock is held only around index access.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use autonomi::{Bytes, SecretKey};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Mutex;
+
+use crate::index::persist::PageRef;
+use crate::index::{Chunk, Entry, Index, Meta, PadRef};
+use crate::keys::{MasterKey, PadSeed};
+use crate::store::PadStore;
+
+pub mod cache;
+mod commit;
+pub mod error;
+pub mod pads;
+
+use cache::ChunkCache;
+pub use error::{Error, Result};
+use pads::{PadIo, DATA_ENCODING};
+
+/// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
+pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Chunk size for a new index; an existing index keeps its own.
+    pub scratchpad_size: u32,
+    /// Pad reads or writes in flight at once.
+    pub parallelism: usize,
+    pub cache_bytes: usize,
+    /// Start an empty index when the store has none for this key.
+    pub create_if_missing: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            scratchpad_size: DEFAULT_SCRATCHPAD_SIZE,
+            parallelism: 16,
+            cache_bytes: 256 << 20,
+            create_if_missing: true,
+        }
+    }
+}
+
+/// Where a store or commit stands, for a progress callback.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub pads_total: u64,
+    pub pads_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Pads that had to be created (paid for, on the network) rather than recycled.
+    pub pads_created: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Figures for `statfs` and logs.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub keys: usize,
+    pub data_bytes: u64,
+    pub pads_in_use: usize,
+    pub free_pads: usize,
+    pub chunk_size: u32,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pads: PadIo,
+    root_key: SecretKey,
+    state: Mutex<State>,
+    commit_lock: Mutex<()>,
+    cache: ChunkCache,
+    opts: EngineOptions,
+    chunk_size: u32,
+}
+
+struct State {
+    index: Index,
+    /// Released by changes not yet committed: not reusable until they are.
+    pending_free: Vec<PadRef>,
+    /// Taken for writes whose chunks are not yet in the index.
+    in_flight: HashSet<PadSeed>,
+    committed_pages: Vec<Option<PageRef>>,
+    root_counter: Option<u64>,
+    generation: u64,
+    in_doubt: Option<commit::Attempt>,
+}
+
+impl Engine {
+    /// Opens the index of `master` in `store`: reads it, or starts (and commits) an empty one.
+    pub async fn open(
+        store: Arc<dyn PadStore>,
+        master: MasterKey,
+        opts: EngineOptions,
+    ) -> Result<Self> {
+        let pads = PadIo::new(store, master.clone());
+        let root_key = master.root_key();
+        let loaded = commit::load(&pads, &root_key, opts.parallelism).await?;
+        let fresh = loaded.is_none();
+        let state = match loaded {
+            Some(state) => state,
+            None if opts.create_if_missing => State {
+                index: Index::new(opts.scratchpad_size),
+                pending_free: Vec::new(),
+                in_flight: HashSet::new(),
+                committed_pages: vec![None],
+                root_counter: None,
+                generation: 0,
+                in_doubt: None,
+            },
+            None => return Err(Error::NoIndex),
+        };
+        let chunk_size = state.index.scratchpad_size;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                pads,
+                root_key,
+                state: Mutex::new(state),
+                commit_lock: Mutex::new(()),
+                cache: ChunkCache::new(opts.cache_bytes),
+                opts,
+                chunk_size,
+            }),
+        };
+        if fresh {
+            engine.commit().await?;
+        }
+        Ok(engine)
+    }
+
+    pub fn chunk_size(&self) -> usize {
+        self.inner.chunk_size as usize
+    }
+
+    pub fn store_handle(&self) -> &Arc<dyn PadStore> {
+        self.inner.pads.store()
+    }
+
+    /// Stores `data` under `key`, replacing what was there. Not durable until `commit`.
+    pub async fn store(&self, key: &str, data: &[u8], meta: Meta) -> Result<()> {
+        self.store_with_progress(key, data, meta, None).await
+    }
+
+    pub async fn store_with_progress(
+        &self,
+        key: &str,
+        data: &[u8],
+        meta: Meta,
+        progress: Option<ProgressFn>,
+    ) -> Result<()> {
+        let pieces = data
+            .chunks(self.chunk_size())
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let chunks = self.write_chunks(pieces, progress).await?;
+        let entry = Entry {
+            chunks,
+            size: data.len() as u64,
+            meta,
+        };
+        self.install(key, entry).await
+    }
+
+    /// Writes chunks to pads (recycled first, from the end of the free list, then new), with
+    /// bounded parallelism. The pads stay in flight until `install` or `discard_chunks`. If any
+    /// pad fails, every pad taken goes back and the first error is returned.
+    pub async fn write_chunks(
+        &self,
+        pieces: Vec<Bytes>,
+        progress: Option<ProgressFn>,
+    ) -> Result<Vec<Chunk>> {
+        let needs_pad: Vec<bool> = pieces.iter().map(|p| p.iter().any(|&b| b != 0)).collect();
+        let wanted = needs_pad.iter().filter(|&&n| n).count();
+        let mut taken = {
+            let mut state = self.inner.state.lock().await;
+            let mut taken = Vec::with_capacity(wanted);
+            while taken.len() < wanted {
+                taken.push(state.index.free_pads.pop().unwrap_or_else(PadRef::fresh));
+            }
+            state.in_flight.extend(taken.iter().map(|p| p.seed));
+            taken
+        }
+        .into_iter();
+        let total = Progress {
+            pads_total: wanted as u64,
+            bytes_total: pieces.iter().map(|p| p.len() as u64).sum(),
+            ..Default::default()
+        };
+        let done = Arc::new(std::sync::Mutex::new(total));
+
+        let jobs: Vec<_> = pieces
+            .into_iter()
+            .zip(needs_pad)
+            .map(|(piece, needs)| {
+                let pad = needs.then(|| taken.next().expect("allocated above"));
+                let inner = self.inner.clone();
+                let (done, progress) = (done.clone(), progress.clone());
+                async move {
+                    let len = piece.len() as u32;
+                    let Some(pad) = pad else {
+                        return (None, Ok(Chunk::hole(len)));
+                    };
+                    let written = inner.write_data_pad(pad, piece).await;
+                    if let (Ok(chunk), Some(progress)) = (&written, progress) {
+                        let mut p = done.lock().unwrap();
+                        p.pads_done += 1;
+                        p.bytes_done += chunk.len as u64;
+                        p.pads_created += u64::from(pad.counter.is_none());
+                        progress(&p);
+                    }
+                    (Some(pad), written)
+                }
+            })
+            .map(tokio::spawn)
+            .collect();
+        let results: Vec<_> = futures::stream::iter(jobs)
+            .buffered(self.inner.opts.parallelism.max(1))
+            .map(|joined| joined.expect("pad write task panicked"))
+            .collect()
+            .await;
+
+        if results.iter().all(|(_, r)| r.is_ok()) {
+            return Ok(results.into_iter().map(|(_, r)| r.unwrap()).collect());
+        }
+        let mut first_error = None;
+        let mut back = Vec::new();
+        for (pad, result) in results {
+            match result {
+                Ok(chunk) => back.extend(chunk.pad),
+                Err(e) => {
+                    back.extend(pad);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.return_pads(back).await;
+        Err(first_error.expect("some write failed"))
+    }
+
+    /// Gives pads taken by `write_chunks` back to the free list (their chunks were not used).
+    pub async fn discard_chunks(&self, chunks: &[Chunk]) {
+        self.return_pads(chunks.iter().filter_map(|c| c.pad).collect())
+            .await;
+    }
+
+    async fn return_pads(&self, pads: Vec<PadRef>) {
+        let mut state = self.inner.state.lock().await;
+        for pad in &pads {
+            state.in_flight.remove(&pad.seed);
+        }
+        state.index.free_pads.extend(pads);
+    }
+
+    /// Puts `entry` under `key`. Its pads must be the key's current ones or in flight from
+    /// `write_chunks`; the replaced entry's other pads are released.
+    pub async fn install(&self, key: &str, entry: Entry) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        let current: HashSet<PadSeed> = state
+            .index
+            .get(key)
+            .map(|e| e.pads().map(|p| p.seed).collect())
+            .unwrap_or_default();
+        let mut seen = HashSet::new();
+        for pad in entry.pads() {
+            let known = current.contains(&pad.seed) || state.in_flight.contains(&pad.seed);
+            if !known || !seen.insert(pad.seed) {
+                return Err(Error::Store(crate::store::StoreError::Permanent(format!(
+                    "refusing to install {key}: it references a pad it does not own"
+                ))));
+            }
+        }
+        for seed in &seen {
+            state.in_flight.remove(seed);
+        }
+        if let Some(old) = state.index.insert(key.to_string(), entry) {
+            let released: Vec<PadRef> = old.pads().filter(|p| !seen.contains(&p.seed)).collect();
+            state.pending_free.extend(released);
+        }
+        Ok(())
+    }
+
+    pub async fn entry(&self, key: &str) -> Option<Entry> {
+        self.inner.state.lock().await.index.get(key).cloned()
+    }
+
+    /// Changes a key's metadata in place.
+    pub async fn update_meta(&self, key: &str, change: impl FnOnce(&mut Meta)) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        let entry = state
+            .index
+            .get_mut(key)
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        change(&mut entry.meta);
+        Ok(())
+    }
+
+    pub async fn fetch(&self, key: &str) -> Result<Vec<u8>> {
+        self.fetch_range(key, 0, usize::MAX).await
+    }
+
+    /// Up to `len` bytes from `offset`, reading only the pads the range touches.
+    pub async fn fetch_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let entry = self
+            .entry(key)
+            .await
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        self.read_range(&entry.chunks, offset, len).await
+    }
+
+    /// Reads a byte range of a chunk list (pads fetched concurrently, through the cache).
+    pub async fn read_range(&self, chunks: &[Chunk], offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut wanted = Vec::new();
+        let mut start = 0u64;
+        let end = offset.saturating_add(len as u64);
+        for chunk in chunks {
+            let chunk_end = start + chunk.len as u64;
+            if chunk_end > offset && start < end {
+                let from = offset.saturating_sub(start) as usize;
+                let to = (end.min(chunk_end) - start) as usize;
+                wanted.push((chunk.clone(), from, to));
+            }
+            if chunk_end >= end {
+                break;
+            }
+            start = chunk_end;
+        }
+        let parts: Vec<Bytes> = futures::stream::iter(wanted.iter().map(|(chunk, _, _)| {
+            let inner = self.inner.clone();
+            let chunk = chunk.clone();
+            async move { inner.read_chunk(&chunk).await }
+        }))
+        .buffered(self.inner.opts.parallelism.max(1))
+        .try_collect()
+        .await?;
+        let mut out = Vec::with_capacity(wanted.iter().map(|(_, f, t)| t - f).sum());
+        for (part, (_, from, to)) in parts.iter().zip(&wanted) {
+            out.extend_from_slice(&part[*from..*to]);
+        }
+        Ok(out)
+    }
+
+    /// One chunk's plaintext, verified.
+    pub async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
+        self.inner.read_chunk(chunk).await
+    }
+
+    /// Loads chunks into the cache in the background (read-ahead).
+    pub fn prefetch(&self, chunks: Vec<Chunk>) {
+        for chunk in chunks {
+            let inner = self.inner.clone();
+            if let Some(pad) = chunk.pad {
+                if inner.cache.contains(&pad.seed, &chunk.hash) {
+                    continue;
+                }
+            }
+            tokio::spawn(async move {
+                let _ = inner.read_chunk(&chunk).await;
+            });
+        }
+    }
+
+    /// Removes a key; its pads become free after the next commit.
+    pub async fn remove(&self, key: &str) -> Result<Entry> {
+        let mut state = self.inner.state.lock().await;
+        let old = state
+            .index
+            .remove(key)
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        state.pending_free.extend(old.pads());
+        Ok(old)
+    }
+
+    /// Moves `from` to `to`, replacing (and releasing) what `to` held. No data pad is written.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_many(&[(from.to_string(), to.to_string())])
+            .await
+    }
+
+    /// Several renames as one change to the index (a directory and everything under it).
+    pub async fn rename_many(&self, moves: &[(String, String)]) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        if let Some((from, _)) = moves.iter().find(|(f, _)| state.index.get(f).is_none()) {
+            return Err(Error::NotFound(from.clone()));
+        }
+        let taken: Vec<(String, Entry)> = moves
+            .iter()
+            .map(|(from, to)| (to.clone(), state.index.remove(from).expect("checked")))
+            .collect();
+        for (to, entry) in taken {
+            if let Some(old) = state.index.insert(to, entry) {
+                state.pending_free.extend(old.pads());
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list_keys(&self) -> Vec<String> {
+        self.inner.state.lock().await.index.keys()
+    }
+
+    /// Keys with their entries, for the file system's start-up scan.
+    pub async fn snapshot(&self) -> Vec<(String, Entry)> {
+        let state = self.inner.state.lock().await;
+        state
+            .index
+            .entries()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    pub async fn stats(&self) -> EngineStats {
+        let state = self.inner.state.lock().await;
+        let mut stats = EngineStats {
+            keys: state.index.len(),
+            free_pads: state.index.free_pads.len() + state.pending_free.len(),
+            chunk_size: self.inner.chunk_size,
+            ..Default::default()
+        };
+        for (_, entry) in state.index.entries() {
+            stats.data_bytes += entry.size;
+            stats.pads_in_use += entry.pads().count();
+        }
+        stats
+    }
+
+    /// Whether there are changes not yet committed.
+    pub async fn has_uncommitted(&self) -> bool {
+        let state = self.inner.state.lock().await;
+        state.index.is_dirty() || !state.pending_free.is_empty() || state.in_doubt.is_some()
+    }
+
+    /// Checks invariant 3: every pad is in exactly one place. Returns the number of pads.
+    pub async fn check_accounting(&self) -> std::result::Result<usize, String> {
+        let state = self.inner.state.lock().await;
+        let mut places: std::collections::HashMap<PadSeed, String> = Default::default();
+        let mut note = |seed: PadSeed, place: String| match places.insert(seed, place.clone()) {
+            Some(other) => Err(format!(
+                "pad {} is both in {other} and {place}",
+                crate::codec::sha256(&seed)[0]
+            )),
+            None => Ok(()),
+        };
+        for (key, entry) in state.index.entries() {
+            for pad in entry.pads() {
+                note(pad.seed, format!("key {key}"))?;
+            }
+        }
+        for pad in &state.index.free_pads {
+            note(pad.seed, "free_pads".into())?;
+        }
+        for pad in &state.pending_free {
+            note(pad.seed, "pending_free".into())?;
+        }
+        for page in state.committed_pages.iter().flatten() {
+            note(page.pad.seed, "an index page".into())?;
+        }
+        for seed in &state.in_flight {
+            note(*seed, "in flight".into())?;
+        }
+        if let Some(attempt) = &state.in_doubt {
+            for pad in attempt.unsettled_pads() {
+                note(pad.seed, "an unsettled commit".into())?;
+            }
+        }
+        Ok(places.len())
+    }
+
+    /// Reads every chunk of every key from the store (not the cache) and checks its hash.
+    pub async fn verify_all(&self) -> Result<()> {
+        let chunks: Vec<Chunk> = {
+            let state = self.inner.state.lock().await;
+            state
+                .index
+                .entries()
+                .flat_map(|(_, e)| e.chunks.iter().filter(|c| c.pad.is_some()).cloned())
+                .collect()
+        };
+        futures::stream::iter(chunks.into_iter().map(|chunk| {
+            let inner = self.inner.clone();
+            async move {
+                let pad = chunk.pad.expect("filtered");
+                inner.pads.read(&pad, chunk.hash).await.map(|_| ())
+            }
+        }))
+        .buffer_unordered(self.inner.opts.parallelism.max(1))
+        .try_collect::<()>()
+        .await
+    }
+}
+
+impl Inner {
+    async fn write_data_pad(&self, pad: PadRef, piece: Bytes) -> Result<Chunk> {
+        let (hash, piece) =
+            tokio::task::spawn_blocking(move || (crate::codec::sha256(&piece), piece))
+                .await
+                .expect("hash task panicked");
+        let len = piece.len() as u32;
+        let written = self.pads.write(pad, DATA_ENCODING, piece.clone()).await?;
+        self.cache.insert(written.seed, hash, piece);
+        Ok(Chunk {
+            pad: Some(written),
+            len,
+            hash,
+        })
+    }
+
+    async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
+        let Some(pad) = chunk.pad else {
+            return Ok(Bytes::from(vec![0; chunk.len as usize]));
+        };
+        if let Some(hit) = self.cache.get(&pad.seed, &chunk.hash) {
+            return Ok(hit);
+        }
+        let data = self.pads.read(&pad, chunk.hash).await?;
+        if data.len() != chunk.len as usize {
+            return Err(Error::CorruptPad {
+                pad: format!("{:02x?}", &pad.seed[..4]),
+                why: "length differs from the index".into(),
+            });
+        }
+        self.cache.insert(pad.seed, chunk.hash, data.clone());
+        Ok(data)
+    }
+}

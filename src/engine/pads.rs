@@ -1,0 +1,167 @@
+//! Pad I/O: derive the key, encrypt and sign (on the blocking pool), write with the right
+//! operation and counter; read, verify the signature and the plaintext hash.
+
+use std::sync::Arc;
+
+use autonomi::scratchpad::Scratchpad;
+use autonomi::{Bytes, SecretKey};
+
+use super::error::{Error, Result};
+use crate::codec::sha256;
+use crate::index::PadRef;
+use crate::keys::MasterKey;
+use crate::store::{PadStore, StoreError};
+
+/// `data_encoding` of pads holding file data.
+pub const DATA_ENCODING: u64 = 0x6d75_7461_6e74_0001;
+/// `data_encoding` of index root and page pads.
+pub const INDEX_ENCODING: u64 = 0x6d75_7461_6e74_0002;
+
+pub struct PadIo {
+    store: Arc<dyn PadStore>,
+    master: MasterKey,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("crypto task panicked")
+}
+
+fn sign(sk: &SecretKey, encoding: u64, data: &Bytes, counter: u64) -> Scratchpad {
+    Scratchpad::new(sk, encoding, data, counter)
+}
+
+impl PadIo {
+    pub fn new(store: Arc<dyn PadStore>, master: MasterKey) -> Self {
+        PadIo { store, master }
+    }
+
+    pub fn store(&self) -> &Arc<dyn PadStore> {
+        &self.store
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// Writes `data` to a pad, returning the pad with its new counter.
+    pub async fn write(&self, pad: PadRef, encoding: u64, data: Bytes) -> Result<PadRef> {
+        let master = self.master.clone();
+        let seed = pad.seed;
+        let sk = blocking(move || master.pad_key(&seed)).await;
+        let counter = self.write_with_key(sk, pad.counter, encoding, data).await?;
+        Ok(PadRef {
+            seed,
+            counter: Some(counter),
+        })
+    }
+
+    /// Writes with an explicit key: update if the pad is known to exist, else create; either
+    /// falls back to the other, and a stale counter is raised past the stored one.
+    pub async fn write_with_key(
+        &self,
+        sk: SecretKey,
+        known: Option<u64>,
+        encoding: u64,
+        data: Bytes,
+    ) -> Result<u64> {
+        let mut counter = known.map_or(0, |c| c + 1);
+        let mut update = known.is_some();
+        for _ in 0..3 {
+            let pad = {
+                let (sk, data) = (sk.clone(), data.clone());
+                blocking(move || sign(&sk, encoding, &data, counter)).await
+            };
+            let result = if update {
+                self.store.update(pad).await
+            } else {
+                self.store.create(pad).await
+            };
+            match result {
+                Ok(()) => return Ok(counter),
+                Err(StoreError::NotFound) if update => {
+                    update = false;
+                    counter = 0;
+                }
+                Err(StoreError::StaleCounter { stored, .. }) => {
+                    update = true;
+                    counter = stored + 1;
+                }
+                Err(StoreError::AlreadyExists) => {
+                    let current = self.store.get(&sk.public_key()).await?;
+                    update = true;
+                    counter = current.counter() + 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Permanent("pad write kept racing another writer".into()).into())
+    }
+
+    /// Writes the index root: exactly one counter past the one we loaded. Finding the root
+    /// already moved on means another writer committed since: a conflict, never overwritten.
+    pub async fn write_root(
+        &self,
+        sk: SecretKey,
+        known: Option<u64>,
+        encoding: u64,
+        data: Bytes,
+    ) -> Result<u64> {
+        let counter = known.map_or(0, |c| c + 1);
+        let pad = blocking(move || sign(&sk, encoding, &data, counter)).await;
+        let result = match known {
+            Some(_) => self.store.update(pad).await,
+            None => self.store.create(pad).await,
+        };
+        match result {
+            Ok(()) => Ok(counter),
+            Err(StoreError::StaleCounter { .. } | StoreError::AlreadyExists) => {
+                Err(Error::Conflict)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a data or page pad and checks its plaintext against `hash`.
+    pub async fn read(&self, pad: &PadRef, hash: [u8; 32]) -> Result<Bytes> {
+        let master = self.master.clone();
+        let seed = pad.seed;
+        let sk = blocking(move || master.pad_key(&seed)).await;
+        let (data, _) = self.read_with_key(sk, Some(hash)).await?;
+        Ok(data)
+    }
+
+    /// Reads the pad owned by `sk`, verified; returns its plaintext and counter.
+    pub async fn read_with_key(
+        &self,
+        sk: SecretKey,
+        hash: Option<[u8; 32]>,
+    ) -> Result<(Bytes, u64)> {
+        let owner = sk.public_key();
+        let pad = self.store.get(&owner).await?;
+        let name = owner.to_hex()[..16].to_string();
+        blocking(move || {
+            let corrupt = |why: &str| Error::CorruptPad {
+                pad: name.clone(),
+                why: why.to_string(),
+            };
+            if pad.owner() != &owner {
+                return Err(corrupt("pad of another owner"));
+            }
+            if !pad.verify_signature() {
+                return Err(corrupt("bad signature"));
+            }
+            let data = pad
+                .decrypt_data(&sk)
+                .map_err(|_| corrupt("cannot decrypt"))?;
+            if let Some(hash) = hash {
+                if sha256(&data) != hash {
+                    return Err(corrupt("content hash mismatch"));
+                }
+            }
+            Ok((data, pad.counter()))
+        })
+        .await
+    }
+}

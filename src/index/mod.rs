@@ -1,0 +1,280 @@
+//! The master index: key -> entry, the free pads, and the chunk size. In memory it is split into
+//! hash-partitioned pages so that a commit rewrites only the pages whose keys changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::sha256;
+use crate::keys::PadSeed;
+
+pub mod persist;
+
+/// A pad the engine owns: its key derives from the master key and the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PadRef {
+    pub seed: PadSeed,
+    /// The counter of the last version we know was written; `None` if the pad may not exist
+    /// yet (its creation has not been confirmed).
+    pub counter: Option<u64>,
+}
+
+impl PadRef {
+    pub fn fresh() -> Self {
+        PadRef {
+            seed: crate::keys::random_seed(),
+            counter: None,
+        }
+    }
+}
+
+/// One piece of a value, in order. A chunk without a pad is a hole that reads as zeros.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub pad: Option<PadRef>,
+    pub len: u32,
+    /// SHA-256 of the plaintext: a pad is checked against it on every read.
+    pub hash: [u8; 32],
+}
+
+impl Chunk {
+    pub fn hole(len: u32) -> Self {
+        Chunk {
+            pad: None,
+            len,
+            hash: [0; 32],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let now = chrono::Utc::now();
+        Timestamp {
+            secs: now.timestamp(),
+            nanos: now.timestamp_subsec_nanos(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+}
+
+/// What a file system needs besides the bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub kind: FileKind,
+    /// Permission bits (07777), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub symlink_target: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Meta {
+    /// A regular file with mode 0644, owned by root, stamped now.
+    pub fn file() -> Self {
+        let now = Timestamp::now();
+        Meta {
+            mode: 0o644,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub chunks: Vec<Chunk>,
+    pub size: u64,
+    pub meta: Meta,
+}
+
+impl Entry {
+    pub fn pads(&self) -> impl Iterator<Item = PadRef> + '_ {
+        self.chunks.iter().filter_map(|c| c.pad)
+    }
+}
+
+/// Keys per page before the page count doubles.
+const KEYS_PER_PAGE: usize = 2048;
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    pages: Vec<BTreeMap<String, Entry>>,
+    /// Pads free in the committed index, reusable now; taken from the end.
+    pub free_pads: Vec<PadRef>,
+    pub scratchpad_size: u32,
+    dirty: BTreeSet<usize>,
+    len: usize,
+}
+
+fn page_of(key: &str, pages: usize) -> usize {
+    let h = sha256(key.as_bytes());
+    (u64::from_le_bytes(h[..8].try_into().unwrap()) as usize) & (pages - 1)
+}
+
+impl Index {
+    pub fn new(scratchpad_size: u32) -> Self {
+        Index::from_parts(vec![BTreeMap::new()], Vec::new(), scratchpad_size)
+    }
+
+    /// Rebuilds an index from its loaded pages; the page count must be a power of two.
+    pub fn from_parts(
+        pages: Vec<BTreeMap<String, Entry>>,
+        free_pads: Vec<PadRef>,
+        scratchpad_size: u32,
+    ) -> Self {
+        assert!(pages.len().is_power_of_two());
+        let len = pages.iter().map(BTreeMap::len).sum();
+        Index {
+            pages,
+            free_pads,
+            scratchpad_size,
+            dirty: BTreeSet::new(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
+    pub fn page(&self, n: usize) -> &BTreeMap<String, Entry> {
+        &self.pages[n]
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.pages[page_of(key, self.pages.len())].get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        let p = page_of(key, self.pages.len());
+        let entry = self.pages[p].get_mut(key);
+        if entry.is_some() {
+            self.dirty.insert(p);
+        }
+        entry
+    }
+
+    pub fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
+        let p = page_of(&key, self.pages.len());
+        self.dirty.insert(p);
+        let old = self.pages[p].insert(key, entry);
+        if old.is_none() {
+            self.len += 1;
+            if self.len > self.pages.len() * KEYS_PER_PAGE {
+                self.split_pages();
+            }
+        }
+        old
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Entry> {
+        let p = page_of(key, self.pages.len());
+        let old = self.pages[p].remove(key);
+        if old.is_some() {
+            self.dirty.insert(p);
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// All keys, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.pages.iter().flat_map(|p| p.keys().cloned()).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.pages.iter().flat_map(|p| p.iter())
+    }
+
+    /// Doubles the page count (every page then changes).
+    pub fn split_pages(&mut self) {
+        let n = self.pages.len() * 2;
+        let mut pages = vec![BTreeMap::new(); n];
+        for page in std::mem::take(&mut self.pages) {
+            for (key, entry) in page {
+                pages[page_of(&key, n)].insert(key, entry);
+            }
+        }
+        self.pages = pages;
+        self.dirty = (0..n).collect();
+    }
+
+    /// Pages changed since the last call, for a commit.
+    pub fn take_dirty(&mut self) -> BTreeSet<usize> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks pages changed again after a failed commit (ignoring any no longer there).
+    pub fn mark_dirty(&mut self, pages: impl IntoIterator<Item = usize>) {
+        let n = self.pages.len();
+        self.dirty.extend(pages.into_iter().filter(|&p| p < n));
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            chunks: vec![Chunk {
+                pad: Some(PadRef::fresh()),
+                len: 1,
+                hash: [n; 32],
+            }],
+            size: 1,
+            meta: Meta::default(),
+        }
+    }
+
+    #[test]
+    fn a_change_dirties_only_its_page_and_pages_split_as_keys_grow() {
+        let mut index = Index::new(4096);
+        for i in 0..(KEYS_PER_PAGE * 4 + 1) {
+            index.insert(format!("k{i}"), entry(1));
+        }
+        assert_eq!(index.page_count(), 8);
+        assert_eq!(index.len(), KEYS_PER_PAGE * 4 + 1);
+        index.take_dirty();
+        index.insert("k17".into(), entry(2));
+        assert_eq!(index.take_dirty().len(), 1);
+        assert_eq!(index.get("k17").unwrap().chunks[0].hash, [2; 32]);
+        assert!(index.remove("k17").is_some());
+        assert!(index.get("k17").is_none());
+        assert_eq!(index.keys().len(), KEYS_PER_PAGE * 4);
+    }
+}

@@ -1,0 +1,162 @@
+//! The user's master key, the pad keys derived from it, and key files.
+//!
+//! Every pad's secret key is `master.derive_child(seed)`, where the seed is stored in the
+//! (encrypted) index, or is a fixed label for the index root. A fresh machine holding only the
+//! master key can therefore find and decrypt everything.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use blsttc::{PublicKey, SecretKey};
+
+/// Per-pad seed: random for data and index-page pads, so pads of different users or machines
+/// never collide.
+pub type PadSeed = [u8; 16];
+
+/// Label from which the index root's key derives; the root is the one pad at a fixed place.
+const ROOT_LABEL: &[u8] = b"mutant-mount/index-root/v1";
+
+#[derive(Clone)]
+pub struct MasterKey(SecretKey);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path} does not hold a hex-encoded BLS secret key")]
+    Malformed { path: String },
+}
+
+impl MasterKey {
+    pub fn generate() -> Self {
+        MasterKey(SecretKey::random())
+    }
+
+    pub fn from_secret(sk: SecretKey) -> Self {
+        MasterKey(sk)
+    }
+
+    /// The key of the pad with this seed.
+    pub fn pad_key(&self, seed: &PadSeed) -> SecretKey {
+        self.0.derive_child(seed)
+    }
+
+    /// The key of the index root pad.
+    pub fn root_key(&self) -> SecretKey {
+        self.0.derive_child(ROOT_LABEL)
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.0.public_key()
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.to_hex()
+    }
+
+    /// Reads a key file (hex, surrounding white space ignored).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        SecretKey::from_hex(text.trim())
+            .map(MasterKey)
+            .map_err(|_| KeyError::Malformed {
+                path: path.display().to_string(),
+            })
+    }
+
+    /// Writes the key with mode 0600, never replacing an existing file.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
+        let err = |source| KeyError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(err)?;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        file.write_all(format!("{}\n", self.to_hex()).as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(err)
+    }
+
+    /// Loads the key at `path`, or creates and saves a new one if there is no file there.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        if path.exists() {
+            return Ok((Self::load(path)?, false));
+        }
+        let key = Self::generate();
+        key.save_new(path)?;
+        Ok((key, true))
+    }
+}
+
+/// A fresh random pad seed.
+pub fn random_seed() -> PadSeed {
+    rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_is_deterministic_and_distinct() {
+        let master = MasterKey::generate();
+        let seed = random_seed();
+        assert_eq!(
+            master.pad_key(&seed).public_key(),
+            master.pad_key(&seed).public_key()
+        );
+        assert_ne!(
+            master.pad_key(&seed).public_key(),
+            master.pad_key(&random_seed()).public_key()
+        );
+        let other = MasterKey::generate();
+        assert_ne!(
+            master.pad_key(&seed).public_key(),
+            other.pad_key(&seed).public_key()
+        );
+    }
+
+    #[test]
+    fn key_file_round_trip_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/master.key");
+        let (key, created) = MasterKey::load_or_create(&path).unwrap();
+        assert!(created);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (again, created) = MasterKey::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(key.to_hex(), again.to_hex());
+        assert!(key.save_new(&path).is_err());
+    }
+
+    #[test]
+    fn malformed_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.key");
+        fs::write(&path, "not a key").unwrap();
+        let err = MasterKey::load(&path).err().unwrap();
+        assert!(err.to_string().contains("does not hold"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! mutant-mount: a file system whose files live encrypted in Autonomi scratchpads.
+//!
+//! Data flows one way: the FUSE adapter -> the file-system core -> the engine (index, pad
+//! manager) -> the storage layer. Nothing below the engine knows of FUSE.
+
+pub mod codec;
+pub mod engine;
+pub mod index;
+pub mod keys;
+pub mod store;

@@ -1,0 +1,235 @@
+//! The embedded default store: one file per pad, holding the very scratchpad the network would.
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory).
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::PublicKey;
+
+use super::{check_acceptable, PadStore, StoreError};
+use crate::codec::{self, Kind};
+
+const LOCK_SHARDS: usize = 64;
+
+#[derive(Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    /// Serialises check-then-write per address, so create and update obey the network's rules
+    /// under concurrency.
+    locks: Vec<Mutex<()>>,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store in `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(root.join("pads")).map_err(|e| io_error(root, e))?;
+        Ok(LocalStore {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The file that holds the pad owned by `owner` (sharded by the first byte).
+    pub fn pad_path(&self, owner: &PublicKey) -> PathBuf {
+        let hex = owner.to_hex();
+        self.inner.root.join("pads").join(&hex[..2]).join(hex)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LocalStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+    }
+
+    fn lock_for(&self, owner: &PublicKey) -> std::sync::MutexGuard<'_, ()> {
+        let shard = owner.to_bytes()[7] as usize % LOCK_SHARDS;
+        self.inner.locks[shard]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn read(&self, owner: &PublicKey) -> Result<Option<Scratchpad>, StoreError> {
+        let path = self.pad_path(owner);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        let pad: Scratchpad = codec::decode(Kind::PadRecord, &bytes)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        if pad.owner() != owner {
+            return Err(StoreError::Corrupt(format!(
+                "{}: holds another pad",
+                path.display()
+            )));
+        }
+        Ok(Some(pad))
+    }
+
+    fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
+        let path = self.pad_path(pad.owner());
+        let dir = path.parent().expect("pad paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let bytes = codec::encode(Kind::PadRecord, pad)
+            .map_err(|e| StoreError::Permanent(e.to_string()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{:016x}",
+            path.file_name().unwrap().to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error(&path, e));
+        }
+        Ok(())
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Permanent(format!("{}: {e}", path.display()))
+}
+
+#[async_trait]
+impl PadStore for LocalStore {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        check_acceptable(&pad)?;
+        self.blocking(move |s| {
+            let _guard = s.lock_for(pad.owner());
+            if s.pad_path(pad.owner()).exists() {
+                return Err(StoreError::AlreadyExists);
+            }
+            s.write(&pad)
+        })
+        .await
+    }
+
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        check_acceptable(&pad)?;
+        self.blocking(move |s| {
+            let _guard = s.lock_for(pad.owner());
+            let stored = s.read(pad.owner())?.ok_or(StoreError::NotFound)?;
+            if pad.counter() <= stored.counter() {
+                return Err(StoreError::StaleCounter {
+                    stored: stored.counter(),
+                    offered: pad.counter(),
+                });
+            }
+            s.write(&pad)
+        })
+        .await
+    }
+
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let owner = *owner;
+        self.blocking(move |s| s.read(&owner)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        let owner = *owner;
+        self.blocking(move |s| Ok(s.pad_path(&owner).exists()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autonomi::{Bytes, SecretKey};
+
+    fn pad(sk: &SecretKey, data: &[u8], counter: u64) -> Scratchpad {
+        Scratchpad::new(sk, 7, &Bytes::copy_from_slice(data), counter)
+    }
+
+    #[tokio::test]
+    async fn enforces_the_network_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let sk = SecretKey::random();
+        let pk = sk.public_key();
+
+        assert_eq!(store.get(&pk).await.unwrap_err(), StoreError::NotFound);
+        assert!(!store.exists(&pk).await.unwrap());
+        assert_eq!(
+            store.update(pad(&sk, b"a", 1)).await.unwrap_err(),
+            StoreError::NotFound
+        );
+        store.create(pad(&sk, b"a", 0)).await.unwrap();
+        assert!(store.exists(&pk).await.unwrap());
+        assert_eq!(
+            store.create(pad(&sk, b"b", 0)).await.unwrap_err(),
+            StoreError::AlreadyExists
+        );
+        store.update(pad(&sk, b"c", 3)).await.unwrap();
+        assert_eq!(
+            store.update(pad(&sk, b"d", 3)).await.unwrap_err(),
+            StoreError::StaleCounter {
+                stored: 3,
+                offered: 3
+            }
+        );
+        let got = store.get(&pk).await.unwrap();
+        assert_eq!(got.counter(), 3);
+        assert_eq!(&got.decrypt_data(&sk).unwrap()[..], b"c");
+
+        let big = vec![1u8; crate::store::MAX_PAD_PLAINTEXT + 1];
+        assert!(matches!(
+            store.create(pad(&SecretKey::random(), &big, 0)).await,
+            Err(StoreError::TooBig(_))
+        ));
+        let fits = vec![1u8; crate::store::MAX_PAD_PLAINTEXT];
+        store
+            .create(pad(&SecretKey::random(), &fits, 0))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn damaged_files_read_as_corrupt_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let sk = SecretKey::random();
+        store.create(pad(&sk, b"hello", 0)).await.unwrap();
+        let path = store.pad_path(&sk.public_key());
+        let bytes = fs::read(&path).unwrap();
+
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            store.get(&sk.public_key()).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        fs::write(&path, &flipped).unwrap();
+        assert!(matches!(
+            store.get(&sk.public_key()).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

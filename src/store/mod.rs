@@ -1,0 +1,85 @@
+//! The storage layer: one async trait for pads (signed, encrypted `autonomi::Scratchpad`s), and
+//! the stores behind it. Every store enforces the network's rules, so code that works on the
+//! local store works on the network.
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::PublicKey;
+
+pub mod local;
+pub mod retry;
+pub mod sim;
+
+pub use local::LocalStore;
+pub use retry::{RetryPolicy, RetryingStore};
+pub use sim::{SimConfig, SimStore, StoreStats};
+
+/// Largest plaintext a pad can hold with autonomi 0.10.x (4 MiB including metadata).
+pub const MAX_PAD_PLAINTEXT: usize = 4_193_824;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("pad not found")]
+    NotFound,
+    #[error("pad already exists")]
+    AlreadyExists,
+    #[error("pad counter {offered} does not exceed the stored {stored}")]
+    StaleCounter { stored: u64, offered: u64 },
+    #[error("pad of {0} bytes exceeds the 4 MiB scratchpad limit")]
+    TooBig(usize),
+    #[error("corrupt pad: {0}")]
+    Corrupt(String),
+    #[error("store operation timed out")]
+    Timeout,
+    #[error("transient store error: {0}")]
+    Transient(String),
+    #[error("store error: {0}")]
+    Permanent(String),
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Timeout | StoreError::Transient(_))
+    }
+}
+
+/// A place that keeps pads. Implementations must be safe to call concurrently.
+#[async_trait]
+pub trait PadStore: Send + Sync + 'static {
+    /// Stores a pad that must not exist yet (on the network: the paid operation).
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError>;
+    /// Replaces an existing pad; the new counter must be higher than the stored one.
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError>;
+    /// The current version of the pad owned by `owner`.
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
+    /// Whether a pad exists, without fetching it.
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        (**self).create(pad).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        (**self).update(pad).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        (**self).get(owner).await
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        (**self).exists(owner).await
+    }
+}
+
+/// Checks what every store checks before accepting a pad.
+pub fn check_acceptable(pad: &Scratchpad) -> Result<(), StoreError> {
+    if pad.is_too_big() {
+        return Err(StoreError::TooBig(pad.size()));
+    }
+    if !pad.verify_signature() {
+        return Err(StoreError::Corrupt("bad signature".into()));
+    }
+    Ok(())
+}

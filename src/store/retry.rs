@@ -1,0 +1,122 @@
+//! Retries transient store errors with exponential backoff.
+//!
+//! A write that failed transiently may still have landed. When its retry then meets
+//! `AlreadyExists` or `StaleCounter`, the stored pad is read back: if it is ours, the write
+//! succeeded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::PublicKey;
+
+use super::{PadStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct RetryingStore<S> {
+    inner: S,
+    policy: RetryPolicy,
+}
+
+impl<S: PadStore> RetryingStore<S> {
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        RetryingStore { inner, policy }
+    }
+
+    async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = self.policy.first_delay;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
+                    tracing::debug!(%e, attempt, "{what} failed, retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.policy.max_delay);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// After a transient failure, a write refused as a duplicate may be our own earlier attempt.
+    async fn landed_earlier(&self, pad: &Scratchpad) -> bool {
+        match self.inner.get(pad.owner()).await {
+            Ok(stored) => {
+                stored.counter() == pad.counter() && stored.encrypted_data() == pad.encrypted_data()
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn write(&self, pad: Scratchpad, create: bool) -> Result<(), StoreError> {
+        let failed_transiently = AtomicBool::new(false);
+        let result = self
+            .run(if create { "create" } else { "update" }, || {
+                let pad = pad.clone();
+                let seen = &failed_transiently;
+                async move {
+                    let r = if create {
+                        self.inner.create(pad).await
+                    } else {
+                        self.inner.update(pad).await
+                    };
+                    if matches!(&r, Err(e) if e.is_transient()) {
+                        seen.store(true, Ordering::Relaxed);
+                    }
+                    r
+                }
+            })
+            .await;
+        match result {
+            Err(StoreError::AlreadyExists | StoreError::StaleCounter { .. })
+                if failed_transiently.load(Ordering::Relaxed)
+                    && self.landed_earlier(&pad).await =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl<S: PadStore> PadStore for RetryingStore<S> {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.write(pad, true).await
+    }
+
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.write(pad, false).await
+    }
+
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.run("get", || self.inner.get(owner)).await
+    }
+
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.run("exists", || self.inner.exists(owner)).await
+    }
+}
