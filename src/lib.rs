@@ -5,6 +5,8 @@
 
 pub mod codec;
 pub mod engine;
+pub mod fs;
 pub mod index;
 pub mod keys;
+pub mod mount;
 pub mod store;

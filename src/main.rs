@@ -1,1 +1,226 @@
-fn main() {}
+//! `mutant-mount MOUNTPOINT`: mount a folder whose files live encrypted in scratchpads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mutant_mount::mount::{default_data_dir, run, MountConfig};
+use mutant_mount::store::SimConfig;
+
+/// Mount a folder whose files are stored encrypted in Autonomi scratchpads.
+///
+/// With no network configured, pads live in a local store on this disk (the same encrypted,
+/// signed bytes the network would hold). The first run creates a master key: keep a copy of it,
+/// it is the only way to your files.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
+struct Args {
+    /// Empty directory to mount on
+    mountpoint: PathBuf,
+
+    /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Directory of the local pad store [default: DATA_DIR/store]
+    #[arg(long, value_name = "DIR")]
+    store_dir: Option<PathBuf>,
+
+    /// Master key file (hex BLS secret key; created with mode 0600 if missing) [default: DATA_DIR/master.key]
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+
+    /// Memory for cached file chunks, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    cache_size: usize,
+
+    /// Memory one open file may use for unsaved changes before full chunks are uploaded, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    write_buffer: usize,
+
+    /// Stay in the foreground (logs go to stderr); otherwise run in the background once mounted
+    #[arg(short, long)]
+    foreground: bool,
+
+    /// Mount read-only
+    #[arg(long)]
+    read_only: bool,
+
+    /// Let other users access the mount (root may always do this; others need user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Mount options, mount(8) style: ro, rw, allow_other, allow_root, nonempty, default_permissions
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    options: Vec<String>,
+
+    /// Start an empty file system when the store has no index for this key
+    #[arg(long)]
+    new_index: bool,
+
+    /// Make the store slow and unreliable, for tests and benchmarks, e.g.
+    /// "get=20ms+200ms,put=60ms+700ms,concurrency=16,errors=0.01,seed=7" ("local-network" is a preset)
+    #[arg(long, value_name = "PROFILE")]
+    simulate: Option<SimConfig>,
+
+    /// FUSE worker threads
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+const EXAMPLES: &str = "Examples:
+  mutant-mount ~/mnt                 mount in the background, local store
+  mutant-mount -f ~/mnt              stay in the foreground (Ctrl-C unmounts)
+  fusermount3 -u ~/mnt               unmount (pending changes are committed first)";
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("mutant_mount={level},warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn config(args: &Args) -> Result<MountConfig, String> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut cfg = MountConfig {
+        mountpoint: args.mountpoint.clone(),
+        store_dir: args
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("store")),
+        key_file: args
+            .key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("master.key")),
+        cache_bytes: args.cache_size << 20,
+        write_buffer_bytes: (args.write_buffer.max(1)) << 20,
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        allow_root: false,
+        allow_non_empty: false,
+        simulate: args.simulate.clone(),
+        threads: args.threads,
+        create_index: args.new_index,
+    };
+    for opt in args
+        .options
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+    {
+        match opt {
+            "ro" => cfg.read_only = true,
+            "rw" => cfg.read_only = false,
+            "allow_other" => cfg.allow_other = true,
+            "allow_root" => cfg.allow_root = true,
+            "nonempty" => cfg.allow_non_empty = true,
+            "default_permissions" | "noatime" | "nosuid" | "nodev" => {}
+            other => return Err(format!("unknown mount option '{other}' (see --help)")),
+        }
+    }
+    Ok(cfg)
+}
+
+/// Runs the mount as a child in the foreground, and returns once it is mounted (or has failed).
+fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
+    let log_path = cfg
+        .key_file
+        .parent()
+        .map(|d| d.join("mutant-mount.log"))
+        .unwrap_or_else(|| PathBuf::from("/tmp/mutant-mount.log"));
+    if let Some(dir) = log_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(&args[1..])
+        .arg("--foreground")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the mount process: {e}"))?;
+    let mountpoint = std::fs::canonicalize(&cfg.mountpoint).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if is_mounted(&mountpoint) {
+            println!(
+                "mounted on {} (log: {})",
+                mountpoint.display(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(format!("mount failed ({status}): {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "not mounted after 60 s; see {}",
+        log_path.display()
+    ))
+}
+
+fn is_mounted(path: &std::path::Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let target = path.to_string_lossy();
+    mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|m| m.replace("\\040", " ") == target)
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    let args = Args::parse();
+    let cfg = match config(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("mutant-mount: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.foreground {
+        if let Err(e) = mutant_mount::mount::preflight(&cfg) {
+            eprintln!("mutant-mount: {e}");
+            return ExitCode::FAILURE;
+        }
+        return match daemonize(&raw, &cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mutant-mount: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(&args.log_level);
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mutant-mount: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -103,8 +103,10 @@ impl Engine {
         };
         let parallelism = self.inner.opts.parallelism.max(1);
 
-        let written: Result<Vec<(usize, PageRef)>> =
-            futures::stream::iter(plan.writes.iter().map(|(n, entries, pad)| {
+        let jobs: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|(n, entries, pad)| {
                 let inner = self.inner.clone();
                 let (n, entries, pad) = (*n, entries.clone(), *pad);
                 async move {
@@ -121,7 +123,9 @@ impl Engine {
                         .await?;
                     Ok((n, PageRef { pad, hash }))
                 }
-            }))
+            })
+            .collect();
+        let written: Result<Vec<(usize, PageRef)>> = futures::stream::iter(jobs)
             .buffer_unordered(parallelism)
             .try_collect()
             .await;

@@ -339,14 +339,18 @@ impl Engine {
             }
             start = chunk_end;
         }
-        let parts: Vec<Bytes> = futures::stream::iter(wanted.iter().map(|(chunk, _, _)| {
-            let inner = self.inner.clone();
-            let chunk = chunk.clone();
-            async move { inner.read_chunk(&chunk).await }
-        }))
-        .buffered(self.inner.opts.parallelism.max(1))
-        .try_collect()
-        .await?;
+        let reads: Vec<_> = wanted
+            .iter()
+            .map(|(chunk, _, _)| {
+                let inner = self.inner.clone();
+                let chunk = chunk.clone();
+                async move { inner.read_chunk(&chunk).await }
+            })
+            .collect();
+        let parts: Vec<Bytes> = futures::stream::iter(reads)
+            .buffered(self.inner.opts.parallelism.max(1))
+            .try_collect()
+            .await?;
         let mut out = Vec::with_capacity(wanted.iter().map(|(_, f, t)| t - f).sum());
         for (part, (_, from, to)) in parts.iter().zip(&wanted) {
             out.extend_from_slice(&part[*from..*to]);
@@ -490,16 +494,20 @@ impl Engine {
                 .flat_map(|(_, e)| e.chunks.iter().filter(|c| c.pad.is_some()).cloned())
                 .collect()
         };
-        futures::stream::iter(chunks.into_iter().map(|chunk| {
-            let inner = self.inner.clone();
-            async move {
-                let pad = chunk.pad.expect("filtered");
-                inner.pads.read(&pad, chunk.hash).await.map(|_| ())
-            }
-        }))
-        .buffer_unordered(self.inner.opts.parallelism.max(1))
-        .try_collect::<()>()
-        .await
+        let reads: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let inner = self.inner.clone();
+                async move {
+                    let pad = chunk.pad.expect("filtered");
+                    inner.pads.read(&pad, chunk.hash).await.map(|_| ())
+                }
+            })
+            .collect();
+        futures::stream::iter(reads)
+            .buffer_unordered(self.inner.opts.parallelism.max(1))
+            .try_collect::<()>()
+            .await
     }
 }
 

@@ -1,0 +1,865 @@
+//! The file-system core: every operation as an async call on plain values, errors as errno.
+//! The FUSE adapter (`fuse.rs`) only translates; tests drive this directly.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::namespace::{is_orphan_key, join, orphan_key, Namespace, ROOT_INO};
+use super::open_file::OpenFile;
+use crate::engine::{Engine, Error as EngineError};
+use crate::index::{Entry, FileKind, Meta, Timestamp};
+
+/// An errno for the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<EngineError> for Errno {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(_) => Errno(libc::ENOENT),
+            e => {
+                tracing::error!("storage error: {e}");
+                Errno(libc::EIO)
+            }
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, Errno>;
+
+fn err<T>(code: i32) -> FsResult<T> {
+    Err(Errno(code))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+/// A time given to `setattr`.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Bytes of changed chunks one open file may buffer before full chunks are uploaded.
+    pub write_buffer_bytes: usize,
+    pub read_only: bool,
+    /// A directory on the disk that holds the store, for `statfs` (the local store).
+    pub space_probe: Option<PathBuf>,
+    /// How often namespace changes (mkdir, rename, chmod...) are committed.
+    pub commit_interval: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            write_buffer_bytes: 64 << 20,
+            read_only: false,
+            space_probe: None,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Who asks: the caller's ids, for new files.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+struct Handle {
+    ino: u64,
+    append: bool,
+}
+
+pub struct FsCore {
+    engine: Engine,
+    ns: Mutex<Namespace>,
+    handles: StdMutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    cfg: FsConfig,
+}
+
+const NAME_MAX: usize = 255;
+
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return err(libc::ENAMETOOLONG);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return err(libc::EINVAL);
+    }
+    Ok(())
+}
+
+impl FsCore {
+    /// Builds the tree from the engine's index, creating the root if the index is new and
+    /// dropping files that were unlinked while open when the last mount ended.
+    pub async fn start(engine: Engine, cfg: FsConfig) -> Result<Arc<Self>, EngineError> {
+        let snapshot = engine.snapshot().await;
+        if !snapshot.iter().any(|(k, _)| k.is_empty()) && !cfg.read_only {
+            let mut meta = Meta::file();
+            meta.kind = FileKind::Dir;
+            meta.mode = 0o755;
+            engine.install("", empty_entry(meta)).await?;
+        }
+        let mut orphans = Vec::new();
+        let (ns, stray) = Namespace::build(snapshot.into_iter().filter_map(|(k, e)| {
+            if is_orphan_key(&k) {
+                orphans.push(k);
+                None
+            } else {
+                Some((k, e.meta.kind))
+            }
+        }));
+        for key in &stray {
+            tracing::warn!("index key {key:?} has no parent directory; it is not shown");
+        }
+        if !cfg.read_only {
+            for key in orphans {
+                engine.remove(&key).await?;
+            }
+            engine.commit().await?;
+        }
+        Ok(Arc::new(FsCore {
+            engine,
+            ns: Mutex::new(ns),
+            handles: StdMutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cfg,
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            err(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits whatever is pending; the background committer and unmount call this.
+    pub async fn sync_all(&self) -> FsResult<()> {
+        let open: Vec<u64> = {
+            let ns = self.ns.lock().await;
+            let handles = self.handles.lock().unwrap();
+            let mut inos: Vec<u64> = handles.values().map(|h| h.ino).collect();
+            inos.sort_unstable();
+            inos.dedup();
+            inos.retain(|ino| ns.get(*ino).is_some_and(|n| n.open.is_some()));
+            inos
+        };
+        for ino in open {
+            self.commit_file(ino).await?;
+        }
+        self.engine.commit().await?;
+        Ok(())
+    }
+
+    /// Commits in the background every `commit_interval` while anything is pending.
+    pub fn spawn_committer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let interval = self.cfg.commit_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(fs) = weak.upgrade() else { return };
+                if fs.engine.has_uncommitted().await {
+                    if let Err(e) = fs.engine.commit().await {
+                        tracing::warn!("background commit failed (will retry): {e}");
+                    }
+                }
+            }
+        })
+    }
+
+    async fn attr_of(&self, ns: &Namespace, ino: u64) -> FsResult<Attr> {
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+        let mut attr = Attr {
+            ino,
+            kind: entry.meta.kind,
+            size: entry.size,
+            perm: entry.meta.mode & 0o7777,
+            nlink: 1,
+            uid: entry.meta.uid,
+            gid: entry.meta.gid,
+            atime: entry.meta.atime,
+            mtime: entry.meta.mtime,
+            ctime: entry.meta.ctime,
+        };
+        match entry.meta.kind {
+            FileKind::Dir => {
+                attr.size = 4096;
+                let subdirs = node
+                    .children
+                    .values()
+                    .filter(|c| ns.get(**c).is_some_and(|n| n.kind == FileKind::Dir))
+                    .count();
+                attr.nlink = 2 + subdirs as u32;
+            }
+            FileKind::Symlink => {
+                attr.size = entry
+                    .meta
+                    .symlink_target
+                    .as_ref()
+                    .map_or(0, |t| t.len() as u64);
+            }
+            FileKind::File => {
+                if node.unlinked {
+                    attr.nlink = 0;
+                }
+                if let Some(open) = &node.open {
+                    let pending = open.pending();
+                    attr.size = pending.size;
+                    if let Some(t) = pending.written_at {
+                        attr.mtime = t;
+                        attr.ctime = t;
+                    }
+                }
+            }
+        }
+        Ok(attr)
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let ns = self.ns.lock().await;
+        self.attr_of(&ns, ino).await
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let ns = self.ns.lock().await;
+        let dir = ns.get(parent).ok_or(Errno(libc::ENOENT))?;
+        if dir.kind != FileKind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if name.len() > NAME_MAX {
+            return err(libc::ENAMETOOLONG);
+        }
+        let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        self.attr_of(&ns, ino).await
+    }
+
+    /// Bumps a directory's mtime and ctime (its entries changed).
+    async fn touch_dir(&self, ns: &Namespace, dir: u64) -> FsResult<()> {
+        let key = ns.key(dir).ok_or(Errno(libc::ENOENT))?;
+        let now = Timestamp::now();
+        self.engine
+            .update_meta(&key, |m| {
+                m.mtime = now;
+                m.ctime = now;
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a new name to a directory and its entry to the index.
+    async fn make_node(
+        &self,
+        parent: u64,
+        name: &str,
+        mut meta: Meta,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let mut ns = self.ns.lock().await;
+        let dir_key = ns.key(parent).ok_or(Errno(libc::ENOENT))?;
+        let dir = self
+            .engine
+            .entry(&dir_key)
+            .await
+            .ok_or(Errno(libc::ENOENT))?;
+        if dir.meta.kind != FileKind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if ns.get(parent).is_some_and(|n| n.unlinked) {
+            return err(libc::ENOENT);
+        }
+        if ns.child(parent, name).is_some() {
+            return err(libc::EEXIST);
+        }
+        meta.uid = caller.uid;
+        meta.gid = caller.gid;
+        // BSD group semantics on a set-group-id directory.
+        if dir.meta.mode & libc::S_ISGID != 0 {
+            meta.gid = dir.meta.gid;
+            if meta.kind == FileKind::Dir {
+                meta.mode |= libc::S_ISGID;
+            }
+        }
+        let kind = meta.kind;
+        self.engine
+            .install(&join(&dir_key, name), empty_entry(meta))
+            .await?;
+        let ino = ns.insert(parent, name, kind);
+        self.touch_dir(&ns, parent).await?;
+        self.attr_of(&ns, ino).await
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let mut meta = Meta::file();
+        meta.kind = FileKind::Dir;
+        meta.mode = mode & 0o7777;
+        self.make_node(parent, name, meta, caller).await
+    }
+
+    /// Creates a regular file (mknod with S_IFREG); other node types are not supported.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return err(libc::EPERM);
+        }
+        let mut meta = Meta::file();
+        meta.mode = mode & 0o7777;
+        self.make_node(parent, name, meta, caller).await
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &[u8],
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        if target.len() > 4095 {
+            return err(libc::ENAMETOOLONG);
+        }
+        let mut meta = Meta::file();
+        meta.kind = FileKind::Symlink;
+        meta.mode = 0o777;
+        meta.symlink_target = Some(target.to_vec());
+        self.make_node(parent, name, meta, caller).await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+        entry.meta.symlink_target.ok_or(Errno(libc::EINVAL))
+    }
+
+    /// Creates and opens a file (O_CREAT); O_EXCL is the kernel's: it looks the name up first.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let attr = self
+            .mknod(parent, name, mode | libc::S_IFREG, caller)
+            .await?;
+        let fh = self.open(attr.ino, flags).await?;
+        Ok((attr, fh))
+    }
+
+    /// Takes a name out of the tree and the index. A file still open keeps its data under an
+    /// orphan key until its last handle closes.
+    async fn remove_name(&self, ns: &mut Namespace, parent: u64, name: &str) -> FsResult<()> {
+        let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let still_open = ns.get(ino).is_some_and(|n| n.handles > 0);
+        if still_open {
+            self.engine.rename(&key, &orphan_key(ino)).await?;
+        } else {
+            self.engine.remove(&key).await?;
+        }
+        ns.detach(parent, name);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let mut ns = self.ns.lock().await;
+        let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        if ns.get(ino).is_some_and(|n| n.kind == FileKind::Dir) {
+            return err(libc::EISDIR);
+        }
+        self.remove_name(&mut ns, parent, name).await?;
+        self.touch_dir(&ns, parent).await
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        if name == "." {
+            return err(libc::EINVAL);
+        }
+        let mut ns = self.ns.lock().await;
+        let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        let node = ns.get(ino).expect("child exists");
+        if node.kind != FileKind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if !node.children.is_empty() {
+            return err(libc::ENOTEMPTY);
+        }
+        self.remove_name(&mut ns, parent, name).await?;
+        self.touch_dir(&ns, parent).await
+    }
+
+    /// Renames a file or a whole directory; only index keys move, no data pad is written.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: u32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        check_name(new_name)?;
+        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+            return err(libc::EINVAL);
+        }
+        let mut ns = self.ns.lock().await;
+        let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        if ns.get(new_parent).map(|n| n.kind) != Some(FileKind::Dir) {
+            return err(libc::ENOTDIR);
+        }
+        let is_dir = ns.get(ino).unwrap().kind == FileKind::Dir;
+        if is_dir && ns.is_within(new_parent, ino) {
+            return err(libc::EINVAL);
+        }
+        if let Some(target) = ns.child(new_parent, new_name) {
+            if target == ino {
+                return Ok(());
+            }
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return err(libc::EEXIST);
+            }
+            let target_node = ns.get(target).unwrap();
+            match (is_dir, target_node.kind == FileKind::Dir) {
+                (true, false) => return err(libc::ENOTDIR),
+                (false, true) => return err(libc::EISDIR),
+                (true, true) if !target_node.children.is_empty() => return err(libc::ENOTEMPTY),
+                _ => {}
+            }
+            self.remove_name(&mut ns, new_parent, new_name).await?;
+        }
+        let new_key = join(&ns.key(new_parent).ok_or(Errno(libc::ENOENT))?, new_name);
+        let old_key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let moves: Vec<(String, String)> = ns
+            .subtree(ino)
+            .into_iter()
+            .filter(|&n| !ns.get(n).is_some_and(|node| node.unlinked))
+            .filter_map(|n| ns.key(n))
+            .map(|key| {
+                let moved = format!("{new_key}{}", &key[old_key.len()..]);
+                (key, moved)
+            })
+            .collect();
+        self.engine.rename_many(&moves).await?;
+        ns.move_node(ino, new_parent, new_name);
+        let now = Timestamp::now();
+        self.engine.update_meta(&new_key, |m| m.ctime = now).await?;
+        self.touch_dir(&ns, parent).await?;
+        if new_parent != parent {
+            self.touch_dir(&ns, new_parent).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn link(&self) -> FsResult<Attr> {
+        // Hard links would need one entry under two keys; the index keeps one key per file.
+        err(libc::EPERM)
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        self.writable()?;
+        if let Some(size) = set.size {
+            let open = self.open_state(ino).await?;
+            let result = open.truncate(&self.engine, size).await;
+            let committed = match result {
+                Ok(()) => self.commit_file(ino).await,
+                Err(e) => Err(e.into()),
+            };
+            self.close_state(ino).await;
+            committed?;
+        }
+        let ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let now = Timestamp::now();
+        let resolve = |t: SetTime| match t {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        };
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        if set.mtime.is_some() {
+            // An explicit time wins over the time of earlier writes.
+            if let Some(open) = &node.open {
+                open.attrs.lock().unwrap().written_at = None;
+            }
+        }
+        let changes_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some();
+        if changes_meta {
+            self.engine
+                .update_meta(&key, |m| {
+                    if let Some(mode) = set.mode {
+                        m.mode = mode & 0o7777;
+                    }
+                    if let Some(uid) = set.uid {
+                        m.uid = uid;
+                    }
+                    if let Some(gid) = set.gid {
+                        m.gid = gid;
+                    }
+                    if let Some(t) = set.atime {
+                        m.atime = resolve(t);
+                    }
+                    if let Some(t) = set.mtime {
+                        m.mtime = resolve(t);
+                    }
+                    m.ctime = now;
+                })
+                .await?;
+        }
+        self.attr_of(&ns, ino).await
+    }
+
+    /// The shared open state of a regular file, counted as one more handle.
+    async fn open_state(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        let mut ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        match node.kind {
+            FileKind::Dir => return err(libc::EISDIR),
+            FileKind::Symlink => return err(libc::ELOOP),
+            FileKind::File => {}
+        }
+        let open = match &node.open {
+            Some(open) => open.clone(),
+            None => {
+                let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+                Arc::new(OpenFile::new(&entry, self.engine.chunk_size()))
+            }
+        };
+        let node = ns.get_mut(ino).unwrap();
+        node.open = Some(open.clone());
+        node.handles += 1;
+        Ok(open)
+    }
+
+    /// Drops one handle; the last one frees the open state, and the data of an unlinked file.
+    async fn close_state(&self, ino: u64) {
+        let mut ns = self.ns.lock().await;
+        let Some(node) = ns.get_mut(ino) else { return };
+        node.handles = node.handles.saturating_sub(1);
+        if node.handles > 0 {
+            return;
+        }
+        let open = node.open.take();
+        let unlinked = node.unlinked;
+        if unlinked {
+            if let Some(open) = open {
+                let uploaded = open.data.lock().await.take_uploaded();
+                self.engine.discard_chunks(&uploaded).await;
+            }
+            if let Err(e) = self.engine.remove(&orphan_key(ino)).await {
+                tracing::warn!("dropping unlinked file {ino}: {e}");
+            }
+            ns.forget_if_unused(ino);
+        }
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let accmode = flags & libc::O_ACCMODE;
+        if accmode != libc::O_RDONLY {
+            self.writable()?;
+        }
+        let open = self.open_state(ino).await?;
+        if flags & libc::O_TRUNC != 0 && accmode != libc::O_RDONLY {
+            if let Err(e) = open.truncate(&self.engine, 0).await {
+                self.close_state(ino).await;
+                return Err(e.into());
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                ino,
+                append: flags & libc::O_APPEND != 0,
+            },
+        );
+        Ok(fh)
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(u64, bool)> {
+        let handles = self.handles.lock().unwrap();
+        let h = handles.get(&fh).ok_or(Errno(libc::EBADF))?;
+        Ok((h.ino, h.append))
+    }
+
+    async fn open_of(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        let ns = self.ns.lock().await;
+        ns.get(ino)
+            .and_then(|n| n.open.clone())
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (ino, _) = self.handle(fh)?;
+        let open = self.open_of(ino).await?;
+        Ok(open.read(&self.engine, offset, size as usize).await?)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writable()?;
+        let (ino, append) = self.handle(fh)?;
+        let open = self.open_of(ino).await?;
+        let offset = if append { open.size() } else { offset };
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return err(libc::EFBIG);
+        }
+        open.write(&self.engine, offset, data, self.cfg.write_buffer_bytes)
+            .await?;
+        Ok(data.len() as u32)
+    }
+
+    /// Uploads a file's changes and commits the index, so that `close()` reports failure.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, _) = self.handle(fh)?;
+        self.commit_file(ino).await
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (ino, _) = self.handle(fh)?;
+        self.commit_file(ino).await?;
+        self.engine.commit().await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let (ino, _) = self.handle(fh)?;
+        let result = self.commit_file(ino).await;
+        if let Err(e) = result {
+            tracing::error!(
+                "could not save inode {ino} at its last close: errno {}",
+                e.0
+            );
+        }
+        self.handles.lock().unwrap().remove(&fh);
+        self.close_state(ino).await;
+        result
+    }
+
+    /// Uploads the changed chunks of an open file, installs its new entry and commits.
+    async fn commit_file(&self, ino: u64) -> FsResult<()> {
+        let Some(open) = self.ns.lock().await.get(ino).and_then(|n| n.open.clone()) else {
+            return Ok(());
+        };
+        let Some((mut data, chunks, size)) = open.prepare_commit(&self.engine).await? else {
+            return Ok(());
+        };
+        {
+            let ns = self.ns.lock().await;
+            let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+            let mut entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+            let pending = open.pending();
+            if let Some(t) = pending.written_at {
+                entry.meta.mtime = t;
+                entry.meta.ctime = t;
+            }
+            entry.chunks = chunks.clone();
+            entry.size = size;
+            self.engine.install(&key, entry).await?;
+            data.committed(chunks);
+            open.attrs.lock().unwrap().written_at = None;
+        }
+        drop(data);
+        self.engine.commit().await?;
+        Ok(())
+    }
+
+    pub async fn readdir(&self, ino: u64) -> FsResult<Vec<(u64, FileKind, String)>> {
+        let ns = self.ns.lock().await;
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        if node.kind != FileKind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        let mut out = vec![
+            (ino, FileKind::Dir, ".".to_string()),
+            (node.parent.max(ROOT_INO), FileKind::Dir, "..".to_string()),
+        ];
+        for (name, &child) in &node.children {
+            let kind = ns.get(child).map_or(FileKind::File, |n| n.kind);
+            out.push((child, kind, name.clone()));
+        }
+        Ok(out)
+    }
+
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        let stats = self.engine.stats().await;
+        let bsize = 4096u64;
+        let used = stats.data_bytes.div_ceil(bsize);
+        // Used: the bytes of our files. Free: what the disk under the store has left, or for
+        // a store with no such bound, a large round figure.
+        let free = match &self.cfg.space_probe {
+            Some(dir) => disk_space(dir).map_or(0, |avail| avail / bsize),
+            None => 1 << 40,
+        };
+        Ok(StatFs {
+            blocks: used + free,
+            bfree: free,
+            files: stats.keys as u64 + 1_000_000,
+            ffree: 1_000_000,
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    async fn meta_of(&self, ino: u64) -> FsResult<(String, Meta)> {
+        let ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+        Ok((key, entry.meta))
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let (_, meta) = self.meta_of(ino).await?;
+        meta.xattrs.get(name).cloned().ok_or(Errno(libc::ENODATA))
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (_, meta) = self.meta_of(ino).await?;
+        let mut out = Vec::new();
+        for name in meta.xattrs.keys() {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.writable()?;
+        if name.is_empty() || name.len() > 255 {
+            return err(libc::ERANGE);
+        }
+        if value.len() > 64 * 1024 {
+            return err(libc::E2BIG);
+        }
+        let ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+        let exists = entry.meta.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return err(libc::EEXIST);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return err(libc::ENODATA);
+        }
+        let now = Timestamp::now();
+        self.engine
+            .update_meta(&key, |m| {
+                m.xattrs.insert(name.to_vec(), value.to_vec());
+                m.ctime = now;
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.writable()?;
+        let ns = self.ns.lock().await;
+        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let mut missing = false;
+        let now = Timestamp::now();
+        self.engine
+            .update_meta(&key, |m| {
+                missing = m.xattrs.remove(name).is_none();
+                if !missing {
+                    m.ctime = now;
+                }
+            })
+            .await?;
+        if missing {
+            return err(libc::ENODATA);
+        }
+        Ok(())
+    }
+}
+
+fn empty_entry(meta: Meta) -> Entry {
+    Entry {
+        chunks: Vec::new(),
+        size: 0,
+        meta,
+    }
+}
+
+/// Bytes available to unprivileged users on the file system holding `dir`.
+fn disk_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some(st.f_bavail as u64 * frsize)
+}

@@ -1,0 +1,8 @@
+//! The file system: a thin FUSE adapter over a core that tests drive without FUSE.
+
+pub mod core;
+pub mod fuse;
+pub mod namespace;
+pub mod open_file;
+
+pub use self::core::{Attr, Caller, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs};

@@ -1,0 +1,374 @@
+//! The state of a regular file while it is open: its committed chunks, the chunks changed since
+//! (buffered whole, in memory), and chunks already uploaded early to bound that memory. All
+//! handles of one inode share it, so there is one writer per file. Chunk `i` covers bytes
+//! `[i * cs, (i + 1) * cs)`; every chunk but the last is full.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as StdMutex;
+
+use autonomi::Bytes;
+use tokio::sync::Mutex;
+
+use crate::engine::{Engine, Error as EngineError};
+use crate::index::{Chunk, Entry, Timestamp};
+
+pub struct OpenFile {
+    /// Chunk state; held across uploads, so one upload at a time per file.
+    pub data: Mutex<FileData>,
+    /// What `getattr` needs while data may be busy uploading.
+    pub attrs: StdMutex<PendingAttrs>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingAttrs {
+    pub size: u64,
+    /// Set by a write, cleared by an explicit utimens or a commit.
+    pub written_at: Option<Timestamp>,
+}
+
+pub struct FileData {
+    chunk_size: u64,
+    /// The chunks of the last committed version (cut back by truncation).
+    base: Vec<Chunk>,
+    /// Changed chunks, whole, keyed by chunk number; a buffer may be shorter than its chunk's
+    /// extent, and the rest reads as zeros.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Changed chunks uploaded before the commit (their pads are in flight in the engine).
+    uploaded: BTreeMap<u64, Chunk>,
+    dirty_bytes: usize,
+    changed: bool,
+    next_sequential: u64,
+    readahead_chunks: u64,
+}
+
+/// Where the bytes of one chunk are now.
+enum Source<'a> {
+    Dirty(&'a [u8]),
+    Stored(Chunk),
+    Zeros,
+}
+
+impl OpenFile {
+    pub fn new(entry: &Entry, chunk_size: usize) -> Self {
+        OpenFile {
+            data: Mutex::new(FileData {
+                chunk_size: chunk_size as u64,
+                base: entry.chunks.clone(),
+                dirty: BTreeMap::new(),
+                uploaded: BTreeMap::new(),
+                dirty_bytes: 0,
+                changed: false,
+                next_sequential: 0,
+                readahead_chunks: 1,
+            }),
+            attrs: StdMutex::new(PendingAttrs {
+                size: entry.size,
+                written_at: None,
+            }),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.attrs.lock().unwrap().size
+    }
+
+    pub fn pending(&self) -> PendingAttrs {
+        *self.attrs.lock().unwrap()
+    }
+
+    fn set_size(&self, size: u64, written: bool) {
+        let mut attrs = self.attrs.lock().unwrap();
+        attrs.size = size;
+        if written {
+            attrs.written_at = Some(Timestamp::now());
+        }
+    }
+
+    /// Writes at `offset`. Past `memory_limit` bytes of buffered chunks, full chunks are
+    /// uploaded now (their pads stay in flight until the commit).
+    pub async fn write(
+        &self,
+        engine: &Engine,
+        offset: u64,
+        bytes: &[u8],
+        memory_limit: usize,
+    ) -> Result<(), EngineError> {
+        let mut data = self.data.lock().await;
+        let size = self.size();
+        let cs = data.chunk_size;
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let pos = offset + done as u64;
+            let idx = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = (cs as usize - within).min(bytes.len() - done);
+            let buf = data.materialize(engine, idx, size).await?;
+            if buf.len() < within + n {
+                buf.resize(within + n, 0);
+            }
+            buf[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            done += n;
+        }
+        data.recount();
+        data.changed = true;
+        self.set_size(size.max(offset + bytes.len() as u64), true);
+        if data.dirty_bytes > memory_limit {
+            data.upload_full_chunks(engine).await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts or extends the file to `size`; bytes past the old end read as zeros.
+    pub async fn truncate(&self, engine: &Engine, size: u64) -> Result<(), EngineError> {
+        let mut data = self.data.lock().await;
+        let old = self.size();
+        if size == old {
+            return Ok(());
+        }
+        let cs = data.chunk_size;
+        if size < old {
+            let keep = size.div_ceil(cs);
+            if size % cs != 0 {
+                let last = size / cs;
+                let buf = data.materialize(engine, last, old).await?;
+                buf.truncate((size % cs) as usize);
+            }
+            data.base.truncate(keep as usize);
+            data.dirty.retain(|&i, _| i < keep);
+            let dropped: Vec<Chunk> = data.uploaded.split_off(&keep).into_values().collect();
+            engine.discard_chunks(&dropped).await;
+        }
+        data.recount();
+        data.changed = true;
+        self.set_size(size, true);
+        Ok(())
+    }
+
+    /// Up to `len` bytes at `offset`, including writes not yet committed.
+    pub async fn read(
+        &self,
+        engine: &Engine,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, EngineError> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset + len as u64);
+        let mut plan = Vec::new();
+        let mut prefetch = Vec::new();
+        {
+            let mut data = self.data.lock().await;
+            let cs = data.chunk_size;
+            let mut pos = offset;
+            while pos < end {
+                let idx = pos / cs;
+                let from = (pos % cs) as usize;
+                let to = ((end - idx * cs).min(cs)) as usize;
+                let piece = match data.source(idx) {
+                    Source::Dirty(buf) => {
+                        let mut out = vec![0; to - from];
+                        if from < buf.len() {
+                            let n = buf.len().min(to) - from;
+                            out[..n].copy_from_slice(&buf[from..from + n]);
+                        }
+                        Ok(out)
+                    }
+                    Source::Stored(chunk) => Err((chunk, from, to)),
+                    Source::Zeros => Ok(vec![0; to - from]),
+                };
+                plan.push(piece);
+                pos = idx * cs + to as u64;
+            }
+            // Sequential reads grow a read-ahead window of following chunks.
+            if offset == data.next_sequential {
+                data.readahead_chunks = (data.readahead_chunks * 2).min(8);
+            } else {
+                data.readahead_chunks = 1;
+            }
+            data.next_sequential = end;
+            let first = end.div_ceil(cs);
+            for idx in first..first + data.readahead_chunks {
+                if let Source::Stored(chunk) = data.source(idx) {
+                    prefetch.push(chunk);
+                }
+            }
+        }
+        engine.prefetch(prefetch);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let stored: Vec<(crate::index::Chunk, usize, usize)> = plan
+            .iter()
+            .filter_map(|p| p.as_ref().err().cloned())
+            .collect();
+        let reads: Vec<_> = stored
+            .iter()
+            .map(|(chunk, _, _)| engine.read_chunk(chunk))
+            .collect();
+        let fetched: Vec<Bytes> = futures::future::try_join_all(reads).await?;
+        let mut fetched = fetched.into_iter().zip(stored);
+        for piece in plan {
+            match piece {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(_) => {
+                    let (bytes, (_, from, to)) = fetched.next().expect("one per stored piece");
+                    let available = to.min(bytes.len());
+                    out.extend_from_slice(&bytes[from.min(available)..available]);
+                    // A stored chunk shorter than its extent (the file grew) reads as zeros.
+                    out.resize(out.len() + (to - from) - available.saturating_sub(from), 0);
+                }
+            }
+        }
+        out.resize((end - offset) as usize, 0);
+        Ok(out)
+    }
+
+    /// Whether there is anything to commit.
+    pub async fn is_changed(&self) -> bool {
+        self.data.lock().await.changed
+    }
+
+    /// Uploads every changed chunk and returns the new chunk list, with the data lock held so
+    /// nothing changes until `committed` or `failed` is called with it.
+    pub async fn prepare_commit<'a>(
+        &'a self,
+        engine: &Engine,
+    ) -> Result<Option<(tokio::sync::MutexGuard<'a, FileData>, Vec<Chunk>, u64)>, EngineError> {
+        let mut data = self.data.lock().await;
+        if !data.changed {
+            return Ok(None);
+        }
+        let size = self.size();
+        data.normalize(engine, size).await?;
+        data.upload_all(engine).await?;
+        let cs = data.chunk_size;
+        let count = size.div_ceil(cs);
+        let chunks = (0..count)
+            .map(|idx| {
+                let extent = (size - idx * cs).min(cs) as u32;
+                match data
+                    .uploaded
+                    .get(&idx)
+                    .or_else(|| data.base.get(idx as usize))
+                {
+                    Some(chunk) if chunk.pad.is_some() => chunk.clone(),
+                    _ => Chunk::hole(extent),
+                }
+            })
+            .collect();
+        Ok(Some((data, chunks, size)))
+    }
+}
+
+impl FileData {
+    fn source(&self, idx: u64) -> Source<'_> {
+        if let Some(buf) = self.dirty.get(&idx) {
+            return Source::Dirty(buf);
+        }
+        match self
+            .uploaded
+            .get(&idx)
+            .or_else(|| self.base.get(idx as usize))
+        {
+            Some(chunk) => Source::Stored(chunk.clone()),
+            None => Source::Zeros,
+        }
+    }
+
+    /// The buffer of chunk `idx`, read in from the store the first time it changes.
+    async fn materialize(
+        &mut self,
+        engine: &Engine,
+        idx: u64,
+        size: u64,
+    ) -> Result<&mut Vec<u8>, EngineError> {
+        if !self.dirty.contains_key(&idx) {
+            let mut buf = match self.source(idx) {
+                Source::Stored(chunk) => engine.read_chunk(&chunk).await?.to_vec(),
+                _ => Vec::new(),
+            };
+            // Bytes past the file's end (left by an earlier truncation) are not content.
+            let extent = size
+                .saturating_sub(idx * self.chunk_size)
+                .min(self.chunk_size);
+            buf.truncate(extent as usize);
+            self.dirty.insert(idx, buf);
+        }
+        Ok(self.dirty.get_mut(&idx).expect("inserted above"))
+    }
+
+    fn recount(&mut self) {
+        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
+    }
+
+    /// Brings every kept chunk to its exact extent: a stored chunk that is no longer the last
+    /// must be full, and a buffer is padded with zeros.
+    async fn normalize(&mut self, engine: &Engine, size: u64) -> Result<(), EngineError> {
+        let cs = self.chunk_size;
+        let count = size.div_ceil(cs);
+        for idx in 0..count {
+            let extent = (size - idx * cs).min(cs) as usize;
+            let stored_len = match self.source(idx) {
+                Source::Stored(chunk) if chunk.pad.is_some() => Some(chunk.len as usize),
+                _ => None,
+            };
+            if stored_len.is_some_and(|len| len != extent) {
+                self.materialize(engine, idx, size).await?;
+            }
+            if let Some(buf) = self.dirty.get_mut(&idx) {
+                buf.resize(extent, 0);
+            }
+        }
+        self.recount();
+        Ok(())
+    }
+
+    async fn upload(&mut self, engine: &Engine, which: Vec<u64>) -> Result<(), EngineError> {
+        if which.is_empty() {
+            return Ok(());
+        }
+        let pieces = which
+            .iter()
+            .map(|idx| Bytes::from(self.dirty[idx].clone()))
+            .collect();
+        let chunks = engine.write_chunks(pieces, None).await?;
+        let mut replaced = Vec::new();
+        for (idx, chunk) in which.into_iter().zip(chunks) {
+            self.dirty.remove(&idx);
+            replaced.extend(self.uploaded.insert(idx, chunk));
+        }
+        engine.discard_chunks(&replaced).await;
+        self.recount();
+        Ok(())
+    }
+
+    async fn upload_full_chunks(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let cs = self.chunk_size as usize;
+        let full = self
+            .dirty
+            .iter()
+            .filter(|(_, buf)| buf.len() == cs)
+            .map(|(&idx, _)| idx)
+            .collect();
+        self.upload(engine, full).await
+    }
+
+    async fn upload_all(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let all = self.dirty.keys().copied().collect();
+        self.upload(engine, all).await
+    }
+
+    /// After the new chunk list is installed in the index: it is the new base.
+    pub fn committed(&mut self, chunks: Vec<Chunk>) {
+        self.base = chunks;
+        self.uploaded.clear();
+        self.changed = false;
+    }
+
+    /// Pads in flight that will never be installed (the file is gone).
+    pub fn take_uploaded(&mut self) -> Vec<Chunk> {
+        self.dirty.clear();
+        self.changed = false;
+        std::mem::take(&mut self.uploaded).into_values().collect()
+    }
+}

@@ -1,0 +1,225 @@
+//! From a configuration to a mounted file system: open the key, the store and the engine, mount
+//! with fuser, and on unmount or a signal commit what is pending before exiting.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::engine::{Engine, EngineOptions};
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{FsConfig, FsCore};
+use crate::keys::MasterKey;
+use crate::store::{LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore};
+
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub store_dir: PathBuf,
+    pub key_file: PathBuf,
+    pub cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub allow_non_empty: bool,
+    pub simulate: Option<SimConfig>,
+    pub threads: usize,
+    pub create_index: bool,
+}
+
+/// A failure to start, as the user should read it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, StartError> {
+    Err(StartError(msg.into()))
+}
+
+/// The default data directory: `$XDG_DATA_HOME/mutant`, else `~/.local/share/mutant`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("mutant");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/mutant")
+}
+
+/// Checks everything that can be checked before mounting, with messages that say what to do.
+pub fn preflight(cfg: &MountConfig) -> Result<(), StartError> {
+    let mp = &cfg.mountpoint;
+    match std::fs::metadata(mp) {
+        Err(_) => {
+            return fail(format!(
+                "mount point {} does not exist (create it with mkdir)",
+                mp.display()
+            ))
+        }
+        Ok(m) if !m.is_dir() => {
+            return fail(format!("mount point {} is not a directory", mp.display()))
+        }
+        Ok(_) => {}
+    }
+    if !cfg.allow_non_empty {
+        let mut entries = std::fs::read_dir(mp)
+            .map_err(|e| StartError(format!("cannot read mount point {}: {e}", mp.display())))?;
+        if entries.next().is_some() {
+            return fail(format!(
+                "mount point {} is not empty (use -o nonempty to mount over it anyway)",
+                mp.display()
+            ));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return fail("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3");
+    }
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !is_root && which("fusermount3").is_none() && which("fusermount").is_none() {
+        return fail(
+            "fusermount3 was not found: install the fuse3 package (apt-get install fuse3)",
+        );
+    }
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Opens the key, or creates one (the first run); a new key gets a new index.
+fn open_key(cfg: &MountConfig) -> Result<(MasterKey, bool), StartError> {
+    MasterKey::load_or_create(&cfg.key_file).map_err(|e| StartError(e.to_string()))
+}
+
+/// The local store, checked to belong to this key (a store records its owner's public key).
+pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, StartError> {
+    let store = LocalStore::open(dir)
+        .map_err(|e| StartError(format!("cannot open the store at {}: {e}", dir.display())))?;
+    let owner_file = dir.join("owner");
+    let mine = key.public_key().to_hex();
+    match std::fs::read_to_string(&owner_file) {
+        Ok(owner) if owner.trim() == mine => Ok(store),
+        Ok(_) => fail(format!(
+            "the store at {} belongs to another master key than {}",
+            dir.display(),
+            "the one given"
+        )),
+        Err(_) => {
+            std::fs::write(&owner_file, format!("{mine}\n"))
+                .map_err(|e| StartError(format!("cannot write {}: {e}", owner_file.display())))?;
+            Ok(store)
+        }
+    }
+}
+
+/// Mounts and serves until unmounted (by `fusermount3 -u`, `umount`, SIGINT or SIGTERM).
+pub fn run(cfg: MountConfig) -> Result<(), StartError> {
+    preflight(&cfg)?;
+    let (key, new_key) = open_key(&cfg)?;
+    if new_key {
+        tracing::info!(
+            "created a new master key in {}: back it up, it is the only way to your files",
+            cfg.key_file.display()
+        );
+    }
+    let local = open_local_store(&cfg.store_dir, &key)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    let store: Arc<dyn PadStore> = match cfg.simulate.clone() {
+        Some(sim) => Arc::new(RetryingStore::new(
+            SimStore::new(local, sim),
+            RetryPolicy::default(),
+        )),
+        None => Arc::new(RetryingStore::new(local, RetryPolicy::default())),
+    };
+    let opts = EngineOptions {
+        cache_bytes: cfg.cache_bytes,
+        create_if_missing: new_key || cfg.create_index,
+        ..Default::default()
+    };
+    let fs_cfg = FsConfig {
+        write_buffer_bytes: cfg.write_buffer_bytes,
+        read_only: cfg.read_only,
+        space_probe: Some(cfg.store_dir.clone()),
+        ..Default::default()
+    };
+    let core = rt.block_on(async {
+        let engine = Engine::open(store, key, opts).await.map_err(|e| match e {
+            crate::engine::Error::NoIndex => StartError(format!(
+                "the store at {} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
+                cfg.store_dir.display(),
+                cfg.key_file.display()
+            )),
+            e => StartError(format!("cannot open the index: {e}")),
+        })?;
+        FsCore::start(engine, fs_cfg)
+            .await
+            .map_err(|e| StartError(format!("cannot start the file system: {e}")))
+    })?;
+    let committer = {
+        let _guard = rt.enter();
+        core.spawn_committer()
+    };
+
+    let mut options = vec![
+        MountOption::FSName("mutant-mount".into()),
+        MountOption::Subtype("mutant".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if cfg.read_only {
+        options.push(MountOption::RO);
+    }
+    let fuse_cfg = {
+        let mut c = Config::default();
+        c.mount_options = options;
+        c.acl = if cfg.allow_other {
+            SessionACL::All
+        } else if cfg.allow_root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        c.n_threads = Some(cfg.threads.max(1));
+        c
+    };
+    let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
+        .map_err(|e| StartError(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
+    tracing::info!("mounted on {}", cfg.mountpoint.display());
+
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: committing and unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!("unmount failed: {e}");
+        }
+    });
+
+    let served = session.run();
+    committer.abort();
+    let synced = rt.block_on(core.sync_all());
+    if let Err(e) = served {
+        return fail(format!("the FUSE session ended with an error: {e}"));
+    }
+    if let Err(e) = synced {
+        return fail(format!(
+            "could not commit pending changes at unmount (errno {})",
+            e.0
+        ));
+    }
+    tracing::info!("unmounted {}", cfg.mountpoint.display());
+    Ok(())
+}
