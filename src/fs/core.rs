@@ -799,6 +799,11 @@ impl FsCore {
         if name.is_empty() || name.len() > 255 {
             return err(libc::ERANGE);
         }
+        // POSIX ACLs (system.posix_acl_*) are not supported: storing them as plain bytes
+        // would make cp and rsync believe permissions were set when they were not.
+        if name.starts_with(b"system.") {
+            return err(libc::EOPNOTSUPP);
+        }
         if value.len() > 64 * 1024 {
             return err(libc::E2BIG);
         }

@@ -1,0 +1,193 @@
+//! A real mount for tests: the `mutant-mount` binary in the foreground on a temp dir, unmounted
+//! and stopped when dropped, even when the test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Mount {
+    pub mnt: PathBuf,
+    pub data: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mutant-mount")
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let target = path.to_string_lossy();
+    mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|m| m == target)
+}
+
+impl Mount {
+    /// Mounts `data`'s store on `mnt` (created if missing) with extra arguments.
+    pub fn start(data: &Path, mnt: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mnt).unwrap();
+        std::fs::create_dir_all(data).unwrap();
+        let log = data.join(format!("mount-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(binary())
+            .arg("-f")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--allow-other", "--log-level", "debug"])
+            .args(extra)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start mutant-mount");
+        let mut mount = Mount {
+            mnt: mnt.to_path_buf(),
+            data: data.to_path_buf(),
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(mnt) {
+            if let Some(status) = mount.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mutant-mount exited ({status}) before mounting:\n{}",
+                    mount.log_tail()
+                );
+            }
+            assert!(Instant::now() < deadline, "not mounted after 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmounts the way a user does and waits for the process to commit and exit cleanly.
+    pub fn unmount(mut self) {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = self.wait_exit(Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "mutant-mount exited with {status}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Kills the mount process with SIGKILL (a crash) and detaches the dead mount.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .output();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "mutant-mount did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .output();
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cwd: &Path, script: &str) -> String {
+    let out = sh_output(cwd, script);
+    assert!(
+        out.status.success(),
+        "command failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_output(cwd: &Path, script: &str) -> Output {
+    Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Deterministic bytes for a name, so a file holding another's bytes is caught.
+pub fn content_for(name: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x: u64 = name.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A listing of a tree with what `rsync -a` keeps: type, mode, owner, size, mtime (whole
+/// seconds), link target, and a checksum of the content.
+pub fn describe_tree(root: &Path) -> String {
+    sh(
+        root,
+        "{ find . -mindepth 1 -type d -printf '%P d %m %U:%G %Ts\\n'; \
+           find . -mindepth 1 ! -type d -printf '%P %y %m %U:%G %s %Ts %l\\n'; } | sort; \
+         find . -type f -print0 | sort -z | xargs -0 -r md5sum",
+    )
+}

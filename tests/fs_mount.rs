@@ -1,0 +1,374 @@
+//! Real mounts used the way people use a folder: shell tools, tar, rsync, editors, file
+//! managers, sqlite, and crashes. Needs root, /dev/fuse and fusermount3 (see .ci/run).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::{content_for, describe_tree, sh, sh_output, Mount};
+
+fn setup() -> (tempfile::TempDir, Mount) {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    (dir, mount)
+}
+
+/// A tree with nested dirs, symlinks, odd modes, empty files and files larger than one pad.
+fn make_tree(root: &Path) {
+    sh(
+        root,
+        "mkdir -p a/b/c d/e empty-dir 'with space'
+         printf 'hello\\n' > a/hello.txt
+         : > a/b/empty
+         head -c 9000000 /dev/urandom > a/b/c/big.bin
+         head -c 4190208 /dev/urandom > exactly-one-pad.bin
+         head -c 12345 /dev/urandom > 'with space/f i l e'
+         seq 1 100000 > d/e/numbers.txt
+         chmod 0600 a/hello.txt; chmod 0755 d/e/numbers.txt; chmod 0711 d
+         chmod 4755 a/b/empty
+         ln -s ../hello.txt a/b/link-up
+         ln -s /nonexistent/target dangling
+         ln -s a/b/c/big.bin big-link
+         touch -d '2001-02-03 04:05:06' a/hello.txt
+         touch -h -d '2002-01-01 00:00:00' dangling",
+    );
+}
+
+#[test]
+fn shell_tools_behave_as_on_a_local_disk() {
+    let (dir, mount) = setup();
+    let script = "
+        mkdir -p src/sub && printf 'one\\n' > src/sub/one && printf 'two\\n' > src/two
+        cp -a src copy && mv copy moved && rm -r src
+        ln -s moved/two two-link && cat two-link
+        dd if=/dev/zero of=holes bs=1k count=1 seek=5000 status=none
+        seq 1 1000000 > rand
+        dd if=rand of=patched bs=64k count=100 status=none
+        printf 'XYZ' | dd of=patched bs=1 seek=1234567 conv=notrunc status=none
+        truncate -s 100 rand && truncate -s 5000000 rand
+        printf 'tail' >> rand
+        find . | sort
+        du -s --apparent-size holes
+        stat -c '%s %F %a' holes rand patched two-link moved
+        md5sum holes rand patched moved/sub/one moved/two
+        echo appended >> moved/two && cat moved/two
+        ";
+    let local = tempfile::tempdir().unwrap();
+    let expected = sh(local.path(), script);
+    let got = sh(&mount.mnt, script);
+    assert_eq!(got, expected);
+
+    let df = sh(&mount.mnt, "df -P . | tail -1");
+    let fields: Vec<&str> = df.split_whitespace().collect();
+    assert_eq!(fields[0], "mutant-mount");
+    assert!(
+        fields[3].parse::<u64>().unwrap() > 0,
+        "df shows free space: {df}"
+    );
+    mount.unmount();
+
+    // Everything is there again after a remount.
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let again = sh(
+        &mount.mnt,
+        "md5sum holes rand patched moved/sub/one moved/two; stat -c '%s %a' rand",
+    );
+    let want = sh(
+        local.path(),
+        "md5sum holes rand patched moved/sub/one moved/two; stat -c '%s %a' rand",
+    );
+    assert_eq!(again, want);
+    mount.unmount();
+}
+
+#[test]
+fn rsync_into_the_mount_is_complete_and_idempotent_across_remounts() {
+    let (dir, mount) = setup();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    make_tree(&src);
+    let dst = mount.path("dst");
+    sh(dir.path(), &format!("rsync -a src/ {}/", dst.display()));
+    assert_eq!(describe_tree(&dst), describe_tree(&src));
+
+    let again = sh(
+        dir.path(),
+        &format!("rsync -a --itemize-changes src/ {}/", dst.display()),
+    );
+    assert_eq!(again, "", "a second rsync must transfer nothing");
+    mount.unmount();
+
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    assert_eq!(describe_tree(&dst), describe_tree(&src));
+    let again = sh(
+        dir.path(),
+        &format!("rsync -a --itemize-changes src/ {}/", dst.display()),
+    );
+    assert_eq!(again, "", "nothing to transfer after a remount either");
+    mount.unmount();
+}
+
+#[test]
+fn tar_extract_reproduces_the_archive() {
+    let (dir, mount) = setup();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    make_tree(&src);
+    sh(dir.path(), "tar cf tree.tar -C src .");
+    sh(
+        &mount.mnt,
+        &format!("mkdir x && tar xpf {}/tree.tar -C x", dir.path().display()),
+    );
+    assert_eq!(describe_tree(&mount.path("x")), describe_tree(&src));
+    mount.unmount();
+}
+
+#[test]
+fn editor_style_saves_and_read_write_opens() {
+    let (_dir, mount) = setup();
+    let doc = mount.path("doc.txt");
+    fs::write(&doc, b"first version\n").unwrap();
+    // Save by writing a temp file and renaming it over the original.
+    let tmp = mount.path(".doc.txt.swp");
+    fs::write(&tmp, b"second version\n").unwrap();
+    fs::rename(&tmp, &doc).unwrap();
+    assert_eq!(fs::read(&doc).unwrap(), b"second version\n");
+    assert!(!tmp.exists());
+
+    // Open O_RDWR, overwrite in the middle, read back through the same handle before closing.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&doc)
+        .unwrap();
+    f.seek(SeekFrom::Start(7)).unwrap();
+    f.write_all(b"VERSION").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "second VERSION\n");
+    drop(f);
+    assert_eq!(fs::read_to_string(&doc).unwrap(), "second VERSION\n");
+
+    // O_TRUNC, append, writing past the end leaves zeros.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&doc)
+        .unwrap();
+    f.write_all(b"abc").unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().append(true).open(&doc).unwrap();
+    f.write_all(b"def").unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().write(true).open(&doc).unwrap();
+    f.seek(SeekFrom::Start(10)).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&doc).unwrap(), b"abcdef\0\0\0\0!");
+
+    // A rename while the file is open and unsaved: the data follows the new name.
+    let mut f = fs::File::create(mount.path("pending")).unwrap();
+    f.write_all(b"written before the rename").unwrap();
+    fs::rename(mount.path("pending"), mount.path("renamed")).unwrap();
+    f.write_all(b", and after").unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read(mount.path("renamed")).unwrap(),
+        b"written before the rename, and after"
+    );
+    assert!(!mount.path("pending").exists());
+    mount.unmount();
+}
+
+#[test]
+fn a_file_manager_trash_works() {
+    let (_dir, mount) = setup();
+    fs::write(mount.path("photo.jpg"), content_for("photo", 50_000)).unwrap();
+    let trash = mount.path(".Trash-0");
+    fs::create_dir(&trash).unwrap();
+    fs::set_permissions(&trash, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir(trash.join("files")).unwrap();
+    fs::create_dir(trash.join("info")).unwrap();
+    let info = trash.join("info/photo.jpg.trashinfo");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&info)
+        .unwrap();
+    f.write_all(b"[Trash Info]\nPath=/photo.jpg\n").unwrap();
+    drop(f);
+    let again = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&info);
+    assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    fs::rename(mount.path("photo.jpg"), trash.join("files/photo.jpg")).unwrap();
+    assert_eq!(
+        fs::read(trash.join("files/photo.jpg")).unwrap(),
+        content_for("photo", 50_000)
+    );
+    assert_eq!(
+        fs::metadata(&trash).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    mount.unmount();
+}
+
+#[test]
+fn sqlite_random_writes_and_fsync_survive_a_remount() {
+    let (dir, mount) = setup();
+    let script = "sqlite3 db.sqlite 'create table t(k integer primary key, v text);' \
+        && for i in $(seq 1 20); do \
+             sqlite3 db.sqlite \"begin; $(for j in $(seq 1 50); do echo \"insert into t(v) values (hex(randomblob(200)));\"; done) commit;\"; \
+           done \
+        && sqlite3 db.sqlite 'delete from t where k % 3 = 0; vacuum;' \
+        && sqlite3 db.sqlite 'pragma integrity_check; select count(*) from t;'";
+    let out = sh(&mount.mnt, script);
+    assert_eq!(out, "ok\n667\n");
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let out = sh(
+        &mount.mnt,
+        "sqlite3 db.sqlite 'pragma integrity_check; select count(*) from t;'",
+    );
+    assert_eq!(out, "ok\n667\n");
+    mount.unmount();
+}
+
+#[test]
+fn unlinked_open_files_stay_readable_and_metadata_sticks() {
+    let (dir, mount) = setup();
+    let path = mount.path("doomed");
+    fs::write(&path, b"still here").unwrap();
+    let mut f = fs::File::open(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    drop(f);
+
+    let file = mount.path("owned");
+    fs::write(&file, b"x").unwrap();
+    sh(
+        &mount.mnt,
+        "chown 1234:5678 owned && chmod 0640 owned && touch -d '1999-12-31 23:59:59' owned",
+    );
+    let xattr = sh_output(
+        &mount.mnt,
+        "setfattr -n user.color -v blue owned && getfattr -n user.color --only-values owned",
+    );
+    assert_eq!(String::from_utf8_lossy(&xattr.stdout), "blue");
+    let missing = sh_output(&mount.mnt, "getfattr -n user.nothing owned");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such attribute"));
+    mount.unmount();
+
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let meta = fs::metadata(mount.path("owned")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1234, 5678, 0o640)
+    );
+    assert_eq!(meta.mtime(), 946684799);
+    let xattr = sh(&mount.mnt, "getfattr -n user.color --only-values owned");
+    assert_eq!(xattr, "blue");
+    assert!(!mount.path("doomed").exists());
+    let rmdir = sh_output(&mount.mnt, "mkdir -p full/sub && rmdir full");
+    assert!(String::from_utf8_lossy(&rmdir.stderr).contains("not empty"));
+    mount.unmount();
+}
+
+#[test]
+fn files_closed_before_a_sigkill_are_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mnt = dir.path().join("mnt");
+    let mount = Mount::start(&data, &mnt, &[]);
+    // A writer that reports each file once close() returned, until the mount dies.
+    let writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys
+i = 0
+while True:
+    name = f'f{i:05d}'
+    size = 1000 + (i * 7919) % 300000
+    try:
+        with open(os.path.join(sys.argv[1], name), 'wb') as f:
+            x = (hash(name) & 0xffffffff) | 1
+            f.write(bytes((x * (k + 1)) % 251 for k in range(size)))
+    except OSError:
+        break
+    print(name, size, x, flush=True)
+    i += 1",
+        )
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .env("PYTHONHASHSEED", "0")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    mount.kill();
+    let out = writer.wait_with_output().unwrap();
+    let closed: Vec<(String, usize, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let p: Vec<&str> = l.split(' ').collect();
+            (
+                p[0].to_string(),
+                p[1].parse().unwrap(),
+                p[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        closed.len() > 3,
+        "the writer got some files closed before the kill"
+    );
+
+    let mount = Mount::start(&data, &mnt, &[]);
+    for (name, size, x) in &closed {
+        let want: Vec<u8> = (0..*size)
+            .map(|k| ((x * (k as u64 + 1)) % 251) as u8)
+            .collect();
+        let got = fs::read(mount.path(name)).unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        assert!(got == want, "{name} does not hold its own bytes");
+    }
+    // A file being written at the kill is absent, empty or whole: never another file's bytes.
+    for entry in fs::read_dir(&mount.mnt).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if closed.iter().any(|(n, _, _)| *n == name) {
+            continue;
+        }
+        let got = fs::read(entry.path()).unwrap();
+        let i: u64 = name[1..].parse().unwrap();
+        let size = 1000 + (i * 7919) % 300000;
+        assert!(
+            got.is_empty() || got.len() as u64 == size,
+            "{name}: torn file of {} bytes",
+            got.len()
+        );
+    }
+    mount.unmount();
+}
+
+#[test]
+fn a_read_only_mount_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    let mount = Mount::start(&data, &mnt, &[]);
+    fs::write(mount.path("kept"), b"kept").unwrap();
+    mount.unmount();
+    let mount = Mount::start(&data, &mnt, &["--read-only"]);
+    assert_eq!(fs::read(mount.path("kept")).unwrap(), b"kept");
+    let err = fs::write(mount.path("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    mount.unmount();
+}
