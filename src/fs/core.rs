@@ -48,6 +48,7 @@ pub struct Attr {
     pub atime: Timestamp,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
+    pub rdev: u32,
 }
 
 /// A time given to `setattr`.
@@ -231,6 +232,7 @@ impl FsCore {
             atime: entry.meta.atime,
             mtime: entry.meta.mtime,
             ctime: entry.meta.ctime,
+            rdev: entry.meta.rdev,
         };
         match entry.meta.kind {
             FileKind::Dir => {
@@ -248,6 +250,9 @@ impl FsCore {
                     .symlink_target
                     .as_ref()
                     .map_or(0, |t| t.len() as u64);
+            }
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice => {
+                attr.size = 0;
             }
             FileKind::File => {
                 if node.unlinked {
@@ -354,18 +359,27 @@ impl FsCore {
         self.make_node(parent, name, meta, caller).await
     }
 
-    /// Creates a regular file (mknod with S_IFREG); other node types are not supported.
+    /// Creates a regular file, FIFO, socket or device node.
     pub async fn mknod(
         &self,
         parent: u64,
         name: &str,
         mode: u32,
+        rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return err(libc::EPERM);
-        }
         let mut meta = Meta::file();
+        meta.kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return err(libc::EINVAL),
+        };
+        if matches!(meta.kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            meta.rdev = rdev;
+        }
         meta.mode = mode & 0o7777;
         self.make_node(parent, name, meta, caller).await
     }
@@ -404,7 +418,7 @@ impl FsCore {
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
         let attr = self
-            .mknod(parent, name, mode | libc::S_IFREG, caller)
+            .mknod(parent, name, (mode & 0o7777) | libc::S_IFREG, 0, caller)
             .await?;
         let fh = self.open(attr.ino, flags).await?;
         Ok((attr, fh))
@@ -586,6 +600,7 @@ impl FsCore {
             FileKind::Dir => return err(libc::EISDIR),
             FileKind::Symlink => return err(libc::ELOOP),
             FileKind::File => {}
+            _ => return err(libc::ENXIO),
         }
         let open = match &node.open {
             Some(open) => open.clone(),

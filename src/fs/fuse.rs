@@ -75,6 +75,10 @@ fn file_type(kind: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -92,7 +96,7 @@ fn to_fuse(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -207,11 +211,12 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
+        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
         let result = name_str(name)
-            .and_then(|name| self.run(self.core.mknod(parent.0, name, mode & !umask, caller(req))));
+            .and_then(|name| self.run(self.core.mknod(parent.0, name, mode, rdev, caller(req))));
         self.reply_entry(reply, result);
     }
 

@@ -69,6 +69,11 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// Special files: only their metadata is stored; the kernel does their I/O.
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 /// What a file system needs besides the bytes.
@@ -83,6 +88,8 @@ pub struct Meta {
     pub mtime: Timestamp,
     pub ctime: Timestamp,
     pub symlink_target: Option<Vec<u8>>,
+    /// Device number of a character or block device.
+    pub rdev: u32,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
