@@ -59,6 +59,10 @@ struct Args {
     #[arg(long)]
     new_index: bool,
 
+    /// Chunk size in bytes for a new file system (4096 up to 4190208, a multiple of 4096)
+    #[arg(long, value_name = "BYTES", value_parser = parse_chunk_size)]
+    chunk_size: Option<u32>,
+
     /// Make the store slow and unreliable, for tests and benchmarks, e.g.
     /// "get=20ms+200ms,put=60ms+700ms,concurrency=16,errors=0.01,seed=7" ("local-network" is a preset)
     #[arg(long, value_name = "PROFILE")]
@@ -77,6 +81,14 @@ const EXAMPLES: &str = "Examples:
   mutant-mount ~/mnt                 mount in the background, local store
   mutant-mount -f ~/mnt              stay in the foreground (Ctrl-C unmounts)
   fusermount3 -u ~/mnt               unmount (pending changes are committed first)";
+
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let max = mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
+    match s.parse::<u32>() {
+        Ok(n) if (4096..=max).contains(&n) && n.is_multiple_of(4096) => Ok(n),
+        _ => Err(format!("must be a multiple of 4096 between 4096 and {max}")),
+    }
+}
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -110,6 +122,7 @@ fn config(args: &Args) -> Result<MountConfig, String> {
         simulate: args.simulate.clone(),
         threads: args.threads,
         create_index: args.new_index,
+        chunk_size: args.chunk_size,
     };
     for opt in args
         .options

@@ -26,6 +26,8 @@ pub struct MountConfig {
     pub simulate: Option<SimConfig>,
     pub threads: usize,
     pub create_index: bool,
+    /// Chunk size of a new index (an existing one keeps its own).
+    pub chunk_size: Option<u32>,
 }
 
 /// A failure to start, as the user should read it.
@@ -141,6 +143,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let opts = EngineOptions {
         cache_bytes: cfg.cache_bytes,
         create_if_missing: new_key || cfg.create_index,
+        scratchpad_size: cfg.chunk_size.unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
         ..Default::default()
     };
     let fs_cfg = FsConfig {

@@ -128,7 +128,7 @@ impl OpenFile {
         let cs = data.chunk_size;
         if size < old {
             let keep = size.div_ceil(cs);
-            if size % cs != 0 {
+            if !size.is_multiple_of(cs) {
                 let last = size / cs;
                 let buf = data.materialize(engine, last, old).await?;
                 buf.truncate((size % cs) as usize);

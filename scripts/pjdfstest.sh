@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs pjdfstest on a fresh mount and checks the pass count against the pinned one, which may
+# only go up (a ratchet): fewer passes fail the run, more ask for the pin to be raised.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+pinned=$(cat "$ROOT/tests/conf/pjdfstest.pinned")
+work=$(mktemp -d)
+trap 'fusermount3 -uz "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+mount_fresh "$work"
+mkdir "$work/mnt/t" && chmod 777 "$work/mnt/t"
+(cd "$work/mnt/t" && pjdfstest -c "$ROOT/tests/conf/pjdfstest.toml" -p "$work/mnt/t" >"$work/out.txt" 2>&1) || true
+unmount "$work/mnt"
+summary=$(grep '^Summary:' "$work/out.txt" || true)
+echo "pjdfstest: $summary"
+passed=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$summary")
+if [ -z "$passed" ]; then
+  tail -50 "$work/out.txt"; echo "pjdfstest did not finish"; exit 1
+fi
+grep -E '^[a-z_0-9:]+ +FAILED' "$work/out.txt" | awk '{print "  failed: " $1}' | sort | head -60
+if [ "$passed" -lt "$pinned" ]; then
+  echo "pjdfstest: $passed passed, fewer than the pinned $pinned"; exit 1
+fi
+[ "$passed" -gt "$pinned" ] && echo "pjdfstest: $passed passed, more than the pinned $pinned: raise tests/conf/pjdfstest.pinned"
+echo "pjdfstest: $passed passed (pinned $pinned)"
