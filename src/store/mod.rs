@@ -7,6 +7,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::PublicKey;
 
 pub mod local;
+pub mod network;
 pub mod retry;
 pub mod sim;
 

@@ -1,0 +1,664 @@
+//! The Autonomi network store: pads are `autonomi` scratchpads (autonomi 0.10.2).
+//!
+//! - `create` is `Client::scratchpad_put` with the wallet: the one paid operation. If the put fails
+//!   after the payment went through, the receipt is kept and the next `create` of that pad
+//!   reuses it, so a retried creation is paid once.
+//! - `update` is `Client::scratchpad_put_update`: a pre-signed pad, no payment, no read.
+//! - `get` is `Client::scratchpad_get`, `exists` is `Client::scratchpad_check_existence`.
+//!
+//! Nodes keep a new version of a scratchpad only if its counter is strictly higher than theirs
+//! (an identical copy is accepted as a no-op). A refusal comes back to the client as the string
+//! `Outdated record rejected: with counter C, expected any above S` inside
+//! `NetworkError::PutRecordTooManyPeerFailed`; it is parsed here into
+//! [`StoreError::StaleCounter`] (or [`StoreError::AlreadyExists`] for a `create`). An update of a
+//! pad no node holds is refused with `NoPayment`: [`StoreError::NotFound`].
+//!
+//! The client's own retries are turned down (see [`NetworkConfig`]): its default for scratchpad
+//! gets sleeps 2 + 4 + 8 s before it reports a missing pad, and its put retries would repeat a
+//! refused stale write for 30 s. Retry transient errors with [`super::RetryingStore`] instead.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use autonomi::client::payment::{PaymentOption, Receipt};
+use autonomi::client::scratchpad::ScratchpadError;
+use autonomi::client::PutError;
+use autonomi::networking::{NetworkError, RetryStrategy};
+use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
+use autonomi::{
+    AttoTokens, BootstrapConfig, Client, ClientConfig, ClientOperatingStrategy, Multiaddr,
+    PublicKey, Wallet,
+};
+
+use super::{PadStore, StoreError};
+
+/// The environment variable holding the EVM wallet's private key (hex), as the autonomi CLI
+/// (`ant`) reads it.
+pub const SECRET_KEY_ENV: &str = "SECRET_KEY";
+
+/// Which Autonomi network to join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkKind {
+    /// A local network (`antnode --local`): peers from `ANT_PEERS`, the configured peers or the
+    /// local bootstrap cache; EVM from `EVM_NETWORK` / the custom-network variables, else the
+    /// local anvil defaults (`http://localhost:61611`).
+    Local,
+    /// A non-local network reached through given peers (`ANT_PEERS` or the configured peers); the
+    /// EVM network must come from the environment (`EVM_NETWORK=arbitrum-sepolia-test`, or
+    /// `RPC_URL`, `PAYMENT_TOKEN_ADDRESS`, `DATA_PAYMENTS_ADDRESS`).
+    Testnet,
+    /// The public network, paying on Arbitrum One.
+    Main,
+}
+
+impl std::str::FromStr for NetworkKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(NetworkKind::Local),
+            "testnet" => Ok(NetworkKind::Testnet),
+            "main" | "mainnet" => Ok(NetworkKind::Main),
+            other => Err(format!(
+                "unknown network {other:?} (expected local, testnet or main)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkKind::Local => "local",
+            NetworkKind::Testnet => "testnet",
+            NetworkKind::Main => "main",
+        })
+    }
+}
+
+/// Where the EVM wallet's private key comes from. Never from a command-line value: those are
+/// visible to every user in `ps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalletSource {
+    /// An environment variable (by default [`SECRET_KEY_ENV`]).
+    Env(String),
+    /// A file holding the hex key (surrounding white space ignored); it should be mode 0600.
+    File(PathBuf),
+    /// No wallet: reads and free updates work, creating a pad fails with a permanent error.
+    None,
+}
+
+impl Default for WalletSource {
+    fn default() -> Self {
+        WalletSource::Env(SECRET_KEY_ENV.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    pub network: NetworkKind,
+    pub wallet: WalletSource,
+    /// Peers to bootstrap from, besides `ANT_PEERS` (which the autonomi crate reads itself).
+    pub peers: Vec<Multiaddr>,
+    /// Where the bootstrap cache lives, if not the default
+    /// (`$XDG_DATA_HOME/autonomi/bootstrap_cache`, else `~/.local/share/...`).
+    pub bootstrap_cache_dir: Option<PathBuf>,
+    /// The network id (1 is the main network, 2 the alpha network); `None` for the default.
+    pub network_id: Option<u8>,
+    /// Attempts of the client's DHT query in a scratchpad get (each after the first waits 2, 4,
+    /// 8 s). After them the client still asks the 20 closest peers directly, so 1 is enough for
+    /// a store; the client's default of 4 makes a get of a missing pad take about 13 s.
+    pub get_attempts: usize,
+    /// Attempts of the client's put of one scratchpad (each after the first waits 2, 4, 8 s).
+    /// 1: a refused (stale) write is reported at once; transient failures are for the caller's
+    /// retry layer, which can tell them apart.
+    pub put_attempts: usize,
+}
+
+impl NetworkConfig {
+    pub fn new(network: NetworkKind) -> Self {
+        NetworkConfig {
+            network,
+            wallet: WalletSource::default(),
+            peers: Vec::new(),
+            bootstrap_cache_dir: None,
+            network_id: None,
+            get_attempts: 1,
+            put_attempts: 1,
+        }
+    }
+
+    /// Peers from a comma- or white-space-separated list of multiaddrs (the `ANT_PEERS` format).
+    pub fn parse_peers(list: &str) -> Result<Vec<Multiaddr>, StoreError> {
+        list.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| StoreError::Permanent(format!("bad peer address {s:?}: {e}")))
+            })
+            .collect()
+    }
+
+    fn strategy(&self) -> ClientOperatingStrategy {
+        let mut strategy = ClientOperatingStrategy::default();
+        strategy.scratchpad.get_retry = RetryStrategy::N(self.get_attempts.max(1));
+        strategy.scratchpad.put_retry = RetryStrategy::N(self.put_attempts.max(1));
+        // This store never reads chunks.
+        strategy.chunk_cache_enabled = false;
+        strategy
+    }
+}
+
+/// Counters of what the store did, for logs and `statfs`.
+#[derive(Debug, Default)]
+pub struct NetworkStats {
+    /// Pads created (and paid for) by this store.
+    pub pads_created: AtomicU64,
+    /// Creations that found the address already paid for (an earlier attempt landed, or the
+    /// receipt of a failed attempt was reused): no new payment.
+    pub creates_without_payment: AtomicU64,
+    pub updates: AtomicU64,
+    pub gets: AtomicU64,
+    /// What creation has cost, in atto tokens, saturating at `u64::MAX` (18.4 tokens); the exact
+    /// sum is [`NetworkStore::total_cost`].
+    pub cost_atto: AtomicU64,
+}
+
+pub struct NetworkStore {
+    client: Client,
+    wallet: Option<Wallet>,
+    network: NetworkKind,
+    stats: NetworkStats,
+    total_cost: Mutex<AttoTokens>,
+    /// Payments made for pads whose put then failed, reused by the next create of the pad.
+    receipts: Mutex<HashMap<ScratchpadAddress, Receipt>>,
+}
+
+fn permanent(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Permanent(what.to_string())
+}
+
+impl NetworkStore {
+    /// Joins the network and loads the wallet.
+    pub async fn connect(config: NetworkConfig) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let private_key = load_private_key(&config.wallet)?;
+
+        let mut bootstrap = match config.network {
+            NetworkKind::Local => BootstrapConfig::new(true),
+            NetworkKind::Testnet | NetworkKind::Main => BootstrapConfig::new(false),
+        };
+        bootstrap.initial_peers = config.peers.clone();
+        if let Some(dir) = &config.bootstrap_cache_dir {
+            bootstrap.cache_dir = dir.clone();
+        }
+        if config.network == NetworkKind::Testnet
+            && config.peers.is_empty()
+            && std::env::var_os("ANT_PEERS").is_none()
+        {
+            return Err(permanent(
+                "the testnet needs peers: set ANT_PEERS or configure them",
+            ));
+        }
+        let evm_network = match config.network {
+            NetworkKind::Local => autonomi::Network::new(true).map_err(permanent)?,
+            NetworkKind::Testnet => autonomi::Network::new(false).map_err(|e| {
+                permanent(format!(
+                    "the testnet's EVM network must be set in the environment (EVM_NETWORK, or \
+                     RPC_URL, PAYMENT_TOKEN_ADDRESS and DATA_PAYMENTS_ADDRESS): {e}"
+                ))
+            })?,
+            NetworkKind::Main => autonomi::Network::ArbitrumOne,
+        };
+        let client_config = ClientConfig {
+            bootstrap_config: bootstrap,
+            evm_network: evm_network.clone(),
+            network_id: config.network_id,
+            strategy: config.strategy(),
+        };
+        let client = Client::init_with_config(client_config)
+            .await
+            .map_err(|e| StoreError::Transient(format!("cannot join the network: {e}")))?;
+
+        let wallet = match private_key {
+            Some(key) => Some(
+                Wallet::new_from_private_key(evm_network, key.trim())
+                    .map_err(|e| permanent(format!("invalid wallet key: {e}")))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            network = %config.network,
+            evm = %client.evm_network(),
+            wallet = ?wallet.as_ref().map(|w| w.address()),
+            elapsed = ?started.elapsed(),
+            "joined the Autonomi network"
+        );
+        Ok(NetworkStore {
+            client,
+            wallet,
+            network: config.network,
+            stats: NetworkStats::default(),
+            total_cost: Mutex::new(AttoTokens::zero()),
+            receipts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn network(&self) -> NetworkKind {
+        self.network
+    }
+
+    pub fn stats(&self) -> &NetworkStats {
+        &self.stats
+    }
+
+    /// What creating pads has cost so far.
+    pub fn total_cost(&self) -> AttoTokens {
+        *self.total_cost.lock().unwrap()
+    }
+
+    /// The wallet's token balance (atto), for a start-up check and logs.
+    pub async fn wallet_balance(&self) -> Result<AttoTokens, StoreError> {
+        let wallet = self.wallet.as_ref().ok_or_else(|| permanent("no wallet"))?;
+        let balance = wallet
+            .balance_of_tokens()
+            .await
+            .map_err(|e| StoreError::Transient(format!("cannot read the wallet balance: {e}")))?;
+        Ok(AttoTokens::from_atto(balance))
+    }
+
+    fn add_cost(&self, cost: AttoTokens) {
+        let mut total = self.total_cost.lock().unwrap();
+        *total = total.checked_add(cost).unwrap_or(*total);
+        let atto = u64::try_from(cost.as_atto()).unwrap_or(u64::MAX);
+        let _ = self
+            .stats
+            .cost_atto
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_add(atto))
+            });
+    }
+}
+
+fn load_private_key(source: &WalletSource) -> Result<Option<String>, StoreError> {
+    match source {
+        WalletSource::None => Ok(None),
+        WalletSource::Env(var) => match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Ok(Some(key)),
+            _ => Err(permanent(format!(
+                "no wallet key: set the {var} environment variable to the EVM wallet's private key"
+            ))),
+        },
+        WalletSource::File(path) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        tracing::warn!(
+                            path = %path.display(),
+                            "the wallet key file is readable by other users; chmod 600 it"
+                        );
+                    }
+                }
+            }
+            let key = std::fs::read_to_string(path).map_err(|e| {
+                permanent(format!(
+                    "cannot read the wallet key file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if key.trim().is_empty() {
+                return Err(permanent(format!(
+                    "the wallet key file {} is empty",
+                    path.display()
+                )));
+            }
+            Ok(Some(key))
+        }
+    }
+}
+
+/// What nodes said about a refused put.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Refusal {
+    /// Highest stored counter reported by a node refusing an outdated counter.
+    stale_stored: Option<u64>,
+    /// Nodes that do not hold the pad and refused an unpaid write.
+    unpaid: usize,
+    other: usize,
+    accepted: usize,
+}
+
+/// Reads the per-node errors the client folds into strings.
+fn parse_refusal(ok: usize, errors: &[(impl std::fmt::Debug, String)]) -> Refusal {
+    let mut refusal = Refusal {
+        accepted: ok,
+        ..Default::default()
+    };
+    for (_, error) in errors {
+        if let Some(stored) = parse_outdated(error) {
+            refusal.stale_stored = Some(refusal.stale_stored.map_or(stored, |s| s.max(stored)));
+        } else if error.contains("NoPayment") {
+            refusal.unpaid += 1;
+        } else {
+            refusal.other += 1;
+        }
+    }
+    refusal
+}
+
+/// The stored counter from "Outdated record rejected: with counter C, expected any above S".
+fn parse_outdated(error: &str) -> Option<u64> {
+    let at = error.find("expected any above ")? + "expected any above ".len();
+    let digits: String = error[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Create,
+    Update,
+}
+
+/// Maps a failed put of `offered` (a counter) to a store error.
+fn map_put_error(op: Op, offered: u64, network_error: &NetworkError) -> StoreError {
+    let refusal = match network_error {
+        NetworkError::OutdatedRecordRejected { expected, .. } => Refusal {
+            stale_stored: Some(*expected),
+            ..Default::default()
+        },
+        NetworkError::PutRecordTooManyPeerFailed(ok, errors) => parse_refusal(ok.len(), errors),
+        NetworkError::IncompatibleNetworkProtocol => {
+            return permanent(network_error);
+        }
+        other => return StoreError::Transient(other.to_string()),
+    };
+    match (op, refusal) {
+        (
+            Op::Create,
+            Refusal {
+                stale_stored: Some(_),
+                ..
+            },
+        ) => StoreError::AlreadyExists,
+        (
+            Op::Update,
+            Refusal {
+                stale_stored: Some(stored),
+                ..
+            },
+        ) => StoreError::StaleCounter { stored, offered },
+        // Every node that answered said it holds no such pad.
+        (
+            Op::Update,
+            Refusal {
+                unpaid,
+                other: 0,
+                accepted: 0,
+                ..
+            },
+        ) if unpaid > 0 => StoreError::NotFound,
+        _ => StoreError::Transient(network_error.to_string()),
+    }
+}
+
+fn map_error(op: Option<Op>, offered: u64, e: ScratchpadError) -> StoreError {
+    match e {
+        ScratchpadError::NotFound(_) | ScratchpadError::CannotUpdateNewScratchpad => {
+            StoreError::NotFound
+        }
+        ScratchpadError::ScratchpadAlreadyExists(_) => StoreError::AlreadyExists,
+        ScratchpadError::ScratchpadTooBig(size) => StoreError::TooBig(size),
+        ScratchpadError::BadSignature => StoreError::Corrupt("bad signature".into()),
+        ScratchpadError::Corrupt(_) => {
+            StoreError::Corrupt("the network holds a record that is not a valid scratchpad".into())
+        }
+        // Several versions at the same highest counter (writers raced): no version can be
+        // chosen here. Writing a higher counter heals it.
+        ScratchpadError::Fork(versions) => StoreError::Corrupt(format!(
+            "forked pad: {} different versions at counter {}",
+            versions.len(),
+            versions.iter().map(|p| p.counter()).max().unwrap_or(0)
+        )),
+        ScratchpadError::Serialization => permanent("cannot serialize the scratchpad"),
+        ScratchpadError::GetError(e) => StoreError::Transient(e),
+        ScratchpadError::PutError(PutError::Network { network_error, .. }) => {
+            map_put_error(op.unwrap_or(Op::Update), offered, &network_error)
+        }
+        ScratchpadError::PutError(PutError::Wallet(e)) => permanent(format!("wallet: {e}")),
+        ScratchpadError::PutError(e) => StoreError::Transient(e.to_string()),
+        ScratchpadError::Pay(e) => map_pay_error(e),
+    }
+}
+
+fn map_pay_error(e: autonomi::client::payment::PayError) -> StoreError {
+    use autonomi::client::payment::PayError;
+    use evmlib::wallet::Error as WalletError;
+    match e {
+        PayError::EvmWalletNetworkMismatch => permanent(e),
+        PayError::EvmWalletError(
+            WalletError::InsufficientTokensForQuotes(..) | WalletError::PrivateKeyInvalid,
+        ) => permanent(format!("payment failed: {e}")),
+        // RPC failures, contract calls, too few quotes: worth another try.
+        other => StoreError::Transient(format!("payment failed: {other}")),
+    }
+}
+
+fn short(owner: &PublicKey) -> String {
+    owner.to_hex()[..12].to_string()
+}
+
+#[async_trait]
+impl PadStore for NetworkStore {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        super::check_acceptable(&pad)?;
+        let Some(wallet) = &self.wallet else {
+            return Err(permanent("cannot create pads without a wallet"));
+        };
+        let address = *pad.address();
+        let counter = pad.counter();
+        let earlier_receipt = self.receipts.lock().unwrap().remove(&address);
+        let reused = earlier_receipt.is_some();
+        let payment = match earlier_receipt {
+            Some(receipt) => PaymentOption::Receipt(receipt),
+            None => PaymentOption::from(wallet),
+        };
+        let started = Instant::now();
+        match self.client.scratchpad_put(pad, payment).await {
+            Ok((cost, _)) => {
+                if reused || cost.is_zero() {
+                    self.stats
+                        .creates_without_payment
+                        .fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.add_cost(cost);
+                }
+                let n = self.stats.pads_created.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(
+                    pad = %short(address.owner()),
+                    %cost,
+                    reused_receipt = reused,
+                    pads_created = n,
+                    total_cost = %self.total_cost(),
+                    elapsed = ?started.elapsed(),
+                    "created pad"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if let ScratchpadError::PutError(PutError::Network {
+                    payment: Some(receipt),
+                    ..
+                }) = &e
+                {
+                    if !receipt.is_empty() {
+                        self.receipts
+                            .lock()
+                            .unwrap()
+                            .insert(address, receipt.clone());
+                    }
+                }
+                let mapped = map_error(Some(Op::Create), counter, e);
+                tracing::debug!(pad = %short(address.owner()), error = %mapped, elapsed = ?started.elapsed(), "create failed");
+                Err(mapped)
+            }
+        }
+    }
+
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        super::check_acceptable(&pad)?;
+        let owner = *pad.owner();
+        let counter = pad.counter();
+        let started = Instant::now();
+        let result = self
+            .client
+            .scratchpad_put_update(pad)
+            .await
+            .map_err(|e| map_error(Some(Op::Update), counter, e));
+        match &result {
+            Ok(()) => {
+                self.stats.updates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pad = %short(&owner), counter, elapsed = ?started.elapsed(), "updated pad");
+            }
+            Err(e) => {
+                tracing::debug!(pad = %short(&owner), counter, error = %e, elapsed = ?started.elapsed(), "update failed")
+            }
+        }
+        result
+    }
+
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let started = Instant::now();
+        let result = self
+            .client
+            .scratchpad_get(&ScratchpadAddress::new(*owner))
+            .await
+            .map_err(|e| map_error(None, 0, e));
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(pad) if pad.owner() != owner => {
+                return Err(StoreError::Corrupt("pad of another owner".into()));
+            }
+            Ok(pad) => {
+                tracing::trace!(pad = %short(owner), counter = pad.counter(), elapsed = ?started.elapsed(), "got pad")
+            }
+            Err(e) => {
+                tracing::debug!(pad = %short(owner), error = %e, elapsed = ?started.elapsed(), "get failed")
+            }
+        }
+        result
+    }
+
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.client
+            .scratchpad_check_existence(&ScratchpadAddress::new(*owner))
+            .await
+            .map_err(|e| map_error(None, 0, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autonomi::networking::PeerId;
+
+    fn too_many(ok: usize, errors: &[&str]) -> NetworkError {
+        NetworkError::PutRecordTooManyPeerFailed(
+            (0..ok).map(|_| PeerId::random()).collect(),
+            errors
+                .iter()
+                .map(|e| (PeerId::random(), e.to_string()))
+                .collect(),
+        )
+    }
+
+    const OUTDATED: &str = "Outdated record rejected: with counter 3, expected any above 7";
+    const UNPAID: &str = "Put record rejected: Error handling record put: NoPayment(PrettyPrintRecordKey { key: Key(b\"..\") })";
+
+    #[test]
+    fn outdated_counter_is_parsed() {
+        assert_eq!(parse_outdated(OUTDATED), Some(7));
+        assert_eq!(parse_outdated("something else"), None);
+    }
+
+    #[test]
+    fn refused_puts_are_classified() {
+        assert_eq!(
+            map_put_error(Op::Update, 3, &too_many(0, &[OUTDATED, UNPAID, OUTDATED])),
+            StoreError::StaleCounter {
+                stored: 7,
+                offered: 3
+            }
+        );
+        assert_eq!(
+            map_put_error(Op::Create, 0, &too_many(1, &[OUTDATED])),
+            StoreError::AlreadyExists
+        );
+        assert_eq!(
+            map_put_error(Op::Update, 1, &too_many(0, &[UNPAID, UNPAID])),
+            StoreError::NotFound
+        );
+        assert!(map_put_error(Op::Update, 1, &too_many(1, &[UNPAID])).is_transient());
+        assert!(map_put_error(Op::Update, 1, &too_many(0, &[UNPAID, "timeout"])).is_transient());
+        assert!(map_put_error(Op::Create, 0, &NetworkError::GetClosestPeersTimeout).is_transient());
+        assert_eq!(
+            map_put_error(
+                Op::Update,
+                2,
+                &NetworkError::OutdatedRecordRejected {
+                    counter: 2,
+                    expected: 2
+                }
+            ),
+            StoreError::StaleCounter {
+                stored: 2,
+                offered: 2
+            }
+        );
+    }
+
+    #[test]
+    fn network_names_parse() {
+        assert_eq!("local".parse::<NetworkKind>(), Ok(NetworkKind::Local));
+        assert_eq!("testnet".parse::<NetworkKind>(), Ok(NetworkKind::Testnet));
+        assert_eq!("main".parse::<NetworkKind>(), Ok(NetworkKind::Main));
+        assert!("mars".parse::<NetworkKind>().is_err());
+    }
+
+    #[test]
+    fn peers_parse() {
+        let peers = NetworkConfig::parse_peers(
+            "/ip4/127.0.0.1/udp/4000/quic-v1, /ip4/127.0.0.1/udp/4001/quic-v1",
+        )
+        .unwrap();
+        assert_eq!(peers.len(), 2);
+        assert!(NetworkConfig::parse_peers("not an address").is_err());
+    }
+
+    #[test]
+    fn wallet_key_sources() {
+        assert_eq!(load_private_key(&WalletSource::None), Ok(None));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "  0xabc\n").unwrap();
+        assert_eq!(
+            load_private_key(&WalletSource::File(path)),
+            Ok(Some("  0xabc\n".to_string()))
+        );
+        assert!(load_private_key(&WalletSource::File(dir.path().join("missing"))).is_err());
+        assert!(
+            load_private_key(&WalletSource::Env("MUTANT_TEST_SURELY_UNSET_VAR".into())).is_err()
+        );
+    }
+}
