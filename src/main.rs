@@ -204,7 +204,18 @@ fn is_mounted(path: &std::path::Path) -> bool {
         .any(|m| m.replace("\\040", " ") == target)
 }
 
+/// Chunk buffers are megabytes each; glibc's adaptive mmap threshold would otherwise move
+/// them into per-thread arenas that never shrink, and a long write would keep its peak memory.
+fn bound_allocator() {
+    // SAFETY: mallopt only tunes the allocator; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn main() -> ExitCode {
+    bound_allocator();
     let raw: Vec<String> = std::env::args().collect();
     let args = Args::parse();
     let cfg = match config(&args) {

@@ -5,11 +5,11 @@
 //! for a change) -> referenced by an entry -> released by a later change (`pending_free`) ->
 //! free again once that change is committed. The index lock is held only around index access.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use autonomi::{Bytes, SecretKey};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use crate::index::persist::PageRef;
@@ -85,9 +85,12 @@ struct Inner {
     state: Mutex<State>,
     commit_lock: Mutex<()>,
     cache: ChunkCache,
+    reads_in_flight: std::sync::Mutex<HashMap<(PadSeed, [u8; 32]), SharedRead>>,
     opts: EngineOptions,
     chunk_size: u32,
 }
+
+type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
 
 struct State {
     index: Index,
@@ -133,6 +136,7 @@ impl Engine {
                 state: Mutex::new(state),
                 commit_lock: Mutex::new(()),
                 cache: ChunkCache::new(opts.cache_bytes),
+                reads_in_flight: Default::default(),
                 opts,
                 chunk_size,
             }),
@@ -527,13 +531,37 @@ impl Inner {
         })
     }
 
-    async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
+    /// A chunk from the cache, or fetched once however many readers ask for it meanwhile.
+    async fn read_chunk(self: &Arc<Self>, chunk: &Chunk) -> Result<Bytes> {
         let Some(pad) = chunk.pad else {
             return Ok(Bytes::from(vec![0; chunk.len as usize]));
         };
         if let Some(hit) = self.cache.get(&pad.seed, &chunk.hash) {
             return Ok(hit);
         }
+        let key = (pad.seed, chunk.hash);
+        let fetch = {
+            let mut reads = self.reads_in_flight.lock().unwrap();
+            reads
+                .entry(key)
+                .or_insert_with(|| {
+                    let (inner, chunk) = (self.clone(), chunk.clone());
+                    let task = tokio::spawn(async move {
+                        let result = inner.fetch_chunk(&chunk).await;
+                        inner.reads_in_flight.lock().unwrap().remove(&key);
+                        result
+                    });
+                    async move { task.await.expect("chunk read task panicked") }
+                        .boxed()
+                        .shared()
+                })
+                .clone()
+        };
+        fetch.await
+    }
+
+    async fn fetch_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
+        let pad = chunk.pad.expect("holes are not fetched");
         let data = self.pads.read(&pad, chunk.hash).await?;
         if data.len() != chunk.len as usize {
             return Err(Error::CorruptPad {
