@@ -47,8 +47,12 @@ pub(super) async fn load(
         Err(e) => return Err(e),
     };
     let root = Root::decode(&bytes)?;
-    let pages: Vec<BTreeMap<String, Entry>> =
-        futures::stream::iter(root.pages.iter().map(|page| async move {
+    // Owned page refs: a closure over references would make `Engine::open` not `Send`.
+    let reads: Vec<_> = root
+        .pages
+        .iter()
+        .copied()
+        .map(|page| async move {
             match page {
                 None => Ok::<_, Error>(BTreeMap::new()),
                 Some(page) => {
@@ -56,7 +60,9 @@ pub(super) async fn load(
                     Ok(decode_page(&bytes)?)
                 }
             }
-        }))
+        })
+        .collect();
+    let pages: Vec<BTreeMap<String, Entry>> = futures::stream::iter(reads)
         .buffered(parallelism.max(1))
         .try_collect()
         .await?;
@@ -68,6 +74,7 @@ pub(super) async fn load(
         root_counter: Some(counter),
         generation: root.generation,
         in_doubt: None,
+        free_unsaved: false,
     }))
 }
 
@@ -103,18 +110,25 @@ impl Engine {
         };
         let parallelism = self.inner.opts.parallelism.max(1);
 
-        let jobs: Vec<_> = plan
-            .writes
-            .iter()
+        // Owned inputs: a closure over references would make `commit()` not `Send`.
+        let inputs: Vec<(usize, BTreeMap<String, Entry>, PadRef)> = plan.writes.to_vec();
+        let jobs: Vec<_> = inputs
+            .into_iter()
             .map(|(n, entries, pad)| {
                 let inner = self.inner.clone();
-                let (n, entries, pad) = (*n, entries.clone(), *pad);
                 async move {
+                    let keys = entries.len();
                     let bytes = tokio::task::spawn_blocking(move || encode_page(&entries))
                         .await
                         .expect("encode task panicked")?;
                     if bytes.len() > MAX_PAD_PLAINTEXT {
-                        return Err(Error::PageTooBig);
+                        // Splitting helps only a page of several keys; one key alone too big
+                        // would make `commit` split pages for ever.
+                        return Err(if keys > 1 {
+                            Error::PageTooBig
+                        } else {
+                            Error::Store(StoreError::TooBig(bytes.len()))
+                        });
                     }
                     let hash = sha256(&bytes);
                     let pad = inner
@@ -181,6 +195,7 @@ impl Engine {
             Err(e) => {
                 // The root write may have landed: settle that before anything is reused.
                 state.index.mark_dirty(plan.dirty);
+                state.free_unsaved = true;
                 state.in_doubt = Some(Attempt {
                     generation: root.generation,
                     root_counter: plan.root_counter.map_or(0, |c| c + 1),
@@ -198,7 +213,8 @@ impl Engine {
     async fn plan_commit(&self) -> Option<Plan> {
         let mut state = self.inner.state.lock().await;
         let state = &mut *state;
-        let nothing_to_do = !state.index.is_dirty() && state.pending_free.is_empty();
+        let nothing_to_do =
+            !state.index.is_dirty() && state.pending_free.is_empty() && !state.free_unsaved;
         if nothing_to_do && state.root_counter.is_some() {
             return None;
         }
@@ -225,6 +241,7 @@ impl Engine {
             }
         }
         let releasing = std::mem::take(&mut state.pending_free);
+        state.free_unsaved = false;
         let mut free_pads = state.index.free_pads.clone();
         free_pads.extend(&old_page_pads);
         free_pads.extend(&releasing);
@@ -250,6 +267,7 @@ impl Engine {
         state.index.mark_dirty(dirty);
         state.pending_free.extend(releasing);
         state.index.free_pads.extend(page_pads);
+        state.free_unsaved = true;
     }
 
     /// Finds out whether a commit whose root write failed landed, and settles its pads.

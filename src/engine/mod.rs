@@ -102,6 +102,9 @@ struct State {
     root_counter: Option<u64>,
     generation: u64,
     in_doubt: Option<commit::Attempt>,
+    /// Pads went back to the free list that the committed index does not list as free (the
+    /// pads of a failed write): a commit must save the list, or they are lost on restart.
+    free_unsaved: bool,
 }
 
 impl Engine {
@@ -125,6 +128,7 @@ impl Engine {
                 root_counter: None,
                 generation: 0,
                 in_doubt: None,
+                free_unsaved: false,
             },
             None => return Err(Error::NoIndex),
         };
@@ -267,6 +271,7 @@ impl Engine {
         for pad in &pads {
             state.in_flight.remove(&pad.seed);
         }
+        state.free_unsaved |= !pads.is_empty();
         state.index.free_pads.extend(pads);
     }
 
@@ -449,7 +454,10 @@ impl Engine {
     /// Whether there are changes not yet committed.
     pub async fn has_uncommitted(&self) -> bool {
         let state = self.inner.state.lock().await;
-        state.index.is_dirty() || !state.pending_free.is_empty() || state.in_doubt.is_some()
+        state.index.is_dirty()
+            || !state.pending_free.is_empty()
+            || state.in_doubt.is_some()
+            || state.free_unsaved
     }
 
     /// Checks invariant 3: every pad is in exactly one place. Returns the number of pads.

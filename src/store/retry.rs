@@ -62,13 +62,10 @@ impl<S: PadStore> RetryingStore<S> {
     }
 
     /// After a transient failure, a write refused as a duplicate may be our own earlier attempt.
-    async fn landed_earlier(&self, pad: &Scratchpad) -> bool {
-        match self.inner.get(pad.owner()).await {
-            Ok(stored) => {
-                stored.counter() == pad.counter() && stored.encrypted_data() == pad.encrypted_data()
-            }
-            Err(_) => false,
-        }
+    /// An error if the stored pad cannot be read back to tell.
+    async fn landed_earlier(&self, pad: &Scratchpad) -> Result<bool, StoreError> {
+        let stored = self.run("get", || self.inner.get(pad.owner())).await?;
+        Ok(stored.counter() == pad.counter() && stored.encrypted_data() == pad.encrypted_data())
     }
 
     async fn write(&self, pad: Scratchpad, create: bool) -> Result<(), StoreError> {
@@ -91,11 +88,16 @@ impl<S: PadStore> RetryingStore<S> {
             })
             .await;
         match result {
-            Err(StoreError::AlreadyExists | StoreError::StaleCounter { .. })
-                if failed_transiently.load(Ordering::Relaxed)
-                    && self.landed_earlier(&pad).await =>
+            Err(refused @ (StoreError::AlreadyExists | StoreError::StaleCounter { .. }))
+                if failed_transiently.load(Ordering::Relaxed) =>
             {
-                Ok(())
+                // Not knowing whether our own attempt landed, the refusal must not be reported:
+                // a caller would take it for another writer's pad (the index root: a conflict).
+                match self.landed_earlier(&pad).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(refused),
+                    Err(e) => Err(e),
+                }
             }
             other => other,
         }
