@@ -5,19 +5,42 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mutant_mount::mount::{default_data_dir, run, MountConfig};
+use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
+use mutant_mount::store::network::{NetworkConfig, NetworkKind, WalletSource, SECRET_KEY_ENV};
 use mutant_mount::store::SimConfig;
 
 /// Mount a folder whose files are stored encrypted in Autonomi scratchpads.
 ///
-/// With no network configured, pads live in a local store on this disk (the same encrypted,
-/// signed bytes the network would hold). The first run creates a master key: keep a copy of it,
-/// it is the only way to your files.
+/// With no --network, pads live in a local store on this disk (the same encrypted, signed bytes
+/// the network would hold). With --network, they live on the Autonomi network: creating a pad is
+/// paid once from an EVM wallet, updates are free. The first run creates a master key: keep a
+/// copy of it, it is the only way to your files.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = EXAMPLES)]
 struct Args {
     /// Empty directory to mount on
-    mountpoint: PathBuf,
+    #[arg(required_unless_present = "estimate")]
+    mountpoint: Option<PathBuf>,
+
+    /// Store the pads on the Autonomi network instead of this disk: "local" (a network on this
+    /// machine, e.g. scripts/local-network.sh), "testnet" or "main" (the public network, paying
+    /// on Arbitrum One). Peers come from ANT_PEERS (comma-separated multiaddrs; needed for
+    /// local and testnet), the EVM network from EVM_NETWORK (e.g. local,
+    /// arbitrum-sepolia-test). Creating a pad costs tokens from the wallet (see
+    /// --wallet-key-file); updates are free
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<NetworkKind>,
+
+    /// File holding the EVM wallet's private key (hex; keep it mode 0600) that pays for new pads
+    /// on the network [default: the SECRET_KEY environment variable]. The key is never taken
+    /// as a command-line value, which every user could see in ps
+    #[arg(long, value_name = "FILE", requires = "network")]
+    wallet_key_file: Option<PathBuf>,
+
+    /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
+    /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
+    estimate: Option<u64>,
 
     /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
     #[arg(long, value_name = "DIR")]
@@ -80,7 +103,54 @@ struct Args {
 const EXAMPLES: &str = "Examples:
   mutant-mount ~/mnt                 mount in the background, local store
   mutant-mount -f ~/mnt              stay in the foreground (Ctrl-C unmounts)
-  fusermount3 -u ~/mnt               unmount (pending changes are committed first)";
+  fusermount3 -u ~/mnt               unmount (pending changes are committed first)
+
+  On the Autonomi network (the wallet pays for new pads; the log reports the cost at unmount):
+  SECRET_KEY=0x... mutant-mount --network main ~/mnt
+  mutant-mount --network main --estimate 2G       price of 2 GiB before paying anything
+  On a local test network (scripts/local-network.sh start):
+  . ~/.cache/mutant-mount/localnet/env && mutant-mount --network local \\
+      --wallet-key-file ~/.cache/mutant-mount/localnet/wallet.key ~/mnt";
+
+/// A byte count, with an optional binary suffix: 1048576, 512K, 500M, 2G, 1T.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'B' => 0,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("not a byte count: {s:?} (e.g. 1048576, 500M, 2G)"))
+}
+
+/// The network settings from the arguments and the environment.
+fn network_config(args: &Args, kind: NetworkKind) -> Result<NetworkConfig, String> {
+    let mut net = NetworkConfig::new(kind);
+    // The autonomi client reads ANT_PEERS itself; check it here for a clear message.
+    if let Ok(peers) = std::env::var("ANT_PEERS") {
+        NetworkConfig::parse_peers(&peers).map_err(|e| format!("ANT_PEERS: {e}"))?;
+    }
+    net.wallet = match &args.wallet_key_file {
+        Some(file) => WalletSource::File(file.clone()),
+        None if args.estimate.is_some() => WalletSource::None,
+        None => WalletSource::Env(SECRET_KEY_ENV.to_string()),
+    };
+    Ok(net)
+}
 
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
     let max = mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
@@ -92,7 +162,10 @@ fn parse_chunk_size(s: &str) -> Result<u32, String> {
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("mutant_mount={level},warn"))
+        // The autonomi client's driver logs late answers to finished queries as errors: noise.
+        tracing_subscriber::EnvFilter::new(format!(
+            "mutant_mount={level},warn,autonomi::networking::driver=off"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -103,8 +176,13 @@ fn init_logging(level: &str) {
 
 fn config(args: &Args) -> Result<MountConfig, String> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let store = match args.network {
+        None => StoreChoice::Local,
+        Some(kind) => StoreChoice::Network(network_config(args, kind)?),
+    };
     let mut cfg = MountConfig {
-        mountpoint: args.mountpoint.clone(),
+        mountpoint: args.mountpoint.clone().unwrap_or_default(),
+        store,
         store_dir: args
             .store_dir
             .clone()
@@ -168,7 +246,12 @@ fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the mount process: {e}"))?;
     let mountpoint = std::fs::canonicalize(&cfg.mountpoint).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Joining the network may take a while (the mount gives up after 120 s).
+    let limit = match cfg.store {
+        StoreChoice::Local => Duration::from_secs(60),
+        StoreChoice::Network(_) => Duration::from_secs(180),
+    };
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if is_mounted(&mountpoint) {
             println!(
@@ -190,7 +273,8 @@ fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!(
-        "not mounted after 60 s; see {}",
+        "not mounted after {} s; see {}",
+        limit.as_secs(),
         log_path.display()
     ))
 }
@@ -225,6 +309,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(bytes) = args.estimate {
+        init_logging(&args.log_level);
+        let StoreChoice::Network(net) = cfg.store else {
+            unreachable!("clap requires --network with --estimate")
+        };
+        let chunk = args
+            .chunk_size
+            .unwrap_or(mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE);
+        return match mutant_mount::mount::estimate(net, bytes, chunk) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mutant-mount: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if !args.foreground {
         if let Err(e) = mutant_mount::mount::preflight(&cfg) {
             eprintln!("mutant-mount: {e}");

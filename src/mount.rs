@@ -10,11 +10,33 @@ use crate::engine::{Engine, EngineOptions};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, FsCore};
 use crate::keys::MasterKey;
-use crate::store::{LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore};
+use crate::store::network::{NetworkConfig, NetworkStore};
+use crate::store::{
+    LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore, StoreError,
+};
+
+/// Where the pads live.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    /// The embedded local store in `MountConfig::store_dir`.
+    Local,
+    /// The Autonomi network.
+    Network(NetworkConfig),
+}
+
+/// Concurrent pad operations on the network: each is a round trip of hundreds of
+/// milliseconds, so more of them in flight than the local store needs.
+pub const NETWORK_PARALLELISM: usize = 32;
+
+/// How long joining the network may take before start-up gives up.
+const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     pub mountpoint: PathBuf,
+    /// Where the pads live: the local store (in `store_dir`) or the network.
+    pub store: StoreChoice,
+    /// The local store's directory (unused on the network).
     pub store_dir: PathBuf,
     pub key_file: PathBuf,
     pub cache_bytes: usize,
@@ -128,35 +150,57 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             cfg.key_file.display()
         );
     }
-    let local = open_local_store(&cfg.store_dir, &key)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
-    let store: Arc<dyn PadStore> = match cfg.simulate.clone() {
-        Some(sim) => Arc::new(RetryingStore::new(
-            SimStore::new(local, sim),
-            RetryPolicy::default(),
-        )),
-        None => Arc::new(RetryingStore::new(local, RetryPolicy::default())),
-    };
+    let (store, network, parallelism): (Arc<dyn PadStore>, Option<Arc<NetworkStore>>, usize) =
+        match &cfg.store {
+            StoreChoice::Local => {
+                let local = open_local_store(&cfg.store_dir, &key)?;
+                (
+                    wrap(local, cfg.simulate.clone()),
+                    None,
+                    EngineOptions::default().parallelism,
+                )
+            }
+            StoreChoice::Network(net) => {
+                let network = Arc::new(rt.block_on(connect_network(net.clone()))?);
+                (
+                    wrap(network.clone(), cfg.simulate.clone()),
+                    Some(network),
+                    NETWORK_PARALLELISM,
+                )
+            }
+        };
+    // Every field is set today; the default keeps options added later at their defaults.
+    #[allow(clippy::needless_update)]
     let opts = EngineOptions {
         cache_bytes: cfg.cache_bytes,
         create_if_missing: new_key || cfg.create_index,
-        scratchpad_size: cfg.chunk_size.unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
+        scratchpad_size: cfg
+            .chunk_size
+            .unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
+        parallelism,
         ..Default::default()
     };
     let fs_cfg = FsConfig {
         write_buffer_bytes: cfg.write_buffer_bytes,
         read_only: cfg.read_only,
-        space_probe: Some(cfg.store_dir.clone()),
+        space_probe: match cfg.store {
+            StoreChoice::Local => Some(cfg.store_dir.clone()),
+            StoreChoice::Network(_) => None,
+        },
         ..Default::default()
     };
     let core = rt.block_on(async {
         let engine = Engine::open(store, key, opts).await.map_err(|e| match e {
             crate::engine::Error::NoIndex => StartError(format!(
-                "the store at {} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
-                cfg.store_dir.display(),
+                "{} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
+                match cfg.store {
+                    StoreChoice::Local => format!("the store at {}", cfg.store_dir.display()),
+                    StoreChoice::Network(ref net) => format!("the {} Autonomi network", net.network),
+                },
                 cfg.key_file.display()
             )),
             e => StartError(format!("cannot open the index: {e}")),
@@ -214,6 +258,9 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let served = session.run();
     committer.abort();
     let synced = rt.block_on(core.sync_all());
+    if let Some(network) = &network {
+        log_network_cost(network);
+    }
     if let Err(e) = served {
         return fail(format!("the FUSE session ended with an error: {e}"));
     }
@@ -225,4 +272,80 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     }
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// The store with the retry layer, and the simulation under it if asked for.
+fn wrap<S: PadStore + 'static>(inner: S, simulate: Option<SimConfig>) -> Arc<dyn PadStore> {
+    match simulate {
+        Some(sim) => Arc::new(RetryingStore::new(
+            SimStore::new(inner, sim),
+            RetryPolicy::default(),
+        )),
+        None => Arc::new(RetryingStore::new(inner, RetryPolicy::default())),
+    }
+}
+
+/// Joins the network, as a start-up error a user can act on.
+pub async fn connect_network(net: NetworkConfig) -> Result<NetworkStore, StartError> {
+    let kind = net.network;
+    match tokio::time::timeout(CONNECT_LIMIT, NetworkStore::connect(net)).await {
+        Ok(Ok(store)) => Ok(store),
+        // A wallet key that is missing or invalid, a testnet without peers or EVM settings:
+        // the message says what to set.
+        Ok(Err(StoreError::Permanent(msg))) => fail(format!(
+            "cannot use the {kind} Autonomi network: {msg}"
+        )),
+        Ok(Err(StoreError::Transient(msg))) => fail(format!(
+            "cannot reach the Autonomi network: {msg} (network {kind}; check ANT_PEERS and that those peers are up)"
+        )),
+        Ok(Err(e)) => fail(format!("cannot reach the Autonomi network ({kind}): {e}")),
+        Err(_) => fail(format!(
+            "cannot reach the Autonomi network: not connected after {} s (network {kind}; check ANT_PEERS and that those peers are up)",
+            CONNECT_LIMIT.as_secs()
+        )),
+    }
+}
+
+/// What this session cost on the network.
+fn log_network_cost(network: &NetworkStore) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = network.stats();
+    tracing::info!(
+        network = %network.network(),
+        pads_created = stats.pads_created.load(Relaxed),
+        creates_without_payment = stats.creates_without_payment.load(Relaxed),
+        updates = stats.updates.load(Relaxed),
+        gets = stats.gets.load(Relaxed),
+        tokens_paid = %network.total_cost(),
+        atto_paid = %network.total_cost().as_atto(),
+        "network session cost: {} pads created, {} tokens paid (updates are free)",
+        stats.pads_created.load(Relaxed),
+        network.total_cost()
+    );
+}
+
+/// What storing `bytes` of file data would cost: one pad per chunk, at the price nodes quote
+/// now for a new scratchpad. No wallet is needed and nothing is paid.
+pub fn estimate(net: NetworkConfig, bytes: u64, chunk_size: u32) -> Result<String, StartError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let store = connect_network(net).await?;
+        let probe = autonomi::SecretKey::random().public_key();
+        let price = store
+            .client()
+            .scratchpad_cost(&probe)
+            .await
+            .map_err(|e| StartError(format!("cannot get a price quote from the network: {e}")))?;
+        let pads = bytes.div_ceil(u64::from(chunk_size.max(1)));
+        let total = price.as_atto().saturating_mul(autonomi::Amount::from(pads));
+        Ok(format!(
+            "{bytes} bytes of file data: {pads} pads of {chunk_size} bytes at {price} tokens each \
+             = about {} tokens ({total} atto), plus a few pads for the index on first use. \
+             Updating a pad and reusing freed pads are free; prices change with the network's load.",
+            autonomi::AttoTokens::from_atto(total)
+        ))
+    })
 }

@@ -29,6 +29,16 @@ pub fn is_mounted(path: &Path) -> bool {
 impl Mount {
     /// Mounts `data`'s store on `mnt` (created if missing) with extra arguments.
     pub fn start(data: &Path, mnt: &Path, extra: &[&str]) -> Mount {
+        Mount::start_with_env(data, mnt, extra, &[])
+    }
+
+    /// Like [`Mount::start`], with environment variables for the mount process.
+    pub fn start_with_env(
+        data: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Mount {
         std::fs::create_dir_all(mnt).unwrap();
         std::fs::create_dir_all(data).unwrap();
         let log = data.join(format!("mount-{}.log", std::process::id()));
@@ -44,6 +54,7 @@ impl Mount {
             .args(["--allow-other", "--log-level", "debug"])
             .args(extra)
             .arg(mnt)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -67,6 +78,11 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(20));
         }
         mount
+    }
+
+    /// The mount process's log file (it stays after unmount).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 
     pub fn log_tail(&self) -> String {

@@ -1,0 +1,176 @@
+//! A real mount over a local Autonomi network: `rsync -a` a tree in, compare it, unmount, then
+//! mount again from a fresh data dir holding only the master key (no local state at all) and
+//! compare byte for byte.
+//!
+//! ```text
+//! scripts/local-network.sh start
+//! MUTANT_NETWORK_TESTS=1 cargo test --test network_mount -- --nocapture
+//! scripts/local-network.sh stop
+//! ```
+//!
+//! Without MUTANT_NETWORK_TESTS=1 the test says it was skipped and passes. Peers come from
+//! ANT_PEERS or the script's state dir (MUTANT_LOCALNET_DIR, default
+//! ~/.cache/mutant-mount/localnet); the wallet from SECRET_KEY or the state dir's wallet.key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::{content_for, describe_tree, sh, Mount};
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("MUTANT_NETWORK_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!(
+            "{test}: skipped (set MUTANT_NETWORK_TESTS=1 with a network up: scripts/local-network.sh start)"
+        );
+    }
+    on
+}
+
+fn state_dir() -> PathBuf {
+    match std::env::var_os("MUTANT_LOCALNET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/mutant-mount/localnet"),
+    }
+}
+
+/// The mount's arguments and environment for the local network, as a user would give them.
+fn network_args(state: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = vec!["--network".to_string(), "local".to_string()];
+    let mut env = vec![("EVM_NETWORK".to_string(), "local".to_string())];
+    if std::env::var_os("ANT_PEERS").is_none() {
+        let peers = std::fs::read_to_string(state.join("peers")).unwrap_or_else(|e| {
+            panic!(
+                "no ANT_PEERS and no {}: is the local network up? ({e})",
+                state.join("peers").display()
+            )
+        });
+        env.push(("ANT_PEERS".to_string(), peers.trim().to_string()));
+    }
+    // The network's own bootstrap cache, not the user's.
+    env.push((
+        "XDG_DATA_HOME".to_string(),
+        state.join("home/.local/share").display().to_string(),
+    ));
+    if std::env::var_os("SECRET_KEY").is_none() {
+        args.push("--wallet-key-file".to_string());
+        args.push(state.join("wallet.key").display().to_string());
+    }
+    (args, env)
+}
+
+/// The "network session cost" line a mount logs at unmount.
+fn cost_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .rev()
+        .find(|l| l.contains("network session cost"))
+        .unwrap_or_else(|| panic!("no cost line in {}:\n{text}", log.display()))
+        .to_string()
+}
+
+/// The figure after `key=` in a log line.
+fn field(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 2;
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+fn make_tree(src: &Path) {
+    std::fs::create_dir_all(src).unwrap();
+    let big = content_for("big", 4 * 1024 * 1024 + 1_234_567);
+    std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+    std::fs::write(src.join("a/b/c/big.bin"), &big).unwrap();
+    std::fs::write(src.join("a/small.txt"), content_for("small", 3000)).unwrap();
+    std::fs::write(src.join("a/b/note.md"), b"# notes\nhello\n").unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    std::fs::write(src.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    sh(
+        src,
+        "chmod 755 script.sh; chmod 600 a/small.txt; chmod 444 a/b/note.md; \
+         mkdir -p private empty-dir; chmod 700 private; \
+         echo secret > private/key; chmod 640 private/key; \
+         ln -s a/b/c/big.bin link-to-big; ln -s ../small.txt a/b/up-link; \
+         ln -s /nonexistent/target dangling; ln -s a dir-link; \
+         touch -d '2021-03-04 05:06:07' a/small.txt empty; \
+         touch -h -d '2020-01-02 03:04:05' dangling; \
+         touch -d '2019-05-06 07:08:09' a/b",
+    );
+}
+
+#[test]
+fn rsync_over_the_network_and_remount_from_the_key_alone() {
+    if !enabled("rsync_over_the_network_and_remount_from_the_key_alone") {
+        return;
+    }
+    let state = state_dir();
+    let (args, env) = network_args(&state);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let expected = describe_tree(&src);
+
+    // First mount: a new key, a new file system on the network.
+    let data1 = tmp.path().join("data1");
+    let mnt = tmp.path().join("mnt");
+    let t = Instant::now();
+    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    eprintln!("  mount (new key): {:?}", t.elapsed());
+    let t = Instant::now();
+    sh(
+        tmp.path(),
+        &format!("rsync -a {}/ {}/dst/", src.display(), mnt.display()),
+    );
+    eprintln!("  rsync -a: {:?}", t.elapsed());
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    let log1 = mount.log_path();
+    let t = Instant::now();
+    mount.unmount();
+    eprintln!("  unmount: {:?}", t.elapsed());
+    let cost1 = cost_line(&log1);
+    eprintln!("  first session: {cost1}");
+    let created1: u64 = field(&cost1, "pads_created").parse().unwrap();
+    // Two chunks for the big file, one for each small one, the index: at least a handful.
+    assert!(created1 >= 5, "only {created1} pads created: {cost1}");
+    let paid1: u128 = field(&cost1, "atto_paid").parse().unwrap();
+    assert!(paid1 > 0, "nothing paid: {cost1}");
+
+    // Second mount: a fresh data dir with only a copy of the master key.
+    let data2 = tmp.path().join("data2");
+    std::fs::create_dir_all(&data2).unwrap();
+    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let t = Instant::now();
+    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    eprintln!("  mount (key only): {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    sh(
+        tmp.path(),
+        &format!(
+            "diff -r --no-dereference {}/ {}/dst/",
+            src.display(),
+            mnt.display()
+        ),
+    );
+    eprintln!("  compare (cold, from the network): {:?}", t.elapsed());
+    let log2 = mount.log_path();
+    mount.unmount();
+    let cost2 = cost_line(&log2);
+    eprintln!("  second session: {cost2}");
+    assert!(
+        !data2.join("store").exists(),
+        "a network mount made a local store"
+    );
+}
