@@ -327,14 +327,23 @@ impl FileData {
         if which.is_empty() {
             return Ok(());
         }
-        let pieces = which
+        // Buffers move to the upload (no copy); a failed upload puts them back.
+        let pieces: Vec<Bytes> = which
             .iter()
-            .map(|idx| Bytes::from(self.dirty[idx].clone()))
+            .map(|idx| Bytes::from(self.dirty.remove(idx).expect("dirty chunk")))
             .collect();
-        let chunks = engine.write_chunks(pieces, None).await?;
+        let chunks = match engine.write_chunks(pieces.clone(), None).await {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                for (idx, piece) in which.into_iter().zip(pieces) {
+                    self.dirty.insert(idx, piece.to_vec());
+                }
+                self.recount();
+                return Err(e);
+            }
+        };
         let mut replaced = Vec::new();
         for (idx, chunk) in which.into_iter().zip(chunks) {
-            self.dirty.remove(&idx);
             replaced.extend(self.uploaded.insert(idx, chunk));
         }
         engine.discard_chunks(&replaced).await;

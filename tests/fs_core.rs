@@ -1,0 +1,267 @@
+//! The file-system core driven without FUSE, over a store that counts and fails on demand.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use autonomi::scratchpad::Scratchpad;
+use autonomi::{Bytes, PublicKey};
+use std::sync::Arc;
+
+use mutant_mount::engine::{Engine, EngineOptions};
+use mutant_mount::fs::namespace::ROOT_INO;
+use mutant_mount::fs::{Caller, Errno, FsConfig, FsCore};
+use mutant_mount::keys::MasterKey;
+use mutant_mount::store::{LocalStore, PadStore, SimConfig, SimStore, StoreError};
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+const CHUNK: usize = 4096;
+
+async fn core_over(
+    dir: &std::path::Path,
+    key: &MasterKey,
+    sim: SimConfig,
+    cfg: FsConfig,
+) -> (Arc<FsCore>, Arc<SimStore<LocalStore>>) {
+    let store = Arc::new(SimStore::new(LocalStore::open(dir).unwrap(), sim));
+    let opts = EngineOptions {
+        scratchpad_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key.clone(), opts)
+        .await
+        .unwrap();
+    (FsCore::start(engine, cfg).await.unwrap(), store)
+}
+
+fn bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed | 1)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_the_error_close_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    // Opening writes the root (1), then the root directory's page and the root again (2, 3).
+    let sim = SimConfig {
+        crash_after_writes: Some(4),
+        ..Default::default()
+    };
+    let (fs, _) = core_over(dir.path(), &key, sim, FsConfig::default()).await;
+    let (attr, fh) = fs
+        .create(ROOT_INO, "doc", 0o644, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &bytes(1, 10_000)).await.unwrap();
+    assert_eq!(fs.flush(fh).await, Err(Errno(libc::EIO)));
+    // Still failing at the last close: reported again, never silently dropped.
+    assert_eq!(fs.release(fh).await, Err(Errno(libc::EIO)));
+    assert_eq!(attr.size, 0);
+}
+
+/// Passes through to a local store, flipping a ciphertext byte of every pad read while `corrupt`
+/// is set (signature kept, as a bit flip on the wire or disk would).
+struct Tampering {
+    inner: LocalStore,
+    corrupt: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl PadStore for Tampering {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.create(pad).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.update(pad).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let pad = self.inner.get(owner).await?;
+        if !self.corrupt.load(Ordering::SeqCst) {
+            return Ok(pad);
+        }
+        let mut data = pad.encrypted_data().to_vec();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x80;
+        Ok(Scratchpad::new_with_signature(
+            *pad.owner(),
+            pad.data_encoding(),
+            Bytes::from(data),
+            pad.counter(),
+            pad.signature().clone(),
+        ))
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.inner.exists(owner).await
+    }
+}
+
+#[tokio::test]
+async fn corrupt_pads_read_as_eio_never_as_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    {
+        let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+        let (_, fh) = fs
+            .create(ROOT_INO, "f", 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &bytes(2, 3 * CHUNK)).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    let store = Arc::new(Tampering {
+        inner: LocalStore::open(dir.path()).unwrap(),
+        corrupt: AtomicBool::new(false),
+    });
+    let engine = Engine::open(
+        store.clone() as Arc<dyn PadStore>,
+        key.clone(),
+        EngineOptions::default(),
+    )
+    .await
+    .unwrap();
+    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    store.corrupt.store(true, Ordering::SeqCst);
+    assert_eq!(fs.read(fh, 0, 100).await, Err(Errno(libc::EIO)));
+    store.corrupt.store(false, Ordering::SeqCst);
+    assert_eq!(
+        fs.read(fh, 0, 100).await.unwrap(),
+        bytes(2, 3 * CHUNK)[..100]
+    );
+    fs.release(fh).await.unwrap();
+
+    // A corrupted index is refused outright, with a clear error, not shown as an empty tree.
+    store.corrupt.store(true, Ordering::SeqCst);
+    let err = Engine::open(store as Arc<dyn PadStore>, key, EngineOptions::default())
+        .await
+        .err()
+        .expect("a corrupted index must not open");
+    assert!(err.is_corruption(), "{err}");
+}
+
+#[tokio::test]
+async fn big_writes_stream_full_chunks_before_close_and_reads_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let cfg = FsConfig {
+        write_buffer_bytes: 2 * CHUNK,
+        ..Default::default()
+    };
+    let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), cfg).await;
+    let (_, fh) = fs
+        .create(ROOT_INO, "big", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    let data = bytes(3, 40 * CHUNK + 123);
+    let before = store.stats.writes();
+    for (i, piece) in data.chunks(1000).enumerate() {
+        fs.write(fh, (i * 1000) as u64, piece).await.unwrap();
+    }
+    let streamed = store.stats.writes() - before;
+    assert!(
+        streamed >= 35,
+        "full chunks upload while writing: {streamed} pad writes"
+    );
+    // The handle reads its own unsaved and uploaded bytes.
+    assert_eq!(fs.read(fh, 0, data.len() as u32 + 10).await.unwrap(), data);
+    fs.release(fh).await.unwrap();
+    let fh = fs
+        .open(
+            fs.lookup(ROOT_INO, "big").await.unwrap().ino,
+            libc::O_RDONLY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(fs.read(fh, 5000, 20_000).await.unwrap(), data[5000..25_000]);
+    fs.release(fh).await.unwrap();
+    let accounted = fs.engine().check_accounting().await.unwrap();
+    assert!(accounted >= 41);
+}
+
+#[tokio::test]
+async fn renaming_a_directory_rewrites_no_data_pad() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let d = fs.mkdir(ROOT_INO, "photos", 0o755, ME).await.unwrap().ino;
+    for i in 0..30 {
+        let (_, fh) = fs
+            .create(d, &format!("p{i}"), 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &bytes(i, 2 * CHUNK)).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    fs.sync_all().await.unwrap();
+    let (creates, updates) = (
+        store.stats.creates.load(Ordering::Relaxed),
+        store.stats.updates.load(Ordering::Relaxed),
+    );
+    fs.rename(ROOT_INO, "photos", ROOT_INO, "pictures", 0)
+        .await
+        .unwrap();
+    fs.sync_all().await.unwrap();
+    let writes = store.stats.creates.load(Ordering::Relaxed) - creates
+        + store.stats.updates.load(Ordering::Relaxed)
+        - updates;
+    // One index page and the root; none of the 60 data pads.
+    assert!(writes <= 2, "{writes} pad writes for a rename");
+    let moved = fs.lookup(ROOT_INO, "pictures").await.unwrap().ino;
+    let f = fs.lookup(moved, "p7").await.unwrap().ino;
+    let fh = fs.open(f, libc::O_RDONLY).await.unwrap();
+    assert_eq!(
+        fs.read(fh, 0, 3 * CHUNK as u32).await.unwrap(),
+        bytes(7, 2 * CHUNK)
+    );
+    fs.release(fh).await.unwrap();
+    assert_eq!(
+        fs.lookup(ROOT_INO, "photos").await,
+        Err(Errno(libc::ENOENT))
+    );
+}
+
+#[tokio::test]
+async fn namespace_errors_are_the_ones_posix_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let d = fs.mkdir(ROOT_INO, "d", 0o755, ME).await.unwrap().ino;
+    fs.mknod(d, "f", libc::S_IFREG | 0o644, 0, ME)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs.mkdir(ROOT_INO, "d", 0o755, ME).await,
+        Err(Errno(libc::EEXIST))
+    );
+    assert_eq!(fs.rmdir(ROOT_INO, "d").await, Err(Errno(libc::ENOTEMPTY)));
+    assert_eq!(fs.unlink(ROOT_INO, "d").await, Err(Errno(libc::EISDIR)));
+    assert_eq!(fs.rmdir(d, "f").await, Err(Errno(libc::ENOTDIR)));
+    assert_eq!(
+        fs.rename(ROOT_INO, "d", d, "inside", 0).await,
+        Err(Errno(libc::EINVAL))
+    );
+    assert_eq!(
+        fs.mkdir(ROOT_INO, &"x".repeat(256), 0o755, ME).await,
+        Err(Errno(libc::ENAMETOOLONG))
+    );
+    fs.mkdir(ROOT_INO, "e", 0o755, ME).await.unwrap();
+    assert_eq!(
+        fs.rename(ROOT_INO, "e", ROOT_INO, "d", 0).await,
+        Err(Errno(libc::ENOTEMPTY))
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, "e", ROOT_INO, "d", libc::RENAME_NOREPLACE)
+            .await,
+        Err(Errno(libc::EEXIST))
+    );
+    assert_eq!(
+        fs.getxattr(d, b"user.none").await,
+        Err(Errno(libc::ENODATA))
+    );
+    assert_eq!(
+        fs.setxattr(d, b"system.posix_acl_access", b"x", 0).await,
+        Err(Errno(libc::EOPNOTSUPP))
+    );
+    assert_eq!(fs.link().await, Err(Errno(libc::EPERM)));
+}
