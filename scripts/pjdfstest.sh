@@ -5,6 +5,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 pinned=$(cat "$ROOT/tests/conf/pjdfstest.pinned")
 work=$(mktemp -d)
+# The tests switch to unprivileged users, who must be able to reach the mount.
+chmod 755 "$work"
 trap 'fusermount3 -uz "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
 mount_fresh "$work"
 mkdir "$work/mnt/t" && chmod 777 "$work/mnt/t"
@@ -16,7 +18,9 @@ passed=$(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$summary")
 if [ -z "$passed" ]; then
   tail -50 "$work/out.txt"; echo "pjdfstest did not finish"; exit 1
 fi
-grep -E '^[a-z_0-9:]+ +FAILED' "$work/out.txt" | awk '{print "  failed: " $1}' | sort | head -60
+# Each failure with the first line of its reason.
+grep -A1 -E '^[a-z_0-9:]+ +FAILED' "$work/out.txt" | grep -v '^--$' | paste - - \
+  | awk -F'\t' '{split($1, name, " "); print "  failed: " name[1] ": " $NF}' | sort | head -80
 if [ "$passed" -lt "$pinned" ]; then
   echo "pjdfstest: $passed passed, fewer than the pinned $pinned"; exit 1
 fi
