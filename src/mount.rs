@@ -182,6 +182,8 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             .chunk_size
             .unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
         parallelism,
+        // Local copies of index pages, beside the key; the store keeps them all too.
+        index_cache_dir: cfg.key_file.parent().map(|dir| dir.join("index-cache")),
         ..Default::default()
     };
     let fs_cfg = FsConfig {

@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::error::{Error, Result};
 use super::pads::{PadIo, INDEX_ENCODING};
+use super::page_cache::PageCache;
 use super::{Engine, State};
 use crate::codec::sha256;
 use crate::index::persist::{decode_page, encode_page, PageRef, Root};
@@ -40,6 +41,7 @@ pub(super) async fn load(
     pads: &PadIo,
     root_key: &SecretKey,
     parallelism: usize,
+    local: Option<&PageCache>,
 ) -> Result<Option<State>> {
     let (bytes, counter) = match pads.read_with_key(root_key.clone(), None).await {
         Ok(found) => found,
@@ -56,7 +58,13 @@ pub(super) async fn load(
             match page {
                 None => Ok::<_, Error>(BTreeMap::new()),
                 Some(page) => {
+                    if let Some(bytes) = local.and_then(|l| l.get(&page.hash)) {
+                        return Ok(decode_page(&bytes)?);
+                    }
                     let bytes = pads.read(&page.pad, page.hash).await?;
+                    if let Some(local) = local {
+                        local.put(&page.hash, &bytes);
+                    }
                     Ok(decode_page(&bytes)?)
                 }
             }
@@ -131,6 +139,9 @@ impl Engine {
                         });
                     }
                     let hash = sha256(&bytes);
+                    if let Some(dir) = &inner.opts.index_cache_dir {
+                        PageCache::new(dir).put(&hash, &bytes);
+                    }
                     let pad = inner
                         .pads
                         .write(pad, INDEX_ENCODING, Bytes::from(bytes))
@@ -179,6 +190,16 @@ impl Engine {
         let mut state = self.inner.state.lock().await;
         match result {
             Ok(counter) => {
+                if let Some(dir) = &self.inner.opts.index_cache_dir {
+                    let local = PageCache::new(dir);
+                    let kept: HashSet<[u8; 32]> =
+                        root.pages.iter().flatten().map(|p| p.hash).collect();
+                    for old in state.committed_pages.iter().flatten() {
+                        if !kept.contains(&old.hash) {
+                            local.remove(&old.hash);
+                        }
+                    }
+                }
                 state.root_counter = Some(counter);
                 state.generation = root.generation;
                 state.committed_pages = root.pages;

@@ -21,10 +21,12 @@ pub mod cache;
 mod commit;
 pub mod error;
 pub mod pads;
+pub mod page_cache;
 
 use cache::ChunkCache;
 pub use error::{Error, Result};
 use pads::{PadIo, DATA_ENCODING};
+use page_cache::PageCache;
 
 /// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
 pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
@@ -38,6 +40,8 @@ pub struct EngineOptions {
     pub cache_bytes: usize,
     /// Start an empty index when the store has none for this key.
     pub create_if_missing: bool,
+    /// Where to keep local copies of index pages for a fast start (never the only copy).
+    pub index_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +51,7 @@ impl Default for EngineOptions {
             parallelism: 16,
             cache_bytes: 256 << 20,
             create_if_missing: true,
+            index_cache_dir: None,
         }
     }
 }
@@ -116,7 +121,8 @@ impl Engine {
     ) -> Result<Self> {
         let pads = PadIo::new(store, master.clone());
         let root_key = master.root_key();
-        let loaded = commit::load(&pads, &root_key, opts.parallelism).await?;
+        let page_cache = opts.index_cache_dir.as_deref().map(PageCache::new);
+        let loaded = commit::load(&pads, &root_key, opts.parallelism, page_cache.as_ref()).await?;
         let fresh = loaded.is_none();
         let state = match loaded {
             Some(state) => state,
