@@ -4,7 +4,7 @@
 //! opened on the bare local store, with no local state: the index it finds must be exactly one
 //! of the states the caller may believe committed, every pad it references intact.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,35 +19,8 @@ use mutant_mount::store::{
 };
 use proptest::prelude::*;
 
-const KEYS: &[&str] = &["a", "b", "dir/c", "dir/sub/d", "with space", "f"];
-
-#[derive(Clone, Debug)]
-struct Value {
-    len: usize,
-    /// 0: all zeros (holes only), 1: random bytes, 2: chunks alternately zero and random.
-    pattern: u8,
-    seed: u64,
-}
-
-impl Value {
-    fn bytes(&self, chunk: usize) -> Vec<u8> {
-        let mut x = self.seed | 1;
-        (0..self.len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let random = (x >> 24) as u8 | 1;
-                match self.pattern {
-                    0 => 0,
-                    1 => random,
-                    _ if (self.seed >> ((i / chunk) % 64)) & 1 == 1 => 0,
-                    _ => random,
-                }
-            })
-            .collect()
-    }
-}
+mod engine_common;
+use engine_common::{pad_files, slice, value, Model, Value, KEYS};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -57,15 +30,6 @@ enum Op {
     Rename { from: usize, to: usize },
     Remove { key: usize },
     Commit,
-}
-
-fn value(chunk: usize) -> impl Strategy<Value = Value> {
-    let len = prop_oneof![
-        1 => Just(0usize),
-        1 => Just(chunk),
-        6 => 0..=3 * chunk + 1,
-    ];
-    (len, 0u8..3, any::<u64>()).prop_map(|(len, pattern, seed)| Value { len, pattern, seed })
 }
 
 fn op(chunk: usize) -> impl Strategy<Value = Op> {
@@ -93,8 +57,6 @@ struct Faults {
     attempts: u32,
     seed: u64,
 }
-
-type Model = HashMap<String, (Vec<u8>, u32)>;
 
 fn options(chunk: u32) -> EngineOptions {
     EngineOptions {
@@ -171,23 +133,10 @@ async fn orphans(dir: &Path, master: &MasterKey, engine: &Engine) -> Vec<PathBuf
         .map(|seed| local.pad_path(&master.pad_key(seed).public_key()))
         .collect();
     known.insert(local.pad_path(&master.root_key().public_key()));
-    let mut found = Vec::new();
-    for shard in std::fs::read_dir(dir.join("pads")).unwrap() {
-        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let hidden = path.file_name().unwrap().to_string_lossy().starts_with('.');
-            if !hidden && !known.contains(&path) {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-fn slice(data: &[u8], offset: u64, len: usize) -> &[u8] {
-    let start = (offset as usize).min(data.len());
-    let end = start.saturating_add(len).min(data.len());
-    &data[start..end]
+    pad_files(dir)
+        .into_iter()
+        .filter(|path| !known.contains(path))
+        .collect()
 }
 
 fn no_corruption(what: &str, e: &Error) -> Result<(), TestCaseError> {
