@@ -159,7 +159,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             StoreChoice::Local => {
                 let local = open_local_store(&cfg.store_dir, &key)?;
                 (
-                    wrap(local, cfg.simulate.clone()),
+                    wrap(local, cfg.simulate.clone(), RetryPolicy::default()),
                     None,
                     EngineOptions::default().parallelism,
                 )
@@ -167,7 +167,11 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             StoreChoice::Network(net) => {
                 let network = Arc::new(rt.block_on(connect_network(net.clone()))?);
                 (
-                    wrap(network.clone(), cfg.simulate.clone()),
+                    wrap(
+                        network.clone(),
+                        cfg.simulate.clone(),
+                        RetryPolicy::network(),
+                    ),
                     Some(network),
                     NETWORK_PARALLELISM,
                 )
@@ -277,13 +281,14 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
 }
 
 /// The store with the retry layer, and the simulation under it if asked for.
-fn wrap<S: PadStore + 'static>(inner: S, simulate: Option<SimConfig>) -> Arc<dyn PadStore> {
+fn wrap<S: PadStore + 'static>(
+    inner: S,
+    simulate: Option<SimConfig>,
+    policy: RetryPolicy,
+) -> Arc<dyn PadStore> {
     match simulate {
-        Some(sim) => Arc::new(RetryingStore::new(
-            SimStore::new(inner, sim),
-            RetryPolicy::default(),
-        )),
-        None => Arc::new(RetryingStore::new(inner, RetryPolicy::default())),
+        Some(sim) => Arc::new(RetryingStore::new(SimStore::new(inner, sim), policy)),
+        None => Arc::new(RetryingStore::new(inner, policy)),
     }
 }
 

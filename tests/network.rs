@@ -23,7 +23,7 @@ use mutant_mount::engine::{Engine, EngineOptions, Error as EngineError};
 use mutant_mount::index::Meta;
 use mutant_mount::keys::MasterKey;
 use mutant_mount::store::network::{NetworkConfig, NetworkKind, NetworkStore, WalletSource};
-use mutant_mount::store::{PadStore, StoreError, MAX_PAD_PLAINTEXT};
+use mutant_mount::store::{PadStore, RetryPolicy, RetryingStore, StoreError, MAX_PAD_PLAINTEXT};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -75,9 +75,11 @@ fn config() -> NetworkConfig {
     config
 }
 
-async fn connect() -> NetworkStore {
+/// The network store as a mount uses it: under the retry layer with the network's policy.
+async fn connect() -> RetryingStore<NetworkStore> {
     let t = Instant::now();
     let store = NetworkStore::connect(config()).await.expect("connect");
+    let store = RetryingStore::new(store, RetryPolicy::network());
     eprintln!("  connect: {:?}", t.elapsed());
     store
 }
@@ -116,9 +118,15 @@ async fn pad_store_round_trip() {
     // Create: paid once.
     let (r, _) = timed("create (small, paid)", store.create(pad(&sk, b"hello", 0))).await;
     r.unwrap();
-    assert_eq!(store.stats().pads_created.load(Ordering::Relaxed), 1);
-    assert!(!store.total_cost().is_zero());
-    eprintln!("  cost of one pad: {} atto", store.total_cost().as_atto());
+    assert_eq!(
+        store.inner().stats().pads_created.load(Ordering::Relaxed),
+        1
+    );
+    assert!(!store.inner().total_cost().is_zero());
+    eprintln!(
+        "  cost of one pad: {} atto",
+        store.inner().total_cost().as_atto()
+    );
     let (r, _) = timed("exists", store.exists(&pk)).await;
     assert_eq!(r, Ok(true));
     let (got, _) = timed("get (small)", store.get(&pk)).await;
@@ -230,10 +238,13 @@ async fn pad_store_round_trip() {
         .unwrap();
     assert_eq!(plain.as_ref(), &full2[..]);
 
-    assert_eq!(store.stats().pads_created.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        store.inner().stats().pads_created.load(Ordering::Relaxed),
+        2
+    );
     eprintln!(
         "  pads created: 2, total cost {} atto",
-        store.total_cost().as_atto()
+        store.inner().total_cost().as_atto()
     );
 }
 
@@ -285,11 +296,11 @@ async fn engine_round_trip() {
     let (r, _) = timed("commit (overwrite, remove, rename)", engine.commit()).await;
     r.unwrap();
     engine.check_accounting().await.unwrap();
-    let created = store.stats().pads_created.load(Ordering::Relaxed);
+    let created = store.inner().stats().pads_created.load(Ordering::Relaxed);
     eprintln!(
         "  pads created: {created}, updates {}, cost {} atto",
-        store.stats().updates.load(Ordering::Relaxed),
-        store.total_cost().as_atto()
+        store.inner().stats().updates.load(Ordering::Relaxed),
+        store.inner().total_cost().as_atto()
     );
 
     // Another machine: only the master key in common.
@@ -312,7 +323,7 @@ async fn engine_round_trip() {
     assert!(stats.free_pads >= 2, "free pads: {}", stats.free_pads);
 
     // Reuse: a new file goes to free pads, no payment.
-    let before = store2.stats().pads_created.load(Ordering::Relaxed);
+    let before = store2.inner().stats().pads_created.load(Ordering::Relaxed);
     let (r, _) = timed(
         "store small (recycled pad)",
         engine2.store("c", b"recycled", Meta::file()),
@@ -322,7 +333,7 @@ async fn engine_round_trip() {
     let (r, _) = timed("commit", engine2.commit()).await;
     r.unwrap();
     assert_eq!(
-        store2.stats().pads_created.load(Ordering::Relaxed),
+        store2.inner().stats().pads_created.load(Ordering::Relaxed),
         before,
         "a free pad should have been reused"
     );

@@ -540,11 +540,20 @@ impl PadStore for NetworkStore {
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         let started = Instant::now();
-        let result = self
+        let address = ScratchpadAddress::new(*owner);
+        let mut result = self
             .client
-            .scratchpad_get(&ScratchpadAddress::new(*owner))
+            .scratchpad_get(&address)
             .await
             .map_err(|e| map_error(None, 0, e));
+        if result == Err(StoreError::NotFound) && self.exists(owner).await == Ok(true) {
+            // A get answers "no record" when its query reached no node holding the pad (a young
+            // network, a pad written moments ago, peers churning); the existence check asks the
+            // closest nodes directly. A pad some node holds is there to be read on a retry.
+            result = Err(StoreError::Transient(
+                "the pad exists but no node returned it yet".into(),
+            ));
+        }
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(pad) if pad.owner() != owner => {

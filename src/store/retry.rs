@@ -36,9 +36,26 @@ pub struct RetryingStore<S> {
     policy: RetryPolicy,
 }
 
+impl RetryPolicy {
+    /// For the Autonomi network: records take a few seconds to reach every close node, and a
+    /// young or churning network drops queries; about 20 s in all before giving up.
+    pub fn network() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
 impl<S: PadStore> RetryingStore<S> {
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         RetryingStore { inner, policy }
+    }
+
+    /// The store under the retries, for its own counters.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 
     async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
