@@ -17,6 +17,8 @@ pub enum Kind {
     IndexRoot = 1,
     IndexPage = 2,
     PadRecord = 3,
+    /// A local journal record (never in the store).
+    JournalRecord = 4,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +58,12 @@ pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, CodecError
 }
 
 pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecError> {
+    let (_, body) = open(kind, bytes)?;
+    decode_body(body)
+}
+
+/// Checks a record's header and checksum; returns its format version and body.
+pub fn open(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(CodecError::BadMagic);
     }
@@ -73,6 +81,11 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecE
     if sha256(body)[..] != bytes[11..HEADER_LEN] {
         return Err(CodecError::Checksum);
     }
+    Ok((version, body))
+}
+
+/// Decodes a body `open` returned, as the structure of its version.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {

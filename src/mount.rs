@@ -188,6 +188,14 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         parallelism,
         // Local copies of index pages, beside the key; the store keeps them all too.
         index_cache_dir: cfg.key_file.parent().map(|dir| dir.join("index-cache")),
+        // Changes not yet committed, per store; a read-only mount makes none.
+        journal_dir: (!cfg.read_only).then(|| match &cfg.store {
+            StoreChoice::Local => cfg.store_dir.join("journal"),
+            StoreChoice::Network(net) => {
+                let data = cfg.key_file.parent().unwrap_or(Path::new("."));
+                data.join(format!("journal-{}", net.network))
+            }
+        }),
         ..Default::default()
     };
     let fs_cfg = FsConfig {
@@ -271,6 +279,23 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         return fail(format!("the FUSE session ended with an error: {e}"));
     }
     if let Err(e) = synced {
+        if rt.block_on(core.engine().in_conflict()) {
+            return match rt.block_on(core.engine().save_uncommitted()) {
+                Ok(Some(dir)) => fail(format!(
+                    "the index in the store was changed by another mount of the same key: this \
+                     mount's last changes could not be written there; they are saved in {}",
+                    dir.display()
+                )),
+                Ok(None) => fail(
+                    "the index in the store was changed by another mount of the same key; this \
+                     mount had no unsaved changes",
+                ),
+                Err(save) => fail(format!(
+                    "the index in the store was changed by another mount of the same key, and \
+                     this mount's changes could not be saved ({save}): they remain in its journal"
+                )),
+            };
+        }
         return fail(format!(
             "could not commit pending changes at unmount (errno {})",
             e.0

@@ -20,6 +20,9 @@ use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
 /// A commit whose root write failed in a way that may have landed anyway.
 pub(super) struct Attempt {
     generation: u64,
+    root_hash: [u8; 32],
+    /// The last journaled change the attempt covers.
+    journal_upto: u64,
     root_counter: u64,
     pages: Vec<Option<PageRef>>,
     /// Free if the attempt landed; still the committed pages if it did not.
@@ -49,6 +52,7 @@ pub(super) async fn load(
         Err(e) => return Err(e),
     };
     let root = Root::decode(&bytes)?;
+    let root_hash = sha256(&bytes);
     // Owned page refs: a closure over references would make `Engine::open` not `Send`.
     let reads: Vec<_> = root
         .pages
@@ -79,10 +83,12 @@ pub(super) async fn load(
         pending_free: Vec::new(),
         in_flight: HashSet::new(),
         committed_pages: root.pages,
+        root_hash,
         root_counter: Some(counter),
         generation: root.generation,
         in_doubt: None,
         free_unsaved: false,
+        conflict: false,
     }))
 }
 
@@ -95,6 +101,8 @@ struct Plan {
     old_page_pads: Vec<PadRef>,
     releasing: Vec<PadRef>,
     root_counter: Option<u64>,
+    /// The last journaled change this commit covers.
+    journal_upto: u64,
 }
 
 impl Engine {
@@ -102,7 +110,14 @@ impl Engine {
     /// commit covers every change made before it started.
     pub async fn commit(&self) -> Result<()> {
         let _one_at_a_time = self.inner.commit_lock.lock().await;
-        self.settle_doubt().await?;
+        if self.inner.state.lock().await.conflict {
+            return Err(Error::Conflict);
+        }
+        let settled = self.settle_doubt().await;
+        if let Err(Error::Conflict) = settled {
+            self.inner.state.lock().await.conflict = true;
+        }
+        settled?;
         loop {
             match self.try_commit().await {
                 // A page outgrew a pad: split the pages and write them all.
@@ -176,6 +191,14 @@ impl Engine {
                 .await;
             return Err(Error::RootTooBig(root_bytes.len()));
         }
+        let root_hash = sha256(&root_bytes);
+        if let Some(journal) = self.inner.journal.get() {
+            if let Err(e) = journal.note_commit(plan.journal_upto, root_hash) {
+                self.abandon(plan.dirty, plan.releasing, new_page_pads)
+                    .await;
+                return Err(Error::Journal(e.to_string()));
+            }
+        }
         let result = self
             .inner
             .pads
@@ -202,12 +225,16 @@ impl Engine {
                 }
                 state.root_counter = Some(counter);
                 state.generation = root.generation;
+                state.root_hash = root_hash;
                 state.committed_pages = root.pages;
                 state.index.free_pads.extend(plan.old_page_pads);
                 state.index.free_pads.extend(plan.releasing);
+                drop(state);
+                self.journal_committed(plan.journal_upto, root_hash);
                 Ok(())
             }
             Err(Error::Conflict) => {
+                state.conflict = true;
                 drop(state);
                 self.abandon(plan.dirty, plan.releasing, new_page_pads)
                     .await;
@@ -219,6 +246,8 @@ impl Engine {
                 state.free_unsaved = true;
                 state.in_doubt = Some(Attempt {
                     generation: root.generation,
+                    root_hash,
+                    journal_upto: plan.journal_upto,
                     root_counter: plan.root_counter.map_or(0, |c| c + 1),
                     pages: root.pages,
                     old_page_pads: plan.old_page_pads,
@@ -263,6 +292,8 @@ impl Engine {
         }
         let releasing = std::mem::take(&mut state.pending_free);
         state.free_unsaved = false;
+        // Under the state lock: exactly the changes journaled so far are in this plan.
+        let journal_upto = self.inner.journal.get().map_or(0, |j| j.last_seq());
         let mut free_pads = state.index.free_pads.clone();
         free_pads.extend(&old_page_pads);
         free_pads.extend(&releasing);
@@ -279,7 +310,18 @@ impl Engine {
             old_page_pads,
             releasing,
             root_counter: state.root_counter,
+            journal_upto,
         })
+    }
+
+    /// Drops the changes a landed commit covers from the journal. A failure only costs a
+    /// longer replay: the journal's commit record tells the next open they are in the store.
+    fn journal_committed(&self, upto: u64, root_hash: [u8; 32]) {
+        if let Some(journal) = self.inner.journal.get() {
+            if let Err(e) = journal.committed(upto, root_hash) {
+                tracing::warn!("could not trim the journal after a commit: {e}");
+            }
+        }
     }
 
     /// Undoes a commit that certainly did not land.
@@ -307,9 +349,12 @@ impl Engine {
         if stored.generation == attempt.generation && counter == attempt.root_counter {
             state.root_counter = Some(counter);
             state.generation = attempt.generation;
+            state.root_hash = attempt.root_hash;
             state.committed_pages = attempt.pages;
             state.index.free_pads.extend(attempt.old_page_pads);
             state.index.free_pads.extend(attempt.releasing);
+            drop(state);
+            self.journal_committed(attempt.journal_upto, attempt.root_hash);
         } else if stored.generation == state.generation {
             state.root_counter = Some(counter);
             state.index.free_pads.extend(attempt.new_page_pads);

@@ -19,6 +19,8 @@ pub enum Error {
     PageTooBig,
     #[error("the index root does not fit in one pad ({0} bytes)")]
     RootTooBig(usize),
+    #[error("the local journal could not be written: {0}")]
+    Journal(String),
 }
 
 impl Error {

@@ -6,7 +6,8 @@
 //! free again once that change is committed. The index lock is held only around index access.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use autonomi::{Bytes, SecretKey};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -20,11 +21,14 @@ use crate::store::PadStore;
 pub mod cache;
 mod commit;
 pub mod error;
+pub mod journal;
 pub mod pads;
 pub mod page_cache;
+mod recover;
 
 use cache::ChunkCache;
 pub use error::{Error, Result};
+use journal::{Journal, Op, Replay};
 use pads::{PadIo, DATA_ENCODING};
 use page_cache::PageCache;
 
@@ -41,7 +45,11 @@ pub struct EngineOptions {
     /// Start an empty index when the store has none for this key.
     pub create_if_missing: bool,
     /// Where to keep local copies of index pages for a fast start (never the only copy).
-    pub index_cache_dir: Option<std::path::PathBuf>,
+    pub index_cache_dir: Option<PathBuf>,
+    /// Where to keep the journal of changes not yet committed (and to save changes a commit
+    /// could not write because someone else changed the index). Without one, a change is
+    /// durable only once `commit` returns.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +60,7 @@ impl Default for EngineOptions {
             cache_bytes: 256 << 20,
             create_if_missing: true,
             index_cache_dir: None,
+            journal_dir: None,
         }
     }
 }
@@ -93,6 +102,9 @@ struct Inner {
     reads_in_flight: std::sync::Mutex<HashMap<(PadSeed, [u8; 32]), SharedRead>>,
     opts: EngineOptions,
     chunk_size: u32,
+    journal: OnceLock<Journal>,
+    /// Where this open saved changes it found it could not replay.
+    recovered: OnceLock<PathBuf>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -104,12 +116,16 @@ struct State {
     /// Taken for writes whose chunks are not yet in the index.
     in_flight: HashSet<PadSeed>,
     committed_pages: Vec<Option<PageRef>>,
+    /// SHA-256 of the committed root's encoding: what the journal's records refer to.
+    root_hash: [u8; 32],
     root_counter: Option<u64>,
     generation: u64,
     in_doubt: Option<commit::Attempt>,
     /// Pads went back to the free list that the committed index does not list as free (the
     /// pads of a failed write): a commit must save the list, or they are lost on restart.
     free_unsaved: bool,
+    /// A commit found the stored index changed by someone else: no commit can land any more.
+    conflict: bool,
 }
 
 impl Engine {
@@ -131,10 +147,12 @@ impl Engine {
                 pending_free: Vec::new(),
                 in_flight: HashSet::new(),
                 committed_pages: vec![None],
+                root_hash: [0; 32],
                 root_counter: None,
                 generation: 0,
                 in_doubt: None,
                 free_unsaved: false,
+                conflict: false,
             },
             None => return Err(Error::NoIndex),
         };
@@ -149,12 +167,119 @@ impl Engine {
                 reads_in_flight: Default::default(),
                 opts,
                 chunk_size,
+                journal: OnceLock::new(),
+                recovered: OnceLock::new(),
             }),
         };
         if fresh {
             engine.commit().await?;
         }
+        if let Some(dir) = engine.inner.opts.journal_dir.clone() {
+            engine.start_journal(&dir).await?;
+        }
         Ok(engine)
+    }
+
+    /// Replays what an earlier run journaled and did not commit, then journals from here on.
+    /// Changes made against a root someone else has since replaced are saved as files instead.
+    async fn start_journal(&self, dir: &std::path::Path) -> Result<()> {
+        let journal_err = |e: std::io::Error| Error::Journal(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(journal_err)?;
+        let path = dir.join("journal");
+        let lock = journal::lock(&path).map_err(journal_err)?;
+        let left = Journal::read(&path).map_err(journal_err)?;
+        if left.torn_bytes > 0 {
+            tracing::warn!(
+                "the journal ends in {} bytes of a change that was never acknowledged; ignored",
+                left.torn_bytes
+            );
+        }
+        let mut state = self.inner.state.lock().await;
+        let (kept, foreign) = match left.replay(&state.root_hash) {
+            Replay::Apply(ops) => {
+                let mut kept = Vec::with_capacity(ops.len());
+                for op in ops {
+                    match state.check(&op, true) {
+                        Ok(()) => {
+                            state.apply(&op, true);
+                            kept.push(op);
+                        }
+                        Err(e) => tracing::error!("journaled change not replayable ({e}): {op:?}"),
+                    }
+                }
+                if !kept.is_empty() {
+                    tracing::info!(
+                        "replayed {} uncommitted changes from the journal",
+                        kept.len()
+                    );
+                }
+                (kept, Vec::new())
+            }
+            Replay::Foreign(ops) => (Vec::new(), ops),
+        };
+        let journal = Journal::create(&path, lock, state.root_hash, kept).map_err(journal_err)?;
+        drop(state);
+        let _ = self.inner.journal.set(journal);
+        if !foreign.is_empty() {
+            let saved = recover::save(self, dir, &foreign).await?;
+            tracing::error!(
+                "the index was changed elsewhere after this machine's last {} changes were made; \
+                 they were not applied, and what could be read of them is saved in {}",
+                foreign.len(),
+                saved.display()
+            );
+            let _ = self.inner.recovered.set(saved);
+        }
+        Ok(())
+    }
+
+    /// Where this open saved journaled changes it could not apply, if it did.
+    pub fn recovered_dir(&self) -> Option<&std::path::Path> {
+        self.inner.recovered.get().map(PathBuf::as_path)
+    }
+
+    /// Whether a commit found the stored index changed by someone else (all later commits
+    /// fail with [`Error::Conflict`]; `save_uncommitted` keeps the changes).
+    pub async fn in_conflict(&self) -> bool {
+        self.inner.state.lock().await.conflict
+    }
+
+    /// Whether changes are journaled locally (durable against a crash before the next commit).
+    pub fn is_journaled(&self) -> bool {
+        self.inner.journal.get().is_some()
+    }
+
+    /// Saves the changes not yet committed as files under the journal directory (after a
+    /// commit refused because someone else changed the index), and forgets them from the
+    /// journal. Returns where they went; `None` without a journal or changes.
+    pub async fn save_uncommitted(&self) -> Result<Option<PathBuf>> {
+        let (Some(journal), Some(dir)) = (self.inner.journal.get(), &self.inner.opts.journal_dir)
+        else {
+            return Ok(None);
+        };
+        let ops = journal.pending();
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let saved = recover::save(self, dir, &ops).await?;
+        let root_hash = self.inner.state.lock().await.root_hash;
+        journal
+            .committed(journal.last_seq(), root_hash)
+            .map_err(|e| Error::Journal(e.to_string()))?;
+        Ok(Some(saved))
+    }
+
+    /// Validates a change, journals it, then applies it: an error leaves nothing changed.
+    async fn change(&self, op: Op) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        state.check(&op, false)?;
+        if let Some(journal) = self.inner.journal.get() {
+            journal
+                .append(&op)
+                .map_err(|e| Error::Journal(e.to_string()))?;
+        }
+        state.apply(&op, false);
+        Ok(())
     }
 
     pub fn chunk_size(&self) -> usize {
@@ -284,29 +409,11 @@ impl Engine {
     /// Puts `entry` under `key`. Its pads must be the key's current ones or in flight from
     /// `write_chunks`; the replaced entry's other pads are released.
     pub async fn install(&self, key: &str, entry: Entry) -> Result<()> {
-        let mut state = self.inner.state.lock().await;
-        let current: HashSet<PadSeed> = state
-            .index
-            .get(key)
-            .map(|e| e.pads().map(|p| p.seed).collect())
-            .unwrap_or_default();
-        let mut seen = HashSet::new();
-        for pad in entry.pads() {
-            let known = current.contains(&pad.seed) || state.in_flight.contains(&pad.seed);
-            if !known || !seen.insert(pad.seed) {
-                return Err(Error::Store(crate::store::StoreError::Permanent(format!(
-                    "refusing to install {key}: it references a pad it does not own"
-                ))));
-            }
-        }
-        for seed in &seen {
-            state.in_flight.remove(seed);
-        }
-        if let Some(old) = state.index.insert(key.to_string(), entry) {
-            let released: Vec<PadRef> = old.pads().filter(|p| !seen.contains(&p.seed)).collect();
-            state.pending_free.extend(released);
-        }
-        Ok(())
+        self.change(Op::Install {
+            key: key.to_string(),
+            entry,
+        })
+        .await
     }
 
     pub async fn entry(&self, key: &str) -> Option<Entry> {
@@ -315,13 +422,17 @@ impl Engine {
 
     /// Changes a key's metadata in place.
     pub async fn update_meta(&self, key: &str, change: impl FnOnce(&mut Meta)) -> Result<()> {
-        let mut state = self.inner.state.lock().await;
-        let entry = state
-            .index
-            .get_mut(key)
-            .ok_or_else(|| Error::NotFound(key.to_string()))?;
-        change(&mut entry.meta);
-        Ok(())
+        let mut meta = self
+            .entry(key)
+            .await
+            .ok_or_else(|| Error::NotFound(key.to_string()))?
+            .meta;
+        change(&mut meta);
+        self.change(Op::SetMeta {
+            key: key.to_string(),
+            meta,
+        })
+        .await
     }
 
     pub async fn fetch(&self, key: &str) -> Result<Vec<u8>> {
@@ -395,12 +506,14 @@ impl Engine {
 
     /// Removes a key; its pads become free after the next commit.
     pub async fn remove(&self, key: &str) -> Result<Entry> {
-        let mut state = self.inner.state.lock().await;
-        let old = state
-            .index
-            .remove(key)
+        let old = self
+            .entry(key)
+            .await
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
-        state.pending_free.extend(old.pads());
+        self.change(Op::Remove {
+            key: key.to_string(),
+        })
+        .await?;
         Ok(old)
     }
 
@@ -412,20 +525,10 @@ impl Engine {
 
     /// Several renames as one change to the index (a directory and everything under it).
     pub async fn rename_many(&self, moves: &[(String, String)]) -> Result<()> {
-        let mut state = self.inner.state.lock().await;
-        if let Some((from, _)) = moves.iter().find(|(f, _)| state.index.get(f).is_none()) {
-            return Err(Error::NotFound(from.clone()));
-        }
-        let taken: Vec<(String, Entry)> = moves
-            .iter()
-            .map(|(from, to)| (to.clone(), state.index.remove(from).expect("checked")))
-            .collect();
-        for (to, entry) in taken {
-            if let Some(old) = state.index.insert(to, entry) {
-                state.pending_free.extend(old.pads());
-            }
-        }
-        Ok(())
+        self.change(Op::Rename {
+            moves: moves.to_vec(),
+        })
+        .await
     }
 
     pub async fn list_keys(&self) -> Vec<String> {
@@ -526,6 +629,90 @@ impl Engine {
             .buffer_unordered(self.inner.opts.parallelism.max(1))
             .try_collect::<()>()
             .await
+    }
+}
+
+impl State {
+    /// Whether `op` can be applied. A replayed install may also claim pads from the free list
+    /// and pads no one references (written before a crash, never committed).
+    fn check(&self, op: &Op, replay: bool) -> Result<()> {
+        let missing = |key: &str| Err(Error::NotFound(key.to_string()));
+        match op {
+            Op::Install { key, entry } => {
+                let current: HashSet<PadSeed> = self
+                    .index
+                    .get(key)
+                    .map(|e| e.pads().map(|p| p.seed).collect())
+                    .unwrap_or_default();
+                let mut seen = HashSet::new();
+                for pad in entry.pads() {
+                    let known = current.contains(&pad.seed)
+                        || self.in_flight.contains(&pad.seed)
+                        || (replay && !self.pending_free.iter().any(|p| p.seed == pad.seed));
+                    if !known || !seen.insert(pad.seed) {
+                        return Err(Error::Store(crate::store::StoreError::Permanent(format!(
+                            "refusing to install {key}: it references a pad it does not own"
+                        ))));
+                    }
+                }
+                Ok(())
+            }
+            Op::Remove { key } | Op::SetMeta { key, .. } if self.index.get(key).is_none() => {
+                missing(key)
+            }
+            Op::Remove { .. } | Op::SetMeta { .. } => Ok(()),
+            Op::Rename { moves } => {
+                let mut sources = HashSet::new();
+                for (from, _) in moves {
+                    if self.index.get(from).is_none() {
+                        return missing(from);
+                    }
+                    if !sources.insert(from) {
+                        return Err(Error::Store(crate::store::StoreError::Permanent(format!(
+                            "{from} is moved twice in one rename"
+                        ))));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a change `check` accepted.
+    fn apply(&mut self, op: &Op, replay: bool) {
+        match op {
+            Op::Install { key, entry } => {
+                let seen: HashSet<PadSeed> = entry.pads().map(|p| p.seed).collect();
+                if replay {
+                    self.index.free_pads.retain(|p| !seen.contains(&p.seed));
+                }
+                for seed in &seen {
+                    self.in_flight.remove(seed);
+                }
+                if let Some(old) = self.index.insert(key.clone(), entry.clone()) {
+                    let released = old.pads().filter(|p| !seen.contains(&p.seed));
+                    self.pending_free.extend(released);
+                }
+            }
+            Op::Remove { key } => {
+                let old = self.index.remove(key).expect("checked");
+                self.pending_free.extend(old.pads());
+            }
+            Op::Rename { moves } => {
+                let taken: Vec<(String, Entry)> = moves
+                    .iter()
+                    .map(|(from, to)| (to.clone(), self.index.remove(from).expect("checked")))
+                    .collect();
+                for (to, entry) in taken {
+                    if let Some(old) = self.index.insert(to, entry) {
+                        self.pending_free.extend(old.pads());
+                    }
+                }
+            }
+            Op::SetMeta { key, meta } => {
+                self.index.get_mut(key).expect("checked").meta = meta.clone();
+            }
+        }
     }
 }
 

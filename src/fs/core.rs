@@ -75,7 +75,8 @@ pub struct FsConfig {
     pub read_only: bool,
     /// A directory on the disk that holds the store, for `statfs` (the local store).
     pub space_probe: Option<PathBuf>,
-    /// How often namespace changes (mkdir, rename, chmod...) are committed.
+    /// How often changes are committed to the store (all changes: closed files too when the
+    /// engine journals them).
     pub commit_interval: Duration,
 }
 
@@ -209,8 +210,17 @@ impl FsCore {
                 tokio::time::sleep(interval).await;
                 let Some(fs) = weak.upgrade() else { return };
                 if fs.engine.has_uncommitted().await {
-                    if let Err(e) = fs.engine.commit().await {
-                        tracing::warn!("background commit failed (will retry): {e}");
+                    match fs.engine.commit().await {
+                        Ok(()) => {}
+                        Err(EngineError::Conflict) => {
+                            tracing::error!(
+                                "{}; changes made here are kept in the journal and saved as \
+                                 files at unmount",
+                                EngineError::Conflict
+                            );
+                            return;
+                        }
+                        Err(e) => tracing::warn!("background commit failed (will retry): {e}"),
                     }
                 }
             }
@@ -695,7 +705,8 @@ impl FsCore {
         Ok(data.len() as u32)
     }
 
-    /// Uploads a file's changes and commits the index, so that `close()` reports failure.
+    /// Uploads a file's changes and installs them in the index, so that `close()` reports a
+    /// failure; with a journal, the index commit follows in the background.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let (ino, _) = self.handle(fh)?;
         self.commit_file(ino).await
@@ -722,7 +733,8 @@ impl FsCore {
         result
     }
 
-    /// Uploads the changed chunks of an open file, installs its new entry and commits.
+    /// Uploads the changed chunks of an open file and installs its new entry; commits too
+    /// unless the engine journals changes.
     async fn commit_file(&self, ino: u64) -> FsResult<()> {
         let Some(open) = self.ns.lock().await.get(ino).and_then(|n| n.open.clone()) else {
             return Ok(());
@@ -746,7 +758,11 @@ impl FsCore {
             open.attrs.lock().unwrap().written_at = None;
         }
         drop(data);
-        self.engine.commit().await?;
+        // A journaled change survives a crash of this process; the committer writes it to
+        // the store within `commit_interval`, together with its neighbours.
+        if !self.engine.is_journaled() {
+            self.engine.commit().await?;
+        }
         Ok(())
     }
 
