@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"MUTANTMT";
 /// Bump when the encoded structures change; old versions stay decodable or are refused clearly.
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: chunks may hold inline bytes (index pages of version 1 are still read).
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 8 + 2 + 1 + 32;
 
 /// What a blob holds, so a page can never be mistaken for a root or a pad record.

@@ -352,7 +352,13 @@ async fn two_engines_same_key_conflict() {
     let a = Engine::open(store_a, master.clone(), EngineOptions::default())
         .await
         .unwrap();
-    let b = Engine::open(store_b.clone(), master.clone(), EngineOptions::default())
+    // B journals its changes, as a mount does: they must survive the refusal.
+    let journal_b = tempfile::tempdir().unwrap();
+    let b_opts = || EngineOptions {
+        journal_dir: Some(journal_b.path().to_path_buf()),
+        ..EngineOptions::default()
+    };
+    let b = Engine::open(store_b.clone(), master.clone(), b_opts())
         .await
         .unwrap();
 
@@ -369,6 +375,15 @@ async fn two_engines_same_key_conflict() {
     // B kept its change locally, and wrote nothing over A's index.
     assert_eq!(b.fetch("from-b").await.unwrap(), b"B");
     b.check_accounting().await.unwrap();
+    // B dies before saving anything: its next open finds the journal does not fit the
+    // network's index and saves B's change as a file instead of applying it.
+    drop(b);
+    let b2 = Engine::open(store_b.clone(), master.clone(), b_opts())
+        .await
+        .unwrap();
+    let saved = b2.recovered_dir().expect("B's change saved").to_path_buf();
+    assert_eq!(std::fs::read(saved.join("files/from-b")).unwrap(), b"B");
+    drop(b2);
 
     let c = Engine::open(store_b, master, EngineOptions::default())
         .await

@@ -17,6 +17,10 @@ use crate::index::persist::{decode_page, encode_page, PageRef, Root};
 use crate::index::{Entry, Index, PadRef};
 use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
 
+/// Pages beyond this size are split (the page count doubles): a change to one key rewrites one
+/// page, and with inline data a page can grow large long before it has many keys.
+const PAGE_SPLIT_BYTES: usize = 1 << 20;
+
 /// A commit whose root write failed in a way that may have landed anyway.
 pub(super) struct Attempt {
     generation: u64,
@@ -144,14 +148,13 @@ impl Engine {
                     let bytes = tokio::task::spawn_blocking(move || encode_page(&entries))
                         .await
                         .expect("encode task panicked")?;
+                    // Splitting helps only a page of several keys; one key alone too big
+                    // would make `commit` split pages for ever.
+                    if bytes.len() > PAGE_SPLIT_BYTES && keys > 1 {
+                        return Err(Error::PageTooBig);
+                    }
                     if bytes.len() > MAX_PAD_PLAINTEXT {
-                        // Splitting helps only a page of several keys; one key alone too big
-                        // would make `commit` split pages for ever.
-                        return Err(if keys > 1 {
-                            Error::PageTooBig
-                        } else {
-                            Error::Store(StoreError::TooBig(bytes.len()))
-                        });
+                        return Err(Error::Store(StoreError::TooBig(bytes.len())));
                     }
                     let hash = sha256(&bytes);
                     if let Some(dir) = &inner.opts.index_cache_dir {

@@ -32,6 +32,9 @@ use journal::{Journal, Op, Replay};
 use pads::{PadIo, DATA_ENCODING};
 use page_cache::PageCache;
 
+/// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
+pub const INLINE_MAX: usize = 4096;
+
 /// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
 pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
 
@@ -315,15 +318,30 @@ impl Engine {
         self.install(key, entry).await
     }
 
+    /// The largest piece kept inline in the index rather than in a pad of its own: small files
+    /// cost no pad at all. A 64th of a chunk at most, so that pads stay the rule for data.
+    pub fn inline_limit(&self) -> usize {
+        INLINE_MAX.min(self.chunk_size() / 64)
+    }
+
     /// Writes chunks to pads (recycled first, from the end of the free list, then new), with
-    /// bounded parallelism. The pads stay in flight until `install` or `discard_chunks`. If any
+    /// bounded parallelism; pieces of zeros become holes and small pieces inline chunks. The pads stay in flight until `install` or `discard_chunks`. If any
     /// pad fails, every pad taken goes back and the first error is returned.
     pub async fn write_chunks(
         &self,
         pieces: Vec<Bytes>,
         progress: Option<ProgressFn>,
     ) -> Result<Vec<Chunk>> {
-        let needs_pad: Vec<bool> = pieces.iter().map(|p| p.iter().any(|&b| b != 0)).collect();
+        let inline_limit = self.inline_limit();
+        let mut inline = Vec::with_capacity(pieces.len());
+        let needs_pad: Vec<bool> = pieces
+            .iter()
+            .map(|p| {
+                let zeros = p.iter().all(|&b| b == 0);
+                inline.push(!zeros && p.len() <= inline_limit);
+                !zeros && p.len() > inline_limit
+            })
+            .collect();
         let wanted = needs_pad.iter().filter(|&&n| n).count();
         let mut taken = {
             let mut state = self.inner.state.lock().await;
@@ -345,14 +363,18 @@ impl Engine {
         let jobs: Vec<_> = pieces
             .into_iter()
             .zip(needs_pad)
-            .map(|(piece, needs)| {
+            .zip(inline)
+            .map(|((piece, needs), inline)| {
                 let pad = needs.then(|| taken.next().expect("allocated above"));
                 let inner = self.inner.clone();
                 let (done, progress) = (done.clone(), progress.clone());
                 async move {
                     let len = piece.len() as u32;
                     let Some(pad) = pad else {
-                        return (None, Ok(Chunk::hole(len)));
+                        return match inline {
+                            true => (None, Ok(Chunk::inline(piece.to_vec()))),
+                            false => (None, Ok(Chunk::hole(len))),
+                        };
                     };
                     let written = inner.write_data_pad(pad, piece).await;
                     if let (Ok(chunk), Some(progress)) = (&written, progress) {
@@ -493,10 +515,9 @@ impl Engine {
     pub fn prefetch(&self, chunks: Vec<Chunk>) {
         for chunk in chunks {
             let inner = self.inner.clone();
-            if let Some(pad) = chunk.pad {
-                if inner.cache.contains(&pad.seed, &chunk.hash) {
-                    continue;
-                }
+            match chunk.pad {
+                Some(pad) if !inner.cache.contains(&pad.seed, &chunk.hash) => {}
+                _ => continue,
             }
             tokio::spawn(async move {
                 let _ = inner.read_chunk(&chunk).await;
@@ -729,13 +750,18 @@ impl Inner {
             pad: Some(written),
             len,
             hash,
+            inline: None,
         })
     }
 
     /// A chunk from the cache, or fetched once however many readers ask for it meanwhile.
     async fn read_chunk(self: &Arc<Self>, chunk: &Chunk) -> Result<Bytes> {
         let Some(pad) = chunk.pad else {
-            return Ok(Bytes::from(vec![0; chunk.len as usize]));
+            // Inline bytes came with the index page, whose hash was checked.
+            return Ok(match &chunk.inline {
+                Some(data) => Bytes::from(data.clone()),
+                None => Bytes::from(vec![0; chunk.len as usize]),
+            });
         };
         if let Some(hit) = self.cache.get(&pad.seed, &chunk.hash) {
             return Ok(hit);

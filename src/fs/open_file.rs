@@ -251,7 +251,7 @@ impl OpenFile {
                     .get(&idx)
                     .or_else(|| data.base.get(idx as usize))
                 {
-                    Some(chunk) if chunk.pad.is_some() => chunk.clone(),
+                    Some(chunk) if chunk.has_data() => chunk.clone(),
                     _ => Chunk::hole(extent),
                 }
             })
@@ -309,7 +309,7 @@ impl FileData {
         for idx in 0..count {
             let extent = (size - idx * cs).min(cs) as usize;
             let stored_len = match self.source(idx) {
-                Source::Stored(chunk) if chunk.pad.is_some() => Some(chunk.len as usize),
+                Source::Stored(chunk) if chunk.has_data() => Some(chunk.len as usize),
                 _ => None,
             };
             if stored_len.is_some_and(|len| len != extent) {

@@ -28,13 +28,17 @@ impl PadRef {
     }
 }
 
-/// One piece of a value, in order. A chunk without a pad is a hole that reads as zeros.
+/// One piece of a value, in order: in a pad, inline in the index (small pieces: a pad each
+/// would cost a pad write, and on the network money, per small file), or a hole that reads as
+/// zeros (neither).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub pad: Option<PadRef>,
     pub len: u32,
     /// SHA-256 of the plaintext: a pad is checked against it on every read.
     pub hash: [u8; 32],
+    /// The bytes themselves, for a piece small enough to live in the index.
+    pub inline: Option<Vec<u8>>,
 }
 
 impl Chunk {
@@ -43,6 +47,59 @@ impl Chunk {
             pad: None,
             len,
             hash: [0; 32],
+            inline: None,
+        }
+    }
+
+    pub fn inline(data: Vec<u8>) -> Self {
+        Chunk {
+            pad: None,
+            len: data.len() as u32,
+            hash: sha256(&data),
+            inline: Some(data),
+        }
+    }
+
+    /// Whether the chunk holds bytes (in a pad or inline) rather than zeros.
+    pub fn has_data(&self) -> bool {
+        self.pad.is_some() || self.inline.is_some()
+    }
+}
+
+/// The entries of index pages in format version 1, before chunks could hold inline bytes.
+pub mod v1 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Chunk {
+        pad: Option<super::PadRef>,
+        len: u32,
+        hash: [u8; 32],
+    }
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        chunks: Vec<Chunk>,
+        size: u64,
+        meta: super::Meta,
+    }
+
+    impl From<Entry> for super::Entry {
+        fn from(e: Entry) -> Self {
+            super::Entry {
+                chunks: e
+                    .chunks
+                    .into_iter()
+                    .map(|c| super::Chunk {
+                        pad: c.pad,
+                        len: c.len,
+                        hash: c.hash,
+                        inline: None,
+                    })
+                    .collect(),
+                size: e.size,
+                meta: e.meta,
+            }
         }
     }
 }
@@ -262,6 +319,7 @@ mod tests {
                 pad: Some(PadRef::fresh()),
                 len: 1,
                 hash: [n; 32],
+                inline: None,
             }],
             size: 1,
             meta: Meta::default(),
