@@ -1,0 +1,67 @@
+//! CPU cost of one full pad on each path, per step: what bounds throughput on a machine with
+//! few cores. `cargo bench --bench pad_cpu`. Figures are ratios within the run (MB/s of each
+//! step next to a plain memory copy of the same bytes), since the machine is shared.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use autonomi::scratchpad::Scratchpad;
+use autonomi::{Bytes, SecretKey};
+use mutant_mount::codec::{self, sha256, Kind};
+use mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
+
+fn time(what: &str, baseline: Option<Duration>, mut f: impl FnMut()) -> Duration {
+    f(); // warm up
+    let rounds = 8;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        f();
+    }
+    let each = started.elapsed() / rounds;
+    let mb_s = DEFAULT_SCRATCHPAD_SIZE as f64 / each.as_secs_f64() / 1e6;
+    match baseline {
+        Some(base) => println!(
+            "{what:<34} {:>8.1} ms {mb_s:>9.0} MB/s  {:>6.1}x a copy",
+            each.as_secs_f64() * 1e3,
+            each.as_secs_f64() / base.as_secs_f64()
+        ),
+        None => println!(
+            "{what:<34} {:>8.1} ms {mb_s:>9.0} MB/s",
+            each.as_secs_f64() * 1e3
+        ),
+    }
+    each
+}
+
+fn main() {
+    let data: Vec<u8> = (0..DEFAULT_SCRATCHPAD_SIZE as usize)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let data = Bytes::from(data);
+    let sk = SecretKey::random();
+    println!("one pad of {} bytes:", data.len());
+    let copy = time("memory copy (baseline)", None, || {
+        black_box(data.to_vec());
+    });
+    let base = Some(copy);
+    time("sha256 (index hash of a chunk)", base, || {
+        black_box(sha256(&data));
+    });
+    let pad = Scratchpad::new(&sk, 1, &data, 0);
+    time("Scratchpad::new (encrypt + sign)", base, || {
+        black_box(Scratchpad::new(&sk, 1, &data, 0));
+    });
+    time("verify_signature", base, || {
+        assert!(black_box(&pad).verify_signature());
+    });
+    time("decrypt_data", base, || {
+        black_box(pad.decrypt_data(&sk).unwrap());
+    });
+    let record = codec::encode(Kind::PadRecord, &pad).unwrap();
+    time("local store record encode", base, || {
+        black_box(codec::encode(Kind::PadRecord, &pad).unwrap());
+    });
+    time("local store record decode", base, || {
+        black_box(codec::decode::<Scratchpad>(Kind::PadRecord, &record).unwrap());
+    });
+}
