@@ -9,6 +9,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, SecretKey};
 use mutant_mount::codec::{self, sha256, Kind};
 use mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
+use mutant_mount::store::{LocalStore, PadStore};
 
 fn time(what: &str, baseline: Option<Duration>, mut f: impl FnMut()) -> Duration {
     f(); // warm up
@@ -58,10 +59,27 @@ fn main() {
         black_box(pad.decrypt_data(&sk).unwrap());
     });
     let record = codec::encode(Kind::PadRecord, &pad).unwrap();
-    time("local store record encode", base, || {
+    time("first-format record encode", base, || {
         black_box(codec::encode(Kind::PadRecord, &pad).unwrap());
     });
-    time("local store record decode", base, || {
+    time("first-format record decode", base, || {
         black_box(codec::decode::<Scratchpad>(Kind::PadRecord, &record).unwrap());
+    });
+
+    // The local store as the engine uses it (header + raw bytes, fsync, rename).
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(store.create(pad.clone())).unwrap();
+    // Signed ahead: `time` runs its closure 9 times.
+    let mut versions = (1..=9).map(|counter| Scratchpad::new(&sk, 1, &data, counter));
+    time("local store update (with fsync)", base, || {
+        let next = versions.next().expect("enough versions");
+        rt.block_on(store.update(next)).unwrap();
+    });
+    time("local store get", base, || {
+        black_box(rt.block_on(store.get(&sk.public_key())).unwrap());
     });
 }

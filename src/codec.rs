@@ -20,6 +20,8 @@ pub enum Kind {
     PadRecord = 3,
     /// A local journal record (never in the store).
     JournalRecord = 4,
+    /// The header of a pad file in the local store (its encrypted bytes follow it unencoded).
+    PadHeader = 5,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +42,11 @@ pub enum CodecError {
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()
+}
+
+/// Whether `bytes` start like a record of this codec.
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
-use autonomi::Bytes;
-use mutant_mount::codec::{self, Kind};
 use mutant_mount::engine::pads::{PadIo, DATA_ENCODING};
 use mutant_mount::engine::{Engine, EngineOptions, Error, DEFAULT_SCRATCHPAD_SIZE};
 use mutant_mount::index::persist::Root;
@@ -280,26 +278,12 @@ async fn damaged_pad_files_are_errors_never_data() {
         ("drop the last byte", |b| b[..b.len() - 1].to_vec()),
         ("empty", |_| Vec::new()),
     ];
-    // Damage under a valid record checksum: only the signature catches it.
-    let resealed: Damage = |b| {
-        let pad: Scratchpad = codec::decode(Kind::PadRecord, b).unwrap();
-        let mut data = pad.encrypted_data().to_vec();
-        let mid = data.len() / 2;
-        data[mid] ^= 0x01;
-        let bad = Scratchpad::new_with_signature(
-            *pad.owner(),
-            pad.data_encoding(),
-            Bytes::from(data),
-            pad.counter(),
-            pad.signature().clone(),
-        );
-        codec::encode(Kind::PadRecord, &bad).unwrap()
-    };
-
     let (mut refused_open, mut refused_reads) = (0, 0);
     for file in &files {
         let good = std::fs::read(file).unwrap();
-        for (what, damage) in damages.iter().chain([&("re-sealed flip", resealed)]) {
+        // A flipped data byte sits under no checksum of the local store's own: only the
+        // scratchpad's signature (checked on every read) catches it.
+        for (what, damage) in &damages {
             std::fs::write(file, damage(&good)).unwrap();
             match open_local(dir.path(), &master, 512).await {
                 Err(e) => {
@@ -328,8 +312,8 @@ async fn damaged_pad_files_are_errors_never_data() {
         std::fs::write(file, &good).unwrap();
     }
     // The root and the index page are refused at open; each data pad at read.
-    assert_eq!(refused_open, 2 * (damages.len() + 1));
-    assert_eq!(refused_reads, (files.len() - 2) * (damages.len() + 1));
+    assert_eq!(refused_open, 2 * damages.len());
+    assert_eq!(refused_reads, (files.len() - 2) * damages.len());
     let engine = open_local(dir.path(), &master, 512).await.unwrap();
     engine.verify_all().await.unwrap();
 }

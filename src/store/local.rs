@@ -1,19 +1,87 @@
 //! The embedded default store: one file per pad, holding the very scratchpad the network would.
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory).
+//!
+//! A pad file is a small header record (owner, encoding, counter, signature and data length,
+//! checksummed by the codec) followed by the encrypted bytes as they are: the scratchpad's
+//! signature covers those bytes and every reader checks it, so they are not hashed again here,
+//! and an update reads only the header to check the counter. Files of the first format (the
+//! whole scratchpad as one codec record) are still read.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
-use autonomi::PublicKey;
+use autonomi::{Bytes, PublicKey, Signature};
+use serde::{Deserialize, Serialize};
 
 use super::{check_acceptable, PadStore, StoreError};
 use crate::codec::{self, Kind};
 
 const LOCK_SHARDS: usize = 64;
+
+#[derive(Serialize, Deserialize)]
+struct PadHeader {
+    owner: PublicKey,
+    data_encoding: u64,
+    counter: u64,
+    signature: Signature,
+    data_len: u64,
+}
+
+/// The length prefix and header record of a pad file; the encrypted bytes follow.
+fn encode_header(pad: &Scratchpad) -> Result<Vec<u8>, codec::CodecError> {
+    let header = codec::encode(
+        Kind::PadHeader,
+        &PadHeader {
+            owner: *pad.owner(),
+            data_encoding: pad.data_encoding(),
+            counter: pad.counter(),
+            signature: pad.signature().clone(),
+            data_len: pad.encrypted_data().len() as u64,
+        },
+    )?;
+    let mut out = Vec::with_capacity(4 + header.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    Ok(out)
+}
+
+/// The header of a pad file and where its data starts, from the file's first bytes.
+fn decode_header(bytes: &[u8]) -> Result<(PadHeader, usize), String> {
+    let len = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        .ok_or("truncated header")?;
+    let record = bytes.get(4..4 + len).ok_or("truncated header")?;
+    let header: PadHeader = codec::decode(Kind::PadHeader, record).map_err(|e| e.to_string())?;
+    Ok((header, 4 + len))
+}
+
+/// A whole pad file, of either format.
+fn decode_pad(bytes: Vec<u8>) -> Result<Scratchpad, String> {
+    if codec::has_magic(&bytes) {
+        return codec::decode(Kind::PadRecord, &bytes).map_err(|e| e.to_string());
+    }
+    let (header, start) = decode_header(&bytes)?;
+    if (bytes.len() - start) as u64 != header.data_len {
+        return Err(format!(
+            "{} bytes of data where the header says {}",
+            bytes.len() - start,
+            header.data_len
+        ));
+    }
+    let data = Bytes::from(bytes).slice(start..);
+    Ok(Scratchpad::new_with_signature(
+        header.owner,
+        header.data_encoding,
+        data,
+        header.counter,
+        header.signature,
+    ))
+}
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -73,7 +141,7 @@ impl LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, e)),
         };
-        let pad: Scratchpad = codec::decode(Kind::PadRecord, &bytes)
+        let pad = decode_pad(bytes)
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
         if pad.owner() != owner {
             return Err(StoreError::Corrupt(format!(
@@ -84,12 +152,34 @@ impl LocalStore {
         Ok(Some(pad))
     }
 
+    /// The counter of the stored pad, reading only its header.
+    fn stored_counter(&self, owner: &PublicKey) -> Result<Option<u64>, StoreError> {
+        let path = self.pad_path(owner);
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        let corrupt = |e: String| StoreError::Corrupt(format!("{}: {e}", path.display()));
+        let mut head = vec![0; 8];
+        file.read_exact(&mut head)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if codec::has_magic(&head) {
+            return Ok(self.read(owner)?.map(|pad| pad.counter()));
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+        head.resize((4 + len).clamp(8, 1 << 16), 0);
+        file.read_exact(&mut head[8..])
+            .map_err(|e| corrupt(e.to_string()))?;
+        let (header, _) = decode_header(&head).map_err(corrupt)?;
+        Ok(Some(header.counter))
+    }
+
     fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
         let path = self.pad_path(pad.owner());
         let dir = path.parent().expect("pad paths have a parent");
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let bytes = codec::encode(Kind::PadRecord, pad)
-            .map_err(|e| StoreError::Permanent(e.to_string()))?;
+        let header = encode_header(pad).map_err(|e| StoreError::Permanent(e.to_string()))?;
         let tmp = dir.join(format!(
             ".{}.tmp{:016x}",
             path.file_name().unwrap().to_string_lossy(),
@@ -97,7 +187,8 @@ impl LocalStore {
         ));
         let result = (|| {
             let mut file = fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            file.write_all(&header)?;
+            file.write_all(pad.encrypted_data())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             fs::File::open(dir)?.sync_all()
@@ -132,10 +223,10 @@ impl PadStore for LocalStore {
         check_acceptable(&pad)?;
         self.blocking(move |s| {
             let _guard = s.lock_for(pad.owner());
-            let stored = s.read(pad.owner())?.ok_or(StoreError::NotFound)?;
-            if pad.counter() <= stored.counter() {
+            let stored = s.stored_counter(pad.owner())?.ok_or(StoreError::NotFound)?;
+            if pad.counter() <= stored {
                 return Err(StoreError::StaleCounter {
-                    stored: stored.counter(),
+                    stored,
                     offered: pad.counter(),
                 });
             }
@@ -223,13 +314,37 @@ mod tests {
             store.get(&sk.public_key()).await,
             Err(StoreError::Corrupt(_))
         ));
+        // A flipped header byte is caught by the header's checksum...
         let mut flipped = bytes.clone();
-        let mid = flipped.len() / 2;
-        flipped[mid] ^= 0x40;
+        flipped[10] ^= 0x40;
         fs::write(&path, &flipped).unwrap();
         assert!(matches!(
             store.get(&sk.public_key()).await,
             Err(StoreError::Corrupt(_))
         ));
+        // ...a flipped data byte by the signature every reader checks.
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 0x40;
+        fs::write(&path, &flipped).unwrap();
+        assert!(!store
+            .get(&sk.public_key())
+            .await
+            .unwrap()
+            .verify_signature());
+        // Files of the first format (one codec record) are still read.
+        fs::write(
+            &path,
+            codec::encode(Kind::PadRecord, &pad(&sk, b"old", 4)).unwrap(),
+        )
+        .unwrap();
+        let old = store.get(&sk.public_key()).await.unwrap();
+        assert_eq!(&old.decrypt_data(&sk).unwrap()[..], b"old");
+        assert_eq!(
+            store.update(pad(&sk, b"x", 4)).await.unwrap_err(),
+            StoreError::StaleCounter {
+                stored: 4,
+                offered: 4
+            }
+        );
     }
 }
