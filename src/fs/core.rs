@@ -637,7 +637,7 @@ impl FsCore {
         let unlinked = node.unlinked;
         if unlinked {
             if let Some(open) = open {
-                let uploaded = open.data.lock().await.take_uploaded();
+                let uploaded = open.data.lock().await.take_uploaded(&self.engine).await;
                 self.engine.discard_chunks(&uploaded).await;
             }
             if let Err(e) = self.engine.remove(&orphan_key(ino)).await {

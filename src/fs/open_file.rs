@@ -2,6 +2,10 @@
 //! (buffered whole, in memory), and chunks already uploaded early to bound that memory. All
 //! handles of one inode share it, so there is one writer per file. Chunk `i` covers bytes
 //! `[i * cs, (i + 1) * cs)`; every chunk but the last is full.
+//!
+//! A big write streams: once half the write buffer holds full chunks, they are handed to a
+//! background upload and the writer goes on filling the other half; it waits only if that
+//! half fills before the upload is done. Memory stays within the write buffer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex as StdMutex;
@@ -35,6 +39,9 @@ pub struct FileData {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Changed chunks uploaded before the commit (their pads are in flight in the engine).
     uploaded: BTreeMap<u64, Chunk>,
+    /// Full chunks being uploaded in the background, readable meanwhile.
+    uploading: BTreeMap<u64, Bytes>,
+    upload_task: Option<tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>>,
     dirty_bytes: usize,
     changed: bool,
     next_sequential: u64,
@@ -43,6 +50,7 @@ pub struct FileData {
 
 /// Where the bytes of one chunk are now.
 enum Source<'a> {
+    /// Changed, in a buffer or an upload in progress.
     Dirty(&'a [u8]),
     Stored(Chunk),
     Zeros,
@@ -56,6 +64,8 @@ impl OpenFile {
                 base: entry.chunks.clone(),
                 dirty: BTreeMap::new(),
                 uploaded: BTreeMap::new(),
+                uploading: BTreeMap::new(),
+                upload_task: None,
                 dirty_bytes: 0,
                 changed: false,
                 next_sequential: 0,
@@ -112,8 +122,9 @@ impl OpenFile {
         data.recount();
         data.changed = true;
         self.set_size(size.max(offset + bytes.len() as u64), true);
-        if data.dirty_bytes > memory_limit {
-            data.upload_full_chunks(engine).await?;
+        if data.dirty_bytes > memory_limit / 2 {
+            data.finish_upload(engine).await?;
+            data.start_upload(engine);
         }
         Ok(())
     }
@@ -121,6 +132,7 @@ impl OpenFile {
     /// Cuts or extends the file to `size`; bytes past the old end read as zeros.
     pub async fn truncate(&self, engine: &Engine, size: u64) -> Result<(), EngineError> {
         let mut data = self.data.lock().await;
+        data.finish_upload(engine).await?;
         let old = self.size();
         if size == old {
             return Ok(());
@@ -238,6 +250,7 @@ impl OpenFile {
         if !data.changed {
             return Ok(None);
         }
+        data.finish_upload(engine).await?;
         let size = self.size();
         data.normalize(engine, size).await?;
         data.upload_all(engine).await?;
@@ -265,6 +278,9 @@ impl FileData {
         if let Some(buf) = self.dirty.get(&idx) {
             return Source::Dirty(buf);
         }
+        if let Some(buf) = self.uploading.get(&idx) {
+            return Source::Dirty(buf);
+        }
         match self
             .uploaded
             .get(&idx)
@@ -285,7 +301,8 @@ impl FileData {
         if !self.dirty.contains_key(&idx) {
             let mut buf = match self.source(idx) {
                 Source::Stored(chunk) => engine.read_chunk(&chunk).await?.to_vec(),
-                _ => Vec::new(),
+                Source::Dirty(uploading) => uploading.to_vec(),
+                Source::Zeros => Vec::new(),
             };
             // Bytes past the file's end (left by an earlier truncation) are not content.
             let extent = size
@@ -351,15 +368,56 @@ impl FileData {
         Ok(())
     }
 
-    async fn upload_full_chunks(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    /// Hands the full dirty chunks to a background upload (after `finish_upload`).
+    fn start_upload(&mut self, engine: &Engine) {
+        debug_assert!(self.upload_task.is_none() && self.uploading.is_empty());
         let cs = self.chunk_size as usize;
-        let full = self
+        let full: Vec<u64> = self
             .dirty
             .iter()
             .filter(|(_, buf)| buf.len() == cs)
             .map(|(&idx, _)| idx)
             .collect();
-        self.upload(engine, full).await
+        if full.is_empty() {
+            return;
+        }
+        let pieces: Vec<Bytes> = full
+            .iter()
+            .map(|idx| Bytes::from(self.dirty.remove(idx).expect("dirty chunk")))
+            .collect();
+        self.uploading = full.into_iter().zip(pieces.iter().cloned()).collect();
+        let engine = engine.clone();
+        self.upload_task = Some(tokio::spawn(async move {
+            engine.write_chunks(pieces, None).await
+        }));
+        self.recount();
+    }
+
+    /// Waits for the background upload, if any, and takes in its chunks. On failure its
+    /// buffers become dirty again (unless rewritten since) and the error is returned.
+    async fn finish_upload(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        let Some(task) = self.upload_task.take() else {
+            return Ok(());
+        };
+        let uploading = std::mem::take(&mut self.uploading);
+        let result = task.await.expect("upload task panicked");
+        match result {
+            Ok(chunks) => {
+                let mut replaced = Vec::new();
+                for (idx, chunk) in uploading.into_keys().zip(chunks) {
+                    replaced.extend(self.uploaded.insert(idx, chunk));
+                }
+                engine.discard_chunks(&replaced).await;
+                Ok(())
+            }
+            Err(e) => {
+                for (idx, piece) in uploading {
+                    self.dirty.entry(idx).or_insert_with(|| piece.to_vec());
+                }
+                self.recount();
+                Err(e)
+            }
+        }
     }
 
     async fn upload_all(&mut self, engine: &Engine) -> Result<(), EngineError> {
@@ -375,7 +433,10 @@ impl FileData {
     }
 
     /// Pads in flight that will never be installed (the file is gone).
-    pub fn take_uploaded(&mut self) -> Vec<Chunk> {
+    pub async fn take_uploaded(&mut self, engine: &Engine) -> Vec<Chunk> {
+        if let Err(e) = self.finish_upload(engine).await {
+            tracing::debug!("upload of a deleted file failed: {e}");
+        }
         self.dirty.clear();
         self.changed = false;
         std::mem::take(&mut self.uploaded).into_values().collect()
