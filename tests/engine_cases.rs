@@ -174,7 +174,7 @@ async fn a_pad_read_with_the_wrong_key_is_an_error() {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(&from, &to).unwrap();
     let io_b = PadIo::new(Arc::new(store_b.clone()), b.clone());
-    let read = io_b.read(&pad, chunk.hash).await;
+    let read = io_b.read(&pad, chunk.hash, chunk.hash_kind).await;
     assert!(
         matches!(&read, Err(e) if e.is_corruption()),
         "copied pad: {read:?}"
@@ -204,7 +204,7 @@ async fn a_pad_read_with_the_wrong_key_is_an_error() {
     );
     assert!(forged.verify_signature());
     store_b.create(forged).await.unwrap();
-    let read = io_b.read(&pad, chunk.hash).await;
+    let read = io_b.read(&pad, chunk.hash, chunk.hash_kind).await;
     assert!(
         matches!(&read, Err(e) if e.is_corruption()),
         "forged pad: {read:?}"

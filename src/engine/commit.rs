@@ -12,7 +12,7 @@ use super::error::{Error, Result};
 use super::pads::{PadIo, INDEX_ENCODING};
 use super::page_cache::PageCache;
 use super::{Engine, State};
-use crate::codec::sha256;
+use crate::codec::{sha256, HashKind};
 use crate::index::persist::{decode_page, encode_page, PageRef, Root};
 use crate::index::{Entry, Index, PadRef};
 use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
@@ -69,7 +69,7 @@ pub(super) async fn load(
                     if let Some(bytes) = local.and_then(|l| l.get(&page.hash)) {
                         return Ok(decode_page(&bytes)?);
                     }
-                    let bytes = pads.read(&page.pad, page.hash).await?;
+                    let bytes = pads.read(&page.pad, page.hash, HashKind::Sha256).await?;
                     if let Some(local) = local {
                         local.put(&page.hash, &bytes);
                     }

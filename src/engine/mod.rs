@@ -13,6 +13,7 @@ use autonomi::{Bytes, SecretKey};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
+use crate::codec::HashKind;
 use crate::index::persist::PageRef;
 use crate::index::{Chunk, Entry, Index, Meta, PadRef};
 use crate::keys::{MasterKey, PadSeed};
@@ -642,7 +643,11 @@ impl Engine {
                 let inner = self.inner.clone();
                 async move {
                     let pad = chunk.pad.expect("filtered");
-                    inner.pads.read(&pad, chunk.hash).await.map(|_| ())
+                    inner
+                        .pads
+                        .read(&pad, chunk.hash, chunk.hash_kind)
+                        .await
+                        .map(|_| ())
                 }
             })
             .collect();
@@ -740,7 +745,7 @@ impl State {
 impl Inner {
     async fn write_data_pad(&self, pad: PadRef, piece: Bytes) -> Result<Chunk> {
         let (hash, piece) =
-            tokio::task::spawn_blocking(move || (crate::codec::sha256(&piece), piece))
+            tokio::task::spawn_blocking(move || (HashKind::default().hash(&piece), piece))
                 .await
                 .expect("hash task panicked");
         let len = piece.len() as u32;
@@ -750,6 +755,7 @@ impl Inner {
             pad: Some(written),
             len,
             hash,
+            hash_kind: HashKind::default(),
             inline: None,
         })
     }
@@ -789,7 +795,7 @@ impl Inner {
 
     async fn fetch_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
         let pad = chunk.pad.expect("holes are not fetched");
-        let data = self.pads.read(&pad, chunk.hash).await?;
+        let data = self.pads.read(&pad, chunk.hash, chunk.hash_kind).await?;
         if data.len() != chunk.len as usize {
             return Err(Error::CorruptPad {
                 pad: format!("{:02x?}", &pad.seed[..4]),

@@ -7,7 +7,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, SecretKey};
 
 use super::error::{Error, Result};
-use crate::codec::sha256;
+use crate::codec::HashKind;
 use crate::index::PadRef;
 use crate::keys::MasterKey;
 use crate::store::{PadStore, StoreError};
@@ -124,11 +124,11 @@ impl PadIo {
     }
 
     /// Reads a data or page pad and checks its plaintext against `hash`.
-    pub async fn read(&self, pad: &PadRef, hash: [u8; 32]) -> Result<Bytes> {
+    pub async fn read(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<Bytes> {
         let master = self.master.clone();
         let seed = pad.seed;
         let sk = blocking(move || master.pad_key(&seed)).await;
-        let (data, _) = self.read_with_key(sk, Some(hash)).await?;
+        let (data, _) = self.read_with_key(sk, Some((hash, kind))).await?;
         Ok(data)
     }
 
@@ -136,7 +136,7 @@ impl PadIo {
     pub async fn read_with_key(
         &self,
         sk: SecretKey,
-        hash: Option<[u8; 32]>,
+        hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
         let owner = sk.public_key();
         let pad = self.store.get(&owner).await?;
@@ -155,8 +155,8 @@ impl PadIo {
             let data = pad
                 .decrypt_data(&sk)
                 .map_err(|_| corrupt("cannot decrypt"))?;
-            if let Some(hash) = hash {
-                if sha256(&data) != hash {
+            if let Some((hash, kind)) = hash {
+                if kind.hash(&data) != hash {
                     return Err(corrupt("content hash mismatch"));
                 }
             }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::sha256;
+use crate::codec::{sha256, HashKind};
 use crate::keys::PadSeed;
 
 pub mod persist;
@@ -35,8 +35,9 @@ impl PadRef {
 pub struct Chunk {
     pub pad: Option<PadRef>,
     pub len: u32,
-    /// SHA-256 of the plaintext: a pad is checked against it on every read.
+    /// Hash of the plaintext: a pad is checked against it on every read.
     pub hash: [u8; 32],
+    pub hash_kind: HashKind,
     /// The bytes themselves, for a piece small enough to live in the index.
     pub inline: Option<Vec<u8>>,
 }
@@ -47,6 +48,7 @@ impl Chunk {
             pad: None,
             len,
             hash: [0; 32],
+            hash_kind: HashKind::default(),
             inline: None,
         }
     }
@@ -55,7 +57,8 @@ impl Chunk {
         Chunk {
             pad: None,
             len: data.len() as u32,
-            hash: sha256(&data),
+            hash: HashKind::default().hash(&data),
+            hash_kind: HashKind::default(),
             inline: Some(data),
         }
     }
@@ -94,6 +97,7 @@ pub mod v1 {
                         pad: c.pad,
                         len: c.len,
                         hash: c.hash,
+                        hash_kind: crate::codec::HashKind::Sha256,
                         inline: None,
                     })
                     .collect(),
@@ -319,6 +323,7 @@ mod tests {
                 pad: Some(PadRef::fresh()),
                 len: 1,
                 hash: [n; 32],
+                hash_kind: HashKind::default(),
                 inline: None,
             }],
             size: 1,

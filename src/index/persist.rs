@@ -98,6 +98,7 @@ mod tests {
                 pad: Some(pad),
                 len: 5,
                 hash: [7; 32],
+                hash_kind: crate::codec::HashKind::Sha256,
                 inline: None,
             }]
         );
