@@ -12,7 +12,8 @@ use crate::fs::{FsConfig, FsCore};
 use crate::keys::MasterKey;
 use crate::store::network::{NetworkConfig, NetworkStore};
 use crate::store::{
-    LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore, StoreError,
+    CountingStore, LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore,
+    StoreError, StoreStats,
 };
 
 /// Where the pads live.
@@ -154,29 +155,25 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
-    let (store, network, parallelism): (Arc<dyn PadStore>, Option<Arc<NetworkStore>>, usize) =
-        match &cfg.store {
-            StoreChoice::Local => {
-                let local = open_local_store(&cfg.store_dir, &key)?;
-                (
-                    wrap(local, cfg.simulate.clone(), RetryPolicy::default()),
-                    None,
-                    EngineOptions::default().parallelism,
-                )
-            }
-            StoreChoice::Network(net) => {
-                let network = Arc::new(rt.block_on(connect_network(net.clone()))?);
-                (
-                    wrap(
-                        network.clone(),
-                        cfg.simulate.clone(),
-                        RetryPolicy::network(),
-                    ),
-                    Some(network),
-                    NETWORK_PARALLELISM,
-                )
-            }
-        };
+    let (network, parallelism) = match &cfg.store {
+        StoreChoice::Local => (None, EngineOptions::default().parallelism),
+        StoreChoice::Network(net) => (
+            Some(Arc::new(rt.block_on(connect_network(net.clone()))?)),
+            NETWORK_PARALLELISM,
+        ),
+    };
+    let (store, store_stats) = match &network {
+        None => wrap(
+            open_local_store(&cfg.store_dir, &key)?,
+            cfg.simulate.clone(),
+            RetryPolicy::default(),
+        ),
+        Some(network) => wrap(
+            network.clone(),
+            cfg.simulate.clone(),
+            RetryPolicy::network(),
+        ),
+    };
     // Every field is set today; the default keeps options added later at their defaults.
     #[allow(clippy::needless_update)]
     let opts = EngineOptions {
@@ -250,6 +247,20 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         c.n_threads = Some(cfg.threads.max(1));
         c
     };
+    // SIGUSR1 logs the store operations so far. Listening starts before the mount appears, so
+    // a signal sent once it is mounted never meets the default action (exit).
+    {
+        let _guard = rt.enter();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(|e| StartError(format!("cannot handle SIGUSR1: {e}")))?;
+        let stats = store_stats.clone();
+        rt.spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("store operations so far: {stats}");
+            }
+        });
+    }
     let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
         .map_err(|e| StartError(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
@@ -272,6 +283,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let served = session.run();
     committer.abort();
     let synced = rt.block_on(core.sync_all());
+    tracing::info!("store operations: {store_stats}");
     if let Some(network) = &network {
         log_network_cost(network);
     }
@@ -305,15 +317,24 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The store with the retry layer, and the simulation under it if asked for.
+/// The store with the retry layer, the simulation under it if asked for, and counters of the
+/// operations that reached the store (the simulation keeps its own, under its faults).
 fn wrap<S: PadStore + 'static>(
     inner: S,
     simulate: Option<SimConfig>,
     policy: RetryPolicy,
-) -> Arc<dyn PadStore> {
+) -> (Arc<dyn PadStore>, Arc<StoreStats>) {
     match simulate {
-        Some(sim) => Arc::new(RetryingStore::new(SimStore::new(inner, sim), policy)),
-        None => Arc::new(RetryingStore::new(inner, policy)),
+        Some(sim) => {
+            let sim = SimStore::new(inner, sim);
+            let stats = sim.stats.clone();
+            (Arc::new(RetryingStore::new(sim, policy)), stats)
+        }
+        None => {
+            let counting = CountingStore::new(inner);
+            let stats = counting.stats();
+            (Arc::new(RetryingStore::new(counting, policy)), stats)
+        }
     }
 }
 

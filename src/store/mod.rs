@@ -10,10 +10,12 @@ pub mod local;
 pub mod network;
 pub mod retry;
 pub mod sim;
+pub mod stats;
 
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryingStore};
-pub use sim::{SimConfig, SimStore, StoreStats};
+pub use sim::{SimConfig, SimStore};
+pub use stats::{CountingStore, StoreStats};
 
 /// Largest plaintext a pad can hold with autonomi 0.10.x (4 MiB including metadata).
 pub const MAX_PAD_PLAINTEXT: usize = 4_193_824;

@@ -2,12 +2,12 @@
 //! and per byte, a concurrency limit, and injected faults (errors, timeouts, writes cut after they
 //! landed, corrupted reads, a crash after N writes). Every decision is a hash of the seed, the
 //! operation, the pad and how many operations that pad has seen, so a run is reproducible under a
-//! seed whatever the interleaving. It also counts operations, which tests and benchmarks read.
+//! seed whatever the interleaving. It also counts the operations that reach the store (`stats`).
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
 use tokio::sync::Semaphore;
 
-use super::{PadStore, StoreError};
+use super::{CountingStore, PadStore, StoreError, StoreStats};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -131,30 +131,14 @@ impl FromStr for SimConfig {
     }
 }
 
-/// Operation counts, for tests and benchmarks.
-#[derive(Debug, Default)]
-pub struct StoreStats {
-    pub creates: AtomicU64,
-    pub updates: AtomicU64,
-    pub gets: AtomicU64,
-    pub exists: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub bytes_read: AtomicU64,
-}
-
-impl StoreStats {
-    pub fn writes(&self) -> u64 {
-        self.creates.load(Ordering::Relaxed) + self.updates.load(Ordering::Relaxed)
-    }
-}
-
 pub struct SimStore<S> {
-    inner: S,
+    /// The counters sit under the simulation: they count what reached the store.
+    inner: CountingStore<S>,
     cfg: SimConfig,
     limit: Option<Semaphore>,
     per_pad_ops: Mutex<HashMap<[u8; 48], u64>>,
     writes: AtomicU64,
-    pub stats: StoreStats,
+    pub stats: Arc<StoreStats>,
 }
 
 #[derive(Clone, Copy)]
@@ -177,18 +161,19 @@ enum Fate {
 impl<S: PadStore> SimStore<S> {
     pub fn new(inner: S, cfg: SimConfig) -> Self {
         let limit = (cfg.concurrency > 0).then(|| Semaphore::new(cfg.concurrency));
+        let inner = CountingStore::new(inner);
         SimStore {
+            stats: inner.stats(),
             inner,
             cfg,
             limit,
             per_pad_ops: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
-            stats: StoreStats::default(),
         }
     }
 
     pub fn inner(&self) -> &S {
-        &self.inner
+        self.inner.inner()
     }
 
     /// A number in [0, 1) fixed by the seed, the operation, the pad and its operation count.
@@ -268,21 +253,10 @@ impl<S: PadStore> SimStore<S> {
         self.delay(self.cfg.put_latency, self.cfg.put_per_mib, size)
             .await;
         let apply = || async {
-            let r = match op {
+            match op {
                 Op::Create => self.inner.create(pad).await,
                 _ => self.inner.update(pad).await,
-            };
-            if r.is_ok() {
-                let counter = match op {
-                    Op::Create => &self.stats.creates,
-                    _ => &self.stats.updates,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_written
-                    .fetch_add(size as u64, Ordering::Relaxed);
             }
-            r
         };
         match fate {
             Fate::Proceed | Fate::Corrupt => apply().await,
@@ -346,10 +320,6 @@ impl<S: PadStore> PadStore for SimStore<S> {
             _ => {}
         }
         let pad = self.inner.get(owner).await?;
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_read
-            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
         self.delay(
             self.cfg.get_latency,
             self.cfg.get_per_mib,
@@ -366,7 +336,6 @@ impl<S: PadStore> PadStore for SimStore<S> {
         if let Fate::Fail(e) = self.fate(Op::Exists, owner) {
             return Err(e);
         }
-        self.stats.exists.fetch_add(1, Ordering::Relaxed);
         self.delay(self.cfg.get_latency, Duration::ZERO, 0).await;
         self.inner.exists(owner).await
     }

@@ -1,0 +1,159 @@
+//! Counting what a store does: pad creates, updates, gets and existence checks, and the bytes
+//! moved. On the network these are money (creates) and round trips, so the mount logs them at
+//! unmount (and on SIGUSR1), and tests and benchmarks read them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::PublicKey;
+
+use super::{PadStore, StoreError};
+
+/// Operation counts: operations the store carried out (failed ones are not counted).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub creates: AtomicU64,
+    pub updates: AtomicU64,
+    pub gets: AtomicU64,
+    pub exists: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn writes(&self) -> u64 {
+        self.creates.load(Ordering::Relaxed) + self.updates.load(Ordering::Relaxed)
+    }
+}
+
+/// One line, `creates=.. updates=.. gets=.. exists=.. bytes_written=.. bytes_read=..`, which
+/// the log carries and `scripts/bench.sh` parses.
+impl fmt::Display for StoreStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "creates={} updates={} gets={} exists={} bytes_written={} bytes_read={}",
+            n(&self.creates),
+            n(&self.updates),
+            n(&self.gets),
+            n(&self.exists),
+            n(&self.bytes_written),
+            n(&self.bytes_read)
+        )
+    }
+}
+
+/// A store that counts the operations its inner store carries out, into shared `StoreStats`.
+pub struct CountingStore<S> {
+    inner: S,
+    stats: Arc<StoreStats>,
+}
+
+impl<S: PadStore> CountingStore<S> {
+    pub fn new(inner: S) -> Self {
+        CountingStore {
+            inner,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The counters, to read while the store is in use.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn wrote(&self, counter: &AtomicU64, bytes: usize, result: &Result<(), StoreError>) {
+        if result.is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_written
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+#[async_trait]
+impl<S: PadStore> PadStore for CountingStore<S> {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        let size = pad.payload_size();
+        let result = self.inner.create(pad).await;
+        self.wrote(&self.stats.creates, size, &result);
+        result
+    }
+
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        let size = pad.payload_size();
+        let result = self.inner.update(pad).await;
+        self.wrote(&self.stats.updates, size, &result);
+        result
+    }
+
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let pad = self.inner.get(owner).await?;
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
+        Ok(pad)
+    }
+
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        let found = self.inner.exists(owner).await?;
+        self.stats.exists.fetch_add(1, Ordering::Relaxed);
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+    use autonomi::{Bytes, SecretKey};
+
+    fn pad(sk: &SecretKey, data: &[u8], counter: u64) -> Scratchpad {
+        Scratchpad::new(sk, 7, &Bytes::copy_from_slice(data), counter)
+    }
+
+    #[tokio::test]
+    async fn counts_what_the_store_carried_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CountingStore::new(LocalStore::open(dir.path()).unwrap());
+        let stats = store.stats();
+        let sk = SecretKey::random();
+        let pk = sk.public_key();
+        let (first, second) = (pad(&sk, &[1; 1000], 0), pad(&sk, &[2; 3000], 1));
+        let written = (first.payload_size() + second.payload_size()) as u64;
+
+        assert!(!store.exists(&pk).await.unwrap());
+        store.create(first).await.unwrap();
+        store.update(second).await.unwrap();
+        let got = store.get(&pk).await.unwrap();
+        // Refused operations are not counted.
+        store.create(pad(&sk, b"again", 0)).await.unwrap_err();
+        store.update(pad(&sk, b"stale", 1)).await.unwrap_err();
+        let missing = SecretKey::random().public_key();
+        store.get(&missing).await.unwrap_err();
+
+        assert_eq!(stats.writes(), 2);
+        assert_eq!(stats.bytes_written.load(Ordering::Relaxed), written);
+        assert_eq!(
+            stats.bytes_read.load(Ordering::Relaxed),
+            got.payload_size() as u64
+        );
+        assert_eq!(
+            stats.to_string(),
+            format!(
+                "creates=1 updates=1 gets=1 exists=1 bytes_written={written} bytes_read={}",
+                got.payload_size()
+            )
+        );
+    }
+}
