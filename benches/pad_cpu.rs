@@ -9,6 +9,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, SecretKey};
 use mutant_mount::codec::{self, sha256, Kind};
 use mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
+use mutant_mount::seal;
 use mutant_mount::store::{LocalStore, PadStore};
 
 fn time(what: &str, baseline: Option<Duration>, mut f: impl FnMut()) -> Duration {
@@ -52,11 +53,21 @@ fn main() {
     time("Scratchpad::new (encrypt + sign)", base, || {
         black_box(Scratchpad::new(&sk, 1, &data, 0));
     });
+    time("seal (engine: encrypt + sign)", base, || {
+        black_box(seal::seal(&sk, 1, &data, 0));
+    });
     time("verify_signature", base, || {
         assert!(black_box(&pad).verify_signature());
     });
+    time("signature_ok (engine)", base, || {
+        assert!(seal::signature_ok(black_box(&pad)));
+    });
     time("decrypt_data", base, || {
         black_box(pad.decrypt_data(&sk).unwrap());
+    });
+    time("open_unchecked + blake3 (engine)", base, || {
+        let plain = seal::open_unchecked(&sk, &pad).unwrap();
+        black_box(blake3::hash(&plain));
     });
     let record = codec::encode(Kind::PadRecord, &pad).unwrap();
     time("first-format record encode", base, || {

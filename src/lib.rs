@@ -9,4 +9,5 @@ pub mod fs;
 pub mod index;
 pub mod keys;
 pub mod mount;
+pub mod seal;
 pub mod store;

@@ -180,6 +180,50 @@ async fn big_writes_stream_full_chunks_before_close_and_reads_see_them() {
 }
 
 #[tokio::test]
+async fn random_writes_wait_for_close_and_write_each_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let mut model = bytes(5, 8 * CHUNK);
+    let (attr, fh) = fs
+        .create(ROOT_INO, "db", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &model).await.unwrap();
+    fs.release(fh).await.unwrap();
+
+    // A database-like writer: small writes all over the file, each chunk touched many times.
+    let fh = fs.open(attr.ino, libc::O_RDWR).await.unwrap();
+    let before = store.stats.writes();
+    let mut x = 12345u64;
+    for i in 0..300 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (x >> 33) as usize % (model.len() - 100);
+        let patch = bytes(i as u8, 100);
+        model[offset..offset + 100].copy_from_slice(&patch);
+        fs.write(fh, offset as u64, &patch).await.unwrap();
+    }
+    assert_eq!(
+        store.stats.writes() - before,
+        0,
+        "a random writer within the write buffer uploads nothing before close"
+    );
+    fs.release(fh).await.unwrap();
+    let written = store.stats.writes() - before;
+    // Eight data pads, then the index commit (a page and the root).
+    assert!(
+        written <= 8 + 3,
+        "{written} pad writes for 8 changed chunks"
+    );
+    let fh = fs.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(fs.read(fh, 0, model.len() as u32).await.unwrap(), model);
+    fs.release(fh).await.unwrap();
+    fs.engine().check_accounting().await.unwrap();
+}
+
+#[tokio::test]
 async fn renaming_a_directory_rewrites_no_data_pad() {
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();

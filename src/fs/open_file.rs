@@ -3,9 +3,11 @@
 //! handles of one inode share it, so there is one writer per file. Chunk `i` covers bytes
 //! `[i * cs, (i + 1) * cs)`; every chunk but the last is full.
 //!
-//! A big write streams: once half the write buffer holds full chunks, they are handed to a
-//! background upload and the writer goes on filling the other half; it waits only if that
-//! half fills before the upload is done. Memory stays within the write buffer.
+//! A big write streams: a sequential writer hands each chunk to its own background upload as
+//! soon as it is full, so encryption and the store work while the writer goes on, with as
+//! many chunks in flight as the write buffer holds. The writer waits only when the buffer is
+//! full of uploads not yet done. A random writer's full chunks upload once half the buffer is
+//! dirty. Memory stays within the write buffer.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex as StdMutex;
@@ -39,14 +41,24 @@ pub struct FileData {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Changed chunks uploaded before the commit (their pads are in flight in the engine).
     uploaded: BTreeMap<u64, Chunk>,
-    /// Full chunks being uploaded in the background, readable meanwhile.
-    uploading: BTreeMap<u64, Bytes>,
-    upload_task: Option<tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>>,
+    /// Full chunks being uploaded in the background, one task each, readable meanwhile.
+    uploading: BTreeMap<u64, Upload>,
     dirty_bytes: usize,
+    uploading_bytes: usize,
     changed: bool,
+    /// Where the last write ended: a write starting there continues a sequential stream.
+    write_head: u64,
     next_sequential: u64,
     readahead_chunks: u64,
 }
+
+struct Upload {
+    bytes: Bytes,
+    task: tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>,
+}
+
+/// The most chunks a sequential reader has fetched ahead of it.
+const MAX_READAHEAD_CHUNKS: u64 = 16;
 
 /// Where the bytes of one chunk are now.
 enum Source<'a> {
@@ -65,9 +77,10 @@ impl OpenFile {
                 dirty: BTreeMap::new(),
                 uploaded: BTreeMap::new(),
                 uploading: BTreeMap::new(),
-                upload_task: None,
                 dirty_bytes: 0,
+                uploading_bytes: 0,
                 changed: false,
+                write_head: 0,
                 next_sequential: 0,
                 readahead_chunks: 1,
             }),
@@ -121,10 +134,28 @@ impl OpenFile {
         }
         data.recount();
         data.changed = true;
-        self.set_size(size.max(offset + bytes.len() as u64), true);
+        let end = offset + bytes.len() as u64;
+        self.set_size(size.max(end), true);
+        if offset == data.write_head {
+            // The chunks this write finished are behind a sequential writer: upload them now.
+            let finished = (offset / cs..end / cs)
+                .filter(|i| data.is_full(*i))
+                .collect();
+            data.start_uploads(engine, finished);
+        }
+        data.write_head = end;
+        data.reap_uploads(engine, false).await?;
         if data.dirty_bytes > memory_limit / 2 {
-            data.finish_upload(engine).await?;
-            data.start_upload(engine);
+            let full = data
+                .dirty
+                .keys()
+                .copied()
+                .filter(|&i| data.is_full(i))
+                .collect();
+            data.start_uploads(engine, full);
+        }
+        while data.dirty_bytes + data.uploading_bytes > memory_limit && !data.uploading.is_empty() {
+            data.reap_one(engine).await?;
         }
         Ok(())
     }
@@ -132,7 +163,7 @@ impl OpenFile {
     /// Cuts or extends the file to `size`; bytes past the old end read as zeros.
     pub async fn truncate(&self, engine: &Engine, size: u64) -> Result<(), EngineError> {
         let mut data = self.data.lock().await;
-        data.finish_upload(engine).await?;
+        data.reap_uploads(engine, true).await?;
         let old = self.size();
         if size == old {
             return Ok(());
@@ -195,7 +226,7 @@ impl OpenFile {
             }
             // Sequential reads grow a read-ahead window of following chunks.
             if offset == data.next_sequential {
-                data.readahead_chunks = (data.readahead_chunks * 2).min(8);
+                data.readahead_chunks = (data.readahead_chunks * 2).min(MAX_READAHEAD_CHUNKS);
             } else {
                 data.readahead_chunks = 1;
             }
@@ -250,7 +281,7 @@ impl OpenFile {
         if !data.changed {
             return Ok(None);
         }
-        data.finish_upload(engine).await?;
+        data.reap_uploads(engine, true).await?;
         let size = self.size();
         data.normalize(engine, size).await?;
         data.upload_all(engine).await?;
@@ -278,8 +309,8 @@ impl FileData {
         if let Some(buf) = self.dirty.get(&idx) {
             return Source::Dirty(buf);
         }
-        if let Some(buf) = self.uploading.get(&idx) {
-            return Source::Dirty(buf);
+        if let Some(upload) = self.uploading.get(&idx) {
+            return Source::Dirty(&upload.bytes);
         }
         match self
             .uploaded
@@ -316,6 +347,7 @@ impl FileData {
 
     fn recount(&mut self) {
         self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
+        self.uploading_bytes = self.uploading.values().map(|u| u.bytes.len()).sum();
     }
 
     /// Brings every kept chunk to its exact extent: a stored chunk that is no longer the last
@@ -368,56 +400,76 @@ impl FileData {
         Ok(())
     }
 
-    /// Hands the full dirty chunks to a background upload (after `finish_upload`).
-    fn start_upload(&mut self, engine: &Engine) {
-        debug_assert!(self.upload_task.is_none() && self.uploading.is_empty());
-        let cs = self.chunk_size as usize;
-        let full: Vec<u64> = self
-            .dirty
-            .iter()
-            .filter(|(_, buf)| buf.len() == cs)
-            .map(|(&idx, _)| idx)
-            .collect();
-        if full.is_empty() {
-            return;
+    /// Whether chunk `idx` is dirty and holds a whole chunk.
+    fn is_full(&self, idx: u64) -> bool {
+        self.dirty
+            .get(&idx)
+            .is_some_and(|buf| buf.len() as u64 == self.chunk_size)
+    }
+
+    /// Moves these dirty chunks to background uploads, one task each.
+    fn start_uploads(&mut self, engine: &Engine, which: Vec<u64>) {
+        for idx in which {
+            if self.uploading.contains_key(&idx) {
+                continue; // rewritten while uploading: it goes again once that one is done
+            }
+            let Some(buf) = self.dirty.remove(&idx) else {
+                continue;
+            };
+            let bytes = Bytes::from(buf);
+            let (engine, piece) = (engine.clone(), bytes.clone());
+            let task = tokio::spawn(async move { engine.write_chunks(vec![piece], None).await });
+            self.uploading.insert(idx, Upload { bytes, task });
         }
-        let pieces: Vec<Bytes> = full
-            .iter()
-            .map(|idx| Bytes::from(self.dirty.remove(idx).expect("dirty chunk")))
-            .collect();
-        self.uploading = full.into_iter().zip(pieces.iter().cloned()).collect();
-        let engine = engine.clone();
-        self.upload_task = Some(tokio::spawn(async move {
-            engine.write_chunks(pieces, None).await
-        }));
         self.recount();
     }
 
-    /// Waits for the background upload, if any, and takes in its chunks. On failure its
-    /// buffers become dirty again (unless rewritten since) and the error is returned.
-    async fn finish_upload(&mut self, engine: &Engine) -> Result<(), EngineError> {
-        let Some(task) = self.upload_task.take() else {
-            return Ok(());
-        };
-        let uploading = std::mem::take(&mut self.uploading);
-        let result = task.await.expect("upload task panicked");
-        match result {
+    /// Takes in the uploads that are done, or (with `wait`) all of them. A failed upload's
+    /// buffer becomes dirty again (unless rewritten since); the first error is returned once
+    /// every upload waited for is settled.
+    async fn reap_uploads(&mut self, engine: &Engine, wait: bool) -> Result<(), EngineError> {
+        let done: Vec<u64> = self
+            .uploading
+            .iter()
+            .filter(|(_, u)| wait || u.task.is_finished())
+            .map(|(&idx, _)| idx)
+            .collect();
+        let mut first_error = None;
+        for idx in done {
+            if let Err(e) = self.settle(engine, idx).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Waits for the earliest chunk's upload.
+    async fn reap_one(&mut self, engine: &Engine) -> Result<(), EngineError> {
+        match self.uploading.keys().next().copied() {
+            Some(idx) => self.settle(engine, idx).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn settle(&mut self, engine: &Engine, idx: u64) -> Result<(), EngineError> {
+        let upload = self.uploading.remove(&idx).expect("an upload in progress");
+        let result = upload.task.await.expect("upload task panicked");
+        let outcome = match result {
             Ok(chunks) => {
-                let mut replaced = Vec::new();
-                for (idx, chunk) in uploading.into_keys().zip(chunks) {
-                    replaced.extend(self.uploaded.insert(idx, chunk));
-                }
-                engine.discard_chunks(&replaced).await;
+                let chunk = chunks.into_iter().next().expect("one chunk per upload");
+                let replaced = self.uploaded.insert(idx, chunk);
+                engine.discard_chunks(replaced.as_slice()).await;
                 Ok(())
             }
             Err(e) => {
-                for (idx, piece) in uploading {
-                    self.dirty.entry(idx).or_insert_with(|| piece.to_vec());
-                }
-                self.recount();
+                self.dirty
+                    .entry(idx)
+                    .or_insert_with(|| upload.bytes.to_vec());
                 Err(e)
             }
-        }
+        };
+        self.recount();
+        outcome
     }
 
     async fn upload_all(&mut self, engine: &Engine) -> Result<(), EngineError> {
@@ -434,7 +486,7 @@ impl FileData {
 
     /// Pads in flight that will never be installed (the file is gone).
     pub async fn take_uploaded(&mut self, engine: &Engine) -> Vec<Chunk> {
-        if let Err(e) = self.finish_upload(engine).await {
+        if let Err(e) = self.reap_uploads(engine, true).await {
             tracing::debug!("upload of a deleted file failed: {e}");
         }
         self.dirty.clear();

@@ -208,8 +208,8 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
 #[async_trait]
 impl PadStore for LocalStore {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        check_acceptable(&pad)?;
         self.blocking(move |s| {
+            check_acceptable(&pad)?;
             let _guard = s.lock_for(pad.owner());
             if s.pad_path(pad.owner()).exists() {
                 return Err(StoreError::AlreadyExists);
@@ -220,8 +220,8 @@ impl PadStore for LocalStore {
     }
 
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        check_acceptable(&pad)?;
         self.blocking(move |s| {
+            check_acceptable(&pad)?;
             let _guard = s.lock_for(pad.owner());
             let stored = s.stored_counter(pad.owner())?.ok_or(StoreError::NotFound)?;
             if pad.counter() <= stored {

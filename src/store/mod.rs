@@ -76,12 +76,19 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
 }
 
+/// [`check_acceptable`] on the blocking pool (a signature check hashes the whole pad).
+pub async fn check_acceptable_off_thread(pad: Scratchpad) -> Result<Scratchpad, StoreError> {
+    tokio::task::spawn_blocking(move || check_acceptable(&pad).map(|()| pad))
+        .await
+        .map_err(|e| StoreError::Permanent(format!("pad check failed: {e}")))?
+}
+
 /// Checks what every store checks before accepting a pad.
 pub fn check_acceptable(pad: &Scratchpad) -> Result<(), StoreError> {
     if pad.is_too_big() {
         return Err(StoreError::TooBig(pad.size()));
     }
-    if !pad.verify_signature() {
+    if !crate::seal::signature_ok(pad) {
         return Err(StoreError::Corrupt("bad signature".into()));
     }
     Ok(())

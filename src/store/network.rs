@@ -462,7 +462,7 @@ fn short(owner: &PublicKey) -> String {
 #[async_trait]
 impl PadStore for NetworkStore {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        super::check_acceptable(&pad)?;
+        let pad = super::check_acceptable_off_thread(pad).await?;
         let Some(wallet) = &self.wallet else {
             return Err(permanent("cannot create pads without a wallet"));
         };
@@ -517,7 +517,7 @@ impl PadStore for NetworkStore {
     }
 
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        super::check_acceptable(&pad)?;
+        let pad = super::check_acceptable_off_thread(pad).await?;
         let owner = *pad.owner();
         let counter = pad.counter();
         let started = Instant::now();

@@ -1,0 +1,181 @@
+//! Scratchpad encryption and signing, byte for byte what `Scratchpad::new` and
+//! `Scratchpad::decrypt_data` produce and accept, with the bulk work done at memory speed.
+//!
+//! blsttc encrypts a message `m` to a public key `P` with a random scalar `r` as
+//! `u = r·G1`, `v = m ⊕ K`, `w = r·H(sha3(v) ‖ u)`, where `K` is the low byte of each 32-bit
+//! word of the ChaCha20 stream keyed by `sha3(r·P)`; the ciphertext is `u ‖ w ‖ v`. Its own
+//! code draws that stream one word per message byte through a generic sampler and copies the
+//! ciphertext twice more to sign it. Here the stream is generated in blocks, the ciphertext
+//! is built in place after the signed prefix, and the signature hashes that one buffer.
+//!
+//! Reading a chunk whose plaintext hash the index holds skips blsttc's ciphertext check (a
+//! SHA3 of the pad and two pairings): the owner's signature already binds the ciphertext, and
+//! the hash binds the plaintext, so a pad that would fail that check fails the hash instead.
+
+use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
+use autonomi::{Bytes, PublicKey, SecretKey};
+use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, Scalar};
+use blsttc::group::ff::Field;
+use blsttc::group::prime::PrimeCurveAffine;
+use blsttc::group::Curve;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaChaRng;
+use tiny_keccak::{Hasher, Sha3};
+
+const G1_BYTES: usize = 48;
+const G2_BYTES: usize = 96;
+const HEADER: usize = G1_BYTES + G2_BYTES;
+
+/// `Scratchpad::new(sk, encoding, data, counter)`, faster: same format, fresh randomness.
+pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratchpad {
+    let pk = sk.public_key();
+    let address = ScratchpadAddress::new(pk);
+    let prefix = Scratchpad::bytes_for_signature(address, encoding, &Bytes::new(), counter);
+
+    let r = Scalar::random(&mut rand::rngs::OsRng);
+    let u = (G1Affine::generator() * r).to_affine();
+    let shared = (g1(&pk) * r).to_affine();
+
+    // The signed message is the prefix followed by the ciphertext: build it once, in place.
+    let start = prefix.len();
+    let mut signed = Vec::with_capacity(start + HEADER + data.len());
+    signed.extend_from_slice(&prefix);
+    signed.resize(start + HEADER + data.len(), 0);
+    xor_keystream(&shared, data, &mut signed[start + HEADER..]);
+    let w = (hash_g1_g2(&u, &signed[start + HEADER..]) * r).to_affine();
+    signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
+    signed[start + G1_BYTES..start + HEADER].copy_from_slice(&w.to_compressed());
+
+    let signature = sk.sign(&signed);
+    let ciphertext = Bytes::from(signed).slice(start..);
+    Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature)
+}
+
+/// `pad.verify_signature()`, with one copy of the ciphertext instead of two.
+pub fn signature_ok(pad: &Scratchpad) -> bool {
+    let prefix = Scratchpad::bytes_for_signature(
+        *pad.address(),
+        pad.data_encoding(),
+        &Bytes::new(),
+        pad.counter(),
+    );
+    let mut signed = Vec::with_capacity(prefix.len() + pad.encrypted_data().len());
+    signed.extend_from_slice(&prefix);
+    signed.extend_from_slice(pad.encrypted_data());
+    pad.owner().verify(pad.signature(), &signed)
+}
+
+/// The plaintext of `pad` for `sk`, without blsttc's ciphertext check: only for pads whose
+/// plaintext the caller checks against a known hash. `None` if the bytes are not a ciphertext.
+pub fn open_unchecked(sk: &SecretKey, pad: &Scratchpad) -> Option<Vec<u8>> {
+    let ct = pad.encrypted_data();
+    if ct.len() <= HEADER {
+        return None;
+    }
+    let u: [u8; G1_BYTES] = ct[..G1_BYTES].try_into().expect("length checked");
+    let u = Option::<G1Affine>::from(G1Affine::from_compressed(&u))?;
+    let scalar = Option::<Scalar>::from(Scalar::from_bytes_be(&sk.to_bytes()))?;
+    let shared = (u * scalar).to_affine();
+    let mut out = vec![0; ct.len() - HEADER];
+    xor_keystream(&shared, &ct[HEADER..], &mut out);
+    Some(out)
+}
+
+fn g1(pk: &PublicKey) -> G1Projective {
+    let affine = G1Affine::from_compressed(&pk.to_bytes());
+    G1Projective::from(Option::<G1Affine>::from(affine).expect("a PublicKey is a valid point"))
+}
+
+fn sha3_256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut sha3 = Sha3::v256();
+    for part in parts {
+        sha3.update(part);
+    }
+    let mut out = [0; 32];
+    sha3.finalize(&mut out);
+    out
+}
+
+/// blsttc's `hash_g1_g2`: a long message is hashed to 32 bytes first.
+fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
+    let compressed = u.to_compressed();
+    let mut msg = if v.len() > 64 {
+        sha3_256(&[v]).to_vec()
+    } else {
+        v.to_vec()
+    };
+    msg.extend_from_slice(&compressed);
+    blsttc::hash_g2(&msg)
+}
+
+/// `out = input ⊕ K`, `K` the low byte of each word of the ChaCha20 stream keyed by the
+/// SHA3 of the shared point (what blsttc's `xor_with_hash` computes).
+fn xor_keystream(shared: &G1Affine, input: &[u8], out: &mut [u8]) {
+    const STEP: usize = 4096;
+    let mut rng = ChaChaRng::from_seed(sha3_256(&[&shared.to_compressed()]));
+    let mut words = vec![0u8; 4 * STEP];
+    for (inp, outp) in input.chunks(STEP).zip(out.chunks_mut(STEP)) {
+        // A whole number of words each time, so the stream stays word-aligned.
+        let stream = &mut words[..4 * inp.len()];
+        rng.fill_bytes(stream);
+        for ((o, &i), word) in outp.iter_mut().zip(inp).zip(stream.chunks_exact(4)) {
+            *o = i ^ word[0];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Bytes {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn sealed_pads_are_what_autonomi_reads() {
+        let sk = SecretKey::random();
+        for len in [1, 63, 64, 65, 4095, 4096, 100_003, 1 << 20] {
+            let data = sample(len);
+            let pad = seal(&sk, 7, &data, 3);
+            assert!(pad.verify_signature(), "len {len}");
+            assert_eq!(pad.decrypt_data(&sk).unwrap(), data, "len {len}");
+            assert_eq!(pad.counter(), 3);
+            assert_eq!(pad.data_encoding(), 7);
+            assert_eq!(pad.owner(), &sk.public_key());
+            assert!(signature_ok(&pad));
+            assert_eq!(open_unchecked(&sk, &pad).unwrap(), data.to_vec());
+        }
+    }
+
+    #[test]
+    fn autonomi_pads_open_here() {
+        let sk = SecretKey::random();
+        let data = sample(300_001);
+        let pad = Scratchpad::new(&sk, 9, &data, 0);
+        assert!(signature_ok(&pad));
+        assert_eq!(open_unchecked(&sk, &pad).unwrap(), data.to_vec());
+    }
+
+    #[test]
+    fn tampering_is_caught() {
+        let sk = SecretKey::random();
+        let data = sample(10_000);
+        let pad = seal(&sk, 1, &data, 0);
+        let mut ct = pad.encrypted_data().to_vec();
+        ct[HEADER + 5] ^= 1;
+        let bad = Scratchpad::new_with_signature(
+            sk.public_key(),
+            1,
+            ct.into(),
+            0,
+            pad.signature().clone(),
+        );
+        assert!(!signature_ok(&bad));
+        let other = SecretKey::random();
+        assert_ne!(open_unchecked(&other, &pad).unwrap(), data.to_vec());
+    }
+}
