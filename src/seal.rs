@@ -38,16 +38,16 @@ pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratch
 
     // The signed message is the prefix followed by the ciphertext: build it once, in place.
     let start = prefix.len();
-    let mut signed = Vec::with_capacity(start + HEADER + data.len());
+    let mut signed = crate::buffers::take(start + HEADER + data.len());
     signed.extend_from_slice(&prefix);
-    signed.resize(start + HEADER + data.len(), 0);
-    xor_keystream(&shared, data, &mut signed[start + HEADER..]);
+    signed.extend_from_slice(&[0; HEADER]);
+    xor_keystream(&shared, data, |block| signed.extend_from_slice(block));
     let w = (hash_g1_g2(&u, &signed[start + HEADER..]) * r).to_affine();
     signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
     signed[start + G1_BYTES..start + HEADER].copy_from_slice(&w.to_compressed());
 
     let signature = sk.sign(&signed);
-    let ciphertext = Bytes::from(signed).slice(start..);
+    let ciphertext = crate::buffers::share(signed).slice(start..);
     Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature)
 }
 
@@ -76,8 +76,8 @@ pub fn open_unchecked(sk: &SecretKey, pad: &Scratchpad) -> Option<Vec<u8>> {
     let u = Option::<G1Affine>::from(G1Affine::from_compressed(&u))?;
     let scalar = Option::<Scalar>::from(Scalar::from_bytes_be(&sk.to_bytes()))?;
     let shared = (u * scalar).to_affine();
-    let mut out = vec![0; ct.len() - HEADER];
-    xor_keystream(&shared, &ct[HEADER..], &mut out);
+    let mut out = crate::buffers::take(ct.len() - HEADER);
+    xor_keystream(&shared, &ct[HEADER..], |block| out.extend_from_slice(block));
     Some(out)
 }
 
@@ -108,19 +108,22 @@ fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
     blsttc::hash_g2(&msg)
 }
 
-/// `out = input ⊕ K`, `K` the low byte of each word of the ChaCha20 stream keyed by the
-/// SHA3 of the shared point (what blsttc's `xor_with_hash` computes).
-fn xor_keystream(shared: &G1Affine, input: &[u8], out: &mut [u8]) {
+/// `input ⊕ K`, handed to `out` a block at a time (the caller's buffer is written once, not
+/// zeroed first), `K` the low byte of each word of the ChaCha20 stream keyed by the SHA3 of the
+/// shared point (what blsttc's `xor_with_hash` computes).
+fn xor_keystream(shared: &G1Affine, input: &[u8], mut out: impl FnMut(&[u8])) {
     const STEP: usize = 4096;
     let mut rng = ChaChaRng::from_seed(sha3_256(&[&shared.to_compressed()]));
     let mut words = vec![0u8; 4 * STEP];
-    for (inp, outp) in input.chunks(STEP).zip(out.chunks_mut(STEP)) {
+    let mut block = vec![0u8; STEP];
+    for inp in input.chunks(STEP) {
         // A whole number of words each time, so the stream stays word-aligned.
         let stream = &mut words[..4 * inp.len()];
         rng.fill_bytes(stream);
-        for ((o, &i), word) in outp.iter_mut().zip(inp).zip(stream.chunks_exact(4)) {
+        for ((o, &i), word) in block.iter_mut().zip(inp).zip(stream.chunks_exact(4)) {
             *o = i ^ word[0];
         }
+        out(&block[..inp.len()]);
     }
 }
 

@@ -168,7 +168,7 @@ impl PadIo {
                     if kind.hash(&data) != hash {
                         return Err(corrupt("content hash mismatch"));
                     }
-                    Bytes::from(data)
+                    crate::buffers::share(data)
                 }
                 None => pad
                     .decrypt_data(&sk)

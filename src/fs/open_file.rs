@@ -15,6 +15,7 @@ use std::sync::Mutex as StdMutex;
 use autonomi::Bytes;
 use tokio::sync::Mutex;
 
+use crate::buffers;
 use crate::engine::{Engine, Error as EngineError};
 use crate::index::{Chunk, Entry, Timestamp};
 
@@ -59,6 +60,11 @@ struct Upload {
 
 /// The most chunks a sequential reader has fetched ahead of it.
 const MAX_READAHEAD_CHUNKS: u64 = 16;
+/// A write this big into a new chunk is likely the first of many: give the chunk a whole
+/// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
+const BIG_WRITE: usize = 64 << 10;
+/// How far from the end of the last read a read may start and still be sequential.
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
 
 /// Where the bytes of one chunk are now.
 enum Source<'a> {
@@ -125,7 +131,7 @@ impl OpenFile {
             let idx = pos / cs;
             let within = (pos % cs) as usize;
             let n = (cs as usize - within).min(bytes.len() - done);
-            let buf = data.materialize(engine, idx, size).await?;
+            let buf = data.materialize(engine, idx, size, n).await?;
             if buf.len() < within + n {
                 buf.resize(within + n, 0);
             }
@@ -173,7 +179,7 @@ impl OpenFile {
             let keep = size.div_ceil(cs);
             if !size.is_multiple_of(cs) {
                 let last = size / cs;
-                let buf = data.materialize(engine, last, old).await?;
+                let buf = data.materialize(engine, last, old, 0).await?;
                 buf.truncate((size % cs) as usize);
             }
             data.base.truncate(keep as usize);
@@ -224,13 +230,16 @@ impl OpenFile {
                 plan.push(piece);
                 pos = idx * cs + to as u64;
             }
-            // Sequential reads grow a read-ahead window of following chunks.
-            if offset == data.next_sequential {
+            // Sequential reads grow a read-ahead window of following chunks. The kernel's own
+            // read-ahead requests reach us out of order (several FUSE threads), so a read near
+            // where the last one ended still counts as sequential.
+            if offset.abs_diff(data.next_sequential) <= SEQUENTIAL_SLACK {
                 data.readahead_chunks = (data.readahead_chunks * 2).min(MAX_READAHEAD_CHUNKS);
+                data.next_sequential = data.next_sequential.max(end);
             } else {
                 data.readahead_chunks = 1;
+                data.next_sequential = end;
             }
-            data.next_sequential = end;
             let first = end.div_ceil(cs);
             for idx in first..first + data.readahead_chunks {
                 if let Source::Stored(chunk) = data.source(idx) {
@@ -322,17 +331,21 @@ impl FileData {
         }
     }
 
-    /// The buffer of chunk `idx`, read in from the store the first time it changes.
+    /// The buffer of chunk `idx`, read in from the store the first time it changes. A write
+    /// of `writing` bytes is coming: a big one gets a whole chunk's room from the pool.
     async fn materialize(
         &mut self,
         engine: &Engine,
         idx: u64,
         size: u64,
+        writing: usize,
     ) -> Result<&mut Vec<u8>, EngineError> {
         if !self.dirty.contains_key(&idx) {
+            let cs = self.chunk_size as usize;
             let mut buf = match self.source(idx) {
-                Source::Stored(chunk) => engine.read_chunk(&chunk).await?.to_vec(),
-                Source::Dirty(uploading) => uploading.to_vec(),
+                Source::Stored(chunk) => buffers::copy_of(&engine.read_chunk(&chunk).await?, cs),
+                Source::Dirty(uploading) => buffers::copy_of(uploading, cs),
+                Source::Zeros if writing >= BIG_WRITE => buffers::take(cs),
                 Source::Zeros => Vec::new(),
             };
             // Bytes past the file's end (left by an earlier truncation) are not content.
@@ -362,7 +375,7 @@ impl FileData {
                 _ => None,
             };
             if stored_len.is_some_and(|len| len != extent) {
-                self.materialize(engine, idx, size).await?;
+                self.materialize(engine, idx, size, 0).await?;
             }
             if let Some(buf) = self.dirty.get_mut(&idx) {
                 buf.resize(extent, 0);
@@ -379,7 +392,7 @@ impl FileData {
         // Buffers move to the upload (no copy); a failed upload puts them back.
         let pieces: Vec<Bytes> = which
             .iter()
-            .map(|idx| Bytes::from(self.dirty.remove(idx).expect("dirty chunk")))
+            .map(|idx| buffers::share(self.dirty.remove(idx).expect("dirty chunk")))
             .collect();
         let chunks = match engine.write_chunks(pieces.clone(), None).await {
             Ok(chunks) => chunks,
@@ -416,7 +429,7 @@ impl FileData {
             let Some(buf) = self.dirty.remove(&idx) else {
                 continue;
             };
-            let bytes = Bytes::from(buf);
+            let bytes = buffers::share(buf);
             let (engine, piece) = (engine.clone(), bytes.clone());
             let task = tokio::spawn(async move { engine.write_chunks(vec![piece], None).await });
             self.uploading.insert(idx, Upload { bytes, task });

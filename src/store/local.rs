@@ -17,7 +17,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{check_acceptable, PadStore, StoreError};
+use super::{check_size, PadStore, StoreError};
 use crate::codec::{self, Kind};
 
 const LOCK_SHARDS: usize = 64;
@@ -209,7 +209,7 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
 impl PadStore for LocalStore {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
         self.blocking(move |s| {
-            check_acceptable(&pad)?;
+            check_size(&pad)?;
             let _guard = s.lock_for(pad.owner());
             if s.pad_path(pad.owner()).exists() {
                 return Err(StoreError::AlreadyExists);
@@ -221,7 +221,7 @@ impl PadStore for LocalStore {
 
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
         self.blocking(move |s| {
-            check_acceptable(&pad)?;
+            check_size(&pad)?;
             let _guard = s.lock_for(pad.owner());
             let stored = s.stored_counter(pad.owner())?.ok_or(StoreError::NotFound)?;
             if pad.counter() <= stored {
