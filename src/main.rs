@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     cache_size: usize,
 
-    /// Memory one open file may use for unsaved changes before full chunks are uploaded, in MiB
+    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     write_buffer: usize,
 
