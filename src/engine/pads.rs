@@ -1,5 +1,6 @@
-//! Pad I/O: derive the key, encrypt and sign (on the blocking pool), write with the right
-//! operation and counter; read, verify the signature and the plaintext hash.
+//! Pad I/O: derive the key, seal (encrypt and sign, on the blocking pool, one pad per core),
+//! write with the right operation and counter; read, verify the signature and the plaintext
+//! hash.
 
 use std::sync::{Arc, OnceLock};
 
