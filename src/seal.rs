@@ -18,8 +18,8 @@ use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, Scalar};
 use blsttc::group::ff::Field;
 use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::Curve;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaChaRng;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
 use tiny_keccak::{Hasher, Sha3};
 
 const G1_BYTES: usize = 48;
@@ -59,10 +59,12 @@ pub fn signature_ok(pad: &Scratchpad) -> bool {
         &Bytes::new(),
         pad.counter(),
     );
-    let mut signed = Vec::with_capacity(prefix.len() + pad.encrypted_data().len());
+    let mut signed = crate::buffers::take(prefix.len() + pad.encrypted_data().len());
     signed.extend_from_slice(&prefix);
     signed.extend_from_slice(pad.encrypted_data());
-    pad.owner().verify(pad.signature(), &signed)
+    let ok = pad.owner().verify(pad.signature(), &signed);
+    crate::buffers::give_back(signed);
+    ok
 }
 
 /// The plaintext of `pad` for `sk`, without blsttc's ciphertext check: only for pads whose
@@ -113,13 +115,16 @@ fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
 /// shared point (what blsttc's `xor_with_hash` computes).
 fn xor_keystream(shared: &G1Affine, input: &[u8], mut out: impl FnMut(&[u8])) {
     const STEP: usize = 4096;
-    let mut rng = ChaChaRng::from_seed(sha3_256(&[&shared.to_compressed()]));
+    // rand_chacha's ChaCha20Rng (64-bit counter) and IETF ChaCha20 with a zero nonce (32-bit
+    // counter) give the same stream for the first 256 GiB: far more than a pad.
+    let key = sha3_256(&[&shared.to_compressed()]);
+    let mut cipher = ChaCha20::new(&key.into(), &[0u8; 12].into());
     let mut words = vec![0u8; 4 * STEP];
     let mut block = vec![0u8; STEP];
     for inp in input.chunks(STEP) {
         // A whole number of words each time, so the stream stays word-aligned.
         let stream = &mut words[..4 * inp.len()];
-        rng.fill_bytes(stream);
+        cipher.write_keystream(stream);
         for ((o, &i), word) in block.iter_mut().zip(inp).zip(stream.chunks_exact(4)) {
             *o = i ^ word[0];
         }
