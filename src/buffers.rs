@@ -25,6 +25,9 @@ pub fn take(capacity: usize) -> Vec<u8> {
             buf.clear();
             return buf;
         }
+        // Whole MiBs, so that a buffer fits whichever chunk-sized use comes next (a pad file,
+        // a ciphertext, a plaintext are a few hundred bytes apart).
+        return Vec::with_capacity(capacity.next_multiple_of(1 << 20));
     }
     Vec::with_capacity(capacity)
 }
@@ -36,6 +39,11 @@ pub fn share(buf: Vec<u8>) -> Bytes {
     } else {
         Bytes::from(buf)
     }
+}
+
+/// Returns a buffer from [`take`] that is no longer needed.
+pub fn give_back(buf: Vec<u8>) {
+    drop(share(buf));
 }
 
 /// A copy of `data` in a buffer of the pool, with room to grow to `capacity`.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use autonomi::Bytes;
 use tokio::sync::Mutex;
 
 use super::namespace::{is_orphan_key, join, orphan_key, Namespace, ROOT_INO};
@@ -683,7 +684,7 @@ impl FsCore {
             .ok_or(Errno(libc::EBADF))
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, _) = self.handle(fh)?;
         let open = self.open_of(ino).await?;
         Ok(open.read(&self.engine, offset, size as usize).await?)

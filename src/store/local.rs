@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
-use autonomi::{Bytes, PublicKey, Signature};
+use autonomi::{PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
 use super::{check_size, PadStore, StoreError};
@@ -61,6 +61,15 @@ fn decode_header(bytes: &[u8]) -> Result<(PadHeader, usize), String> {
 }
 
 /// A whole pad file, of either format.
+/// The whole file, in a buffer of the chunk pool (a pad file is a chunk and a header).
+fn read_pooled(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let mut buf = crate::buffers::take(len + 1);
+    file.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 fn decode_pad(bytes: Vec<u8>) -> Result<Scratchpad, String> {
     if codec::has_magic(&bytes) {
         return codec::decode(Kind::PadRecord, &bytes).map_err(|e| e.to_string());
@@ -73,7 +82,7 @@ fn decode_pad(bytes: Vec<u8>) -> Result<Scratchpad, String> {
             header.data_len
         ));
     }
-    let data = Bytes::from(bytes).slice(start..);
+    let data = crate::buffers::share(bytes).slice(start..);
     Ok(Scratchpad::new_with_signature(
         header.owner,
         header.data_encoding,
@@ -136,7 +145,7 @@ impl LocalStore {
 
     fn read(&self, owner: &PublicKey) -> Result<Option<Scratchpad>, StoreError> {
         let path = self.pad_path(owner);
-        let bytes = match fs::read(&path) {
+        let bytes = match read_pooled(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, e)),
