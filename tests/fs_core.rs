@@ -364,3 +364,59 @@ async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
     }
     assert!(engine.check_accounting().await.is_ok());
 }
+
+#[tokio::test]
+async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(9, 40 * CHUNK);
+    {
+        let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+        let (_, fh) = fs
+            .create(ROOT_INO, "db", 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &data).await.unwrap();
+        fs.release(fh).await.unwrap();
+        fs.sync_all().await.unwrap();
+    }
+    // A fresh mount: nothing cached.
+    let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let gets = || store.stats.gets.load(Ordering::Relaxed);
+
+    let before = gets();
+    for chunk in [30, 5, 20, 12, 37] {
+        let at = chunk * CHUNK + 100;
+        assert_eq!(
+            fs.read(fh, at as u64, 512).await.unwrap(),
+            data[at..at + 512]
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        gets() - before,
+        5,
+        "one pad per random read, none fetched ahead"
+    );
+
+    let before = gets();
+    for chunk in 0..3 {
+        let at = chunk * CHUNK;
+        assert_eq!(
+            fs.read(fh, at as u64, CHUNK as u32).await.unwrap(),
+            data[at..at + CHUNK]
+        );
+    }
+    // Read-ahead runs in the background: wait for it to show.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gets() - before <= 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        gets() - before > 3,
+        "a sequential reader gets chunks ahead of it"
+    );
+    fs.release(fh).await.unwrap();
+}

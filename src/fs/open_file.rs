@@ -63,8 +63,6 @@ const MAX_READAHEAD_CHUNKS: u64 = 16;
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
 const BIG_WRITE: usize = 64 << 10;
-/// How far from the end of the last read a read may start and still be sequential.
-const SEQUENTIAL_SLACK: u64 = 4 << 20;
 
 /// Where the bytes of one chunk are now.
 enum Source<'a> {
@@ -233,13 +231,15 @@ impl OpenFile {
                 pos = idx * cs + to as u64;
             }
             // Sequential reads grow a read-ahead window of following chunks. The kernel's own
-            // read-ahead requests reach us out of order (several FUSE threads), so a read near
-            // where the last one ended still counts as sequential.
-            if offset.abs_diff(data.next_sequential) <= SEQUENTIAL_SLACK {
-                data.readahead_chunks = (data.readahead_chunks * 2).min(MAX_READAHEAD_CHUNKS);
+            // read-ahead requests reach us out of order (several FUSE threads), so a read
+            // within a chunk of where the last one ended still counts as sequential. A read
+            // elsewhere fetches nothing ahead: a random reader would not use it, and each
+            // chunk fetched is a whole pad to verify and decrypt.
+            if offset.abs_diff(data.next_sequential) <= cs {
+                data.readahead_chunks = (data.readahead_chunks * 2).clamp(1, MAX_READAHEAD_CHUNKS);
                 data.next_sequential = data.next_sequential.max(end);
             } else {
-                data.readahead_chunks = 1;
+                data.readahead_chunks = 0;
                 data.next_sequential = end;
             }
             let first = end.div_ceil(cs);
