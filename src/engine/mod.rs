@@ -139,7 +139,7 @@ impl Engine {
         master: MasterKey,
         opts: EngineOptions,
     ) -> Result<Self> {
-        let pads = PadIo::new(store, master.clone());
+        let pads = PadIo::with_gets_in_flight(store, master.clone(), opts.parallelism);
         let root_key = master.root_key();
         let page_cache = opts.index_cache_dir.as_deref().map(PageCache::new);
         let loaded = commit::load(&pads, &root_key, opts.parallelism, page_cache.as_ref()).await?;
@@ -510,6 +510,11 @@ impl Engine {
     /// One chunk's plaintext, verified.
     pub async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
         self.inner.read_chunk(chunk).await
+    }
+
+    /// Bytes of plaintext the chunk cache holds; read-ahead must stay well within it.
+    pub fn cache_capacity(&self) -> usize {
+        self.inner.opts.cache_bytes
     }
 
     /// Loads chunks into the cache in the background (read-ahead).

@@ -23,7 +23,13 @@ pub const INDEX_ENCODING: u64 = 0x6d75_7461_6e74_0002;
 pub struct PadIo {
     store: Arc<dyn PadStore>,
     master: MasterKey,
+    /// Bounds the pad gets in flight; a pad being decrypted no longer holds a place, so
+    /// read-ahead can keep the store busy while the cores catch up.
+    gets: Semaphore,
 }
+
+/// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
+const DEFAULT_GETS_IN_FLIGHT: usize = 16;
 
 /// Runs crypto on the blocking pool, at most one task per core, first come first served: pads
 /// finish in the order they were asked for (a sequential reader's next chunk first) instead of
@@ -45,7 +51,15 @@ fn sign(sk: &SecretKey, encoding: u64, data: &Bytes, counter: u64) -> Scratchpad
 
 impl PadIo {
     pub fn new(store: Arc<dyn PadStore>, master: MasterKey) -> Self {
-        PadIo { store, master }
+        Self::with_gets_in_flight(store, master, DEFAULT_GETS_IN_FLIGHT)
+    }
+
+    pub fn with_gets_in_flight(store: Arc<dyn PadStore>, master: MasterKey, gets: usize) -> Self {
+        PadIo {
+            store,
+            master,
+            gets: Semaphore::new(gets.max(1)),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn PadStore> {
@@ -150,7 +164,10 @@ impl PadIo {
         hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
         let owner = sk.public_key();
-        let pad = self.store.get(&owner).await?;
+        let pad = {
+            let _place = self.gets.acquire().await.expect("never closed");
+            self.store.get(&owner).await?
+        };
         let name = owner.to_hex()[..16].to_string();
         let corrupt = |why: &str| Error::CorruptPad {
             pad: name.clone(),

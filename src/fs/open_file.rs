@@ -58,8 +58,12 @@ struct Upload {
     task: tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>,
 }
 
-/// The most chunks a sequential reader has fetched ahead of it.
-const MAX_READAHEAD_CHUNKS: u64 = 16;
+/// The most chunks a sequential reader has fetched ahead of it: more than the pad gets in
+/// flight (16 by default), so that while the cores decrypt chunks that have arrived, the
+/// store is still fetching a full set.
+const MAX_READAHEAD_CHUNKS: u64 = 24;
+/// The window of a read at the start of a file: a reader from the start usually reads on.
+const FIRST_READAHEAD_CHUNKS: u64 = 4;
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
 const BIG_WRITE: usize = 64 << 10;
@@ -236,14 +240,24 @@ impl OpenFile {
             // elsewhere fetches nothing ahead: a random reader would not use it, and each
             // chunk fetched is a whole pad to verify and decrypt.
             if offset.abs_diff(data.next_sequential) <= cs {
-                data.readahead_chunks = (data.readahead_chunks * 2).clamp(1, MAX_READAHEAD_CHUNKS);
+                let start = if offset == 0 {
+                    FIRST_READAHEAD_CHUNKS
+                } else {
+                    1
+                };
+                data.readahead_chunks =
+                    (data.readahead_chunks * 2).clamp(start, MAX_READAHEAD_CHUNKS);
                 data.next_sequential = data.next_sequential.max(end);
             } else {
                 data.readahead_chunks = 0;
                 data.next_sequential = end;
             }
+            // Chunks fetched ahead wait in the chunk cache: at most half of it.
+            let ahead = data
+                .readahead_chunks
+                .min(engine.cache_capacity() as u64 / cs / 2);
             let first = end.div_ceil(cs);
-            for idx in first..first + data.readahead_chunks {
+            for idx in first..first + ahead {
                 if let Source::Stored(chunk) = data.source(idx) {
                     prefetch.push(chunk);
                 }
