@@ -365,21 +365,24 @@ async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
     assert!(engine.check_accounting().await.is_ok());
 }
 
+/// A store in `dir` holding one committed file at the root, written by a core since gone.
+async fn store_file(dir: &std::path::Path, key: &MasterKey, name: &str, data: &[u8]) {
+    let (fs, _) = core_over(dir, key, SimConfig::default(), FsConfig::default()).await;
+    let (_, fh) = fs
+        .create(ROOT_INO, name, 0o644, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, data).await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.sync_all().await.unwrap();
+}
+
 #[tokio::test]
 async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
     let data = bytes(9, 40 * CHUNK);
-    {
-        let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
-        let (_, fh) = fs
-            .create(ROOT_INO, "db", 0o644, libc::O_WRONLY, ME)
-            .await
-            .unwrap();
-        fs.write(fh, 0, &data).await.unwrap();
-        fs.release(fh).await.unwrap();
-        fs.sync_all().await.unwrap();
-    }
+    store_file(dir.path(), &key, "db", &data).await;
     // A fresh mount: nothing cached.
     let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
     let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
@@ -418,5 +421,72 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
         gets() - before > 3,
         "a sequential reader gets chunks ahead of it"
     );
+    fs.release(fh).await.unwrap();
+}
+
+/// Passes through to a store, counting the gets in flight and the most there ever were.
+struct GetsInFlight<S> {
+    inner: S,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl<S: PadStore> PadStore for GetsInFlight<S> {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.create(pad).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.update(pad).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let pad = self.inner.get(owner).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        pad
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.inner.exists(owner).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(4, 40 * CHUNK);
+    store_file(dir.path(), &key, "movie", &data).await;
+    // A slow store, so that read-ahead has many gets waiting at once if nothing bounds them.
+    let slow = SimConfig {
+        get_latency: std::time::Duration::from_millis(30),
+        ..Default::default()
+    };
+    let store = Arc::new(GetsInFlight {
+        inner: SimStore::new(LocalStore::open(dir.path()).unwrap(), slow),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let opts = EngineOptions {
+        parallelism: 3,
+        ..Default::default()
+    };
+    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, opts)
+        .await
+        .unwrap();
+    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let ino = fs.lookup(ROOT_INO, "movie").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    store.most.store(0, Ordering::SeqCst);
+    for chunk in 0..40 {
+        let at = chunk * CHUNK;
+        assert_eq!(
+            fs.read(fh, at as u64, CHUNK as u32).await.unwrap(),
+            data[at..at + CHUNK]
+        );
+    }
+    let most = store.most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} pad gets in flight with parallelism 3");
+    assert!(most > 1, "read-ahead fetched chunks side by side ({most})");
     fs.release(fh).await.unwrap();
 }
