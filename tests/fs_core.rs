@@ -490,3 +490,39 @@ async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
     assert!(most > 1, "read-ahead fetched chunks side by side ({most})");
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_read_from_the_start_fetches_ahead_wider_over_a_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(6, 40 * CHUNK);
+    store_file(dir.path(), &key, "song", &data).await;
+    let network = SimConfig {
+        get_latency: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    for (sim, least, most) in [(SimConfig::default(), 2, 5), (network, 17, 17)] {
+        let (fs, store) = core_over(dir.path(), &key, sim, FsConfig::default()).await;
+        let ino = fs.lookup(ROOT_INO, "song").await.unwrap().ino;
+        let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+        let gets = || store.stats.gets.load(Ordering::Relaxed);
+        let before = gets();
+        assert_eq!(fs.read(fh, 0, 100).await.unwrap(), data[..100]);
+        // Read-ahead runs in the background: wait for it to settle.
+        let mut fetched = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            fetched = gets() - before;
+            if fetched >= most {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let fetched = fetched.max(gets() - before);
+        assert!(
+            (least..=most).contains(&fetched),
+            "{fetched} pad gets after the first read, expected {least}..={most}"
+        );
+        fs.release(fh).await.unwrap();
+    }
+}

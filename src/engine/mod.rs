@@ -512,6 +512,11 @@ impl Engine {
         self.inner.read_chunk(chunk).await
     }
 
+    /// Whether each pad get is a network round trip.
+    pub fn store_is_remote(&self) -> bool {
+        self.inner.pads.store().is_remote()
+    }
+
     /// Bytes of plaintext the chunk cache holds; read-ahead must stay well within it.
     pub fn cache_capacity(&self) -> usize {
         self.inner.opts.cache_bytes

@@ -64,6 +64,9 @@ struct Upload {
 const MAX_READAHEAD_CHUNKS: u64 = 24;
 /// The window of a read at the start of a file: a reader from the start usually reads on.
 const FIRST_READAHEAD_CHUNKS: u64 = 4;
+/// Over a network, where a small first round of gets costs a whole round trip, the first
+/// window is a full set of gets in flight instead.
+const FIRST_READAHEAD_CHUNKS_REMOTE: u64 = 16;
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
 const BIG_WRITE: usize = 64 << 10;
@@ -240,10 +243,10 @@ impl OpenFile {
             // elsewhere fetches nothing ahead: a random reader would not use it, and each
             // chunk fetched is a whole pad to verify and decrypt.
             if offset.abs_diff(data.next_sequential) <= cs {
-                let start = if offset == 0 {
-                    FIRST_READAHEAD_CHUNKS
-                } else {
-                    1
+                let start = match offset {
+                    0 if engine.store_is_remote() => FIRST_READAHEAD_CHUNKS_REMOTE,
+                    0 => FIRST_READAHEAD_CHUNKS,
+                    _ => 1,
                 };
                 data.readahead_chunks =
                     (data.readahead_chunks * 2).clamp(start, MAX_READAHEAD_CHUNKS);

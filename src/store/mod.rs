@@ -59,6 +59,10 @@ pub trait PadStore: Send + Sync + 'static {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
     /// Whether a pad exists, without fetching it.
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
+    /// Whether every get is a round trip over a network (read-ahead starts wider there).
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -74,6 +78,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         (**self).exists(owner).await
+    }
+    fn is_remote(&self) -> bool {
+        (**self).is_remote()
     }
 }
 

@@ -575,6 +575,9 @@ impl PadStore for NetworkStore {
             .await
             .map_err(|e| map_error(None, 0, e))
     }
+    fn is_remote(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -138,4 +138,7 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.run("exists", || self.inner.exists(owner)).await
     }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
 }

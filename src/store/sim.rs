@@ -339,6 +339,10 @@ impl<S: PadStore> PadStore for SimStore<S> {
         self.delay(self.cfg.get_latency, Duration::ZERO, 0).await;
         self.inner.exists(owner).await
     }
+    /// A simulated network is one, as far as the mount can tell.
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote() || !self.cfg.get_latency.is_zero() || !self.cfg.get_per_mib.is_zero()
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,9 @@ impl<S: PadStore> PadStore for CountingStore<S> {
         self.stats.exists.fetch_add(1, Ordering::Relaxed);
         Ok(found)
     }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
 }
 
 #[cfg(test)]
