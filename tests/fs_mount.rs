@@ -372,3 +372,38 @@ fn a_read_only_mount_refuses_writes() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     mount.unmount();
 }
+
+#[test]
+fn a_running_program_cannot_be_truncated_under_itself() {
+    let (_dir, mount) = setup();
+    let program = mount.path("sleeper");
+    let original = fs::read("/bin/sleep").unwrap();
+    fs::write(&program, &original).unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut running = std::process::Command::new(&program)
+        .arg("30")
+        .spawn()
+        .unwrap();
+    // Every way of opening it for change is refused while it runs, O_RDONLY|O_TRUNC included
+    // (the kernel once emptied its cached pages first, killing the program with SIGBUS).
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let opened = fs::OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .custom_flags(flags & libc::O_TRUNC)
+            .open(&program);
+        assert_eq!(
+            opened.map(|_| ()).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ETXTBSY)),
+            "open with flags {flags:#o}"
+        );
+    }
+    assert_eq!(fs::metadata(&program).unwrap().len(), original.len() as u64);
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the program still runs"
+    );
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert!(fs::read(&program).unwrap() == original);
+}

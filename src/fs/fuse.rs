@@ -141,9 +141,12 @@ impl Filesystem for FuseAdapter {
         // One request per 1 MiB write, and larger read-ahead than the kernel's 128 KiB.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_BIG_WRITES | InitFlags::FUSE_ATOMIC_O_TRUNC | InitFlags::FUSE_MAX_PAGES,
-        );
+        // Not FUSE_ATOMIC_O_TRUNC: with it the kernel empties its cached pages of a file
+        // opened O_RDONLY|O_TRUNC before it checks whether the file is being executed, so the
+        // running program dies of SIGBUS and the open then succeeds instead of ETXTBSY.
+        // Without it an O_TRUNC open of an existing file is an open and a truncating setattr,
+        // after that check.
+        let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES | InitFlags::FUSE_MAX_PAGES);
         Ok(())
     }
 
