@@ -6,13 +6,13 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
 
-use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, SecretKey};
 
 use super::error::{Error, Result};
 use crate::codec::HashKind;
 use crate::index::PadRef;
 use crate::keys::MasterKey;
+use crate::seal::seal;
 use crate::store::{PadStore, StoreError};
 
 /// `data_encoding` of pads holding file data.
@@ -43,10 +43,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .expect("crypto task panicked")
-}
-
-fn sign(sk: &SecretKey, encoding: u64, data: &Bytes, counter: u64) -> Scratchpad {
-    crate::seal::seal(sk, encoding, data, counter)
 }
 
 impl PadIo {
@@ -96,7 +92,7 @@ impl PadIo {
         for _ in 0..3 {
             let pad = {
                 let (sk, data) = (sk.clone(), data.clone());
-                blocking(move || sign(&sk, encoding, &data, counter)).await
+                blocking(move || seal(&sk, encoding, &data, counter)).await
             };
             let result = if update {
                 self.store.update(pad).await
@@ -134,7 +130,7 @@ impl PadIo {
         data: Bytes,
     ) -> Result<u64> {
         let counter = known.map_or(0, |c| c + 1);
-        let pad = blocking(move || sign(&sk, encoding, &data, counter)).await;
+        let pad = blocking(move || seal(&sk, encoding, &data, counter)).await;
         let result = match known {
             Some(_) => self.store.update(pad).await,
             None => self.store.create(pad).await,

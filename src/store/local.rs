@@ -60,7 +60,6 @@ fn decode_header(bytes: &[u8]) -> Result<(PadHeader, usize), String> {
     Ok((header, 4 + len))
 }
 
-/// A whole pad file, of either format.
 /// The whole file, in a buffer of the chunk pool (a pad file is a chunk and a header).
 fn read_pooled(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut file = fs::File::open(path)?;
@@ -70,6 +69,7 @@ fn read_pooled(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A whole pad file, of either format.
 fn decode_pad(bytes: Vec<u8>) -> Result<Scratchpad, String> {
     if codec::has_magic(&bytes) {
         return codec::decode(Kind::PadRecord, &bytes).map_err(|e| e.to_string());
