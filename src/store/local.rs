@@ -9,12 +9,15 @@
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
-use autonomi::{PublicKey, Signature};
+use autonomi::{Bytes, PublicKey, Signature};
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::{check_size, PadStore, StoreError};
@@ -102,7 +105,12 @@ struct Inner {
     /// Serialises check-then-write per address, so create and update obey the network's rules
     /// under concurrency.
     locks: Vec<Mutex<()>>,
+    /// Pad files kept open for reading parts, dropped when their pad is written.
+    part_files: Mutex<LruCache<PublicKey, Arc<PartFile>>>,
 }
+
+/// Pad files kept open at most: a quarter of the usual limit of 1024 open files.
+const PART_FILES: usize = 256;
 
 impl LocalStore {
     /// Opens (creating if needed) a store in `root`.
@@ -112,6 +120,9 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+                part_files: Mutex::new(LruCache::new(
+                    std::num::NonZeroUsize::new(PART_FILES).expect("not zero"),
+                )),
             }),
         })
     }
@@ -200,6 +211,7 @@ impl LocalStore {
             file.write_all(pad.encrypted_data())?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
+            self.inner.part_files.lock().unwrap().pop(pad.owner());
             fs::File::open(dir)?.sync_all()
         })();
         if let Err(e) = result {
@@ -208,6 +220,81 @@ impl LocalStore {
         }
         Ok(())
     }
+
+    /// Bytes `range` of the stored pad's encrypted data, read from the file alone. The header
+    /// is skipped, not decoded (decoding checks the owner and signature points, which takes
+    /// longer than the read): the reader checks the part against hashes it trusts.
+    fn read_part(&self, owner: &PublicKey, range: Range<usize>) -> Result<Bytes, StoreError> {
+        let path = self.pad_path(owner);
+        let corrupt = |e: String| StoreError::Corrupt(format!("{}: {e}", path.display()));
+        let open = match self.open_part_file(owner)? {
+            Some(open) => open,
+            None => {
+                // A file of the first format: one record, read whole.
+                let pad = self.read(owner)?.ok_or(StoreError::NotFound)?;
+                let data = pad.encrypted_data();
+                return data
+                    .get(range.clone())
+                    .map(|_| data.slice(range))
+                    .ok_or_else(|| corrupt("shorter than the part asked for".into()));
+            }
+        };
+        if range.start > range.end || range.end as u64 > open.data_len {
+            return Err(corrupt(format!(
+                "{} bytes of data, part {range:?} asked for",
+                open.data_len
+            )));
+        }
+        let mut part = vec![0; range.len()];
+        open.file
+            .read_exact_at(&mut part, open.data_start + range.start as u64)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(part.into())
+    }
+
+    /// The pad's file, open for reading parts: kept open (a random reader comes back to the
+    /// same pads, and opening a file costs more than reading 16 KiB of it) until the pad is
+    /// written again. `None` for a file of the first format.
+    fn open_part_file(&self, owner: &PublicKey) -> Result<Option<Arc<PartFile>>, StoreError> {
+        if let Some(open) = self.inner.part_files.lock().unwrap().get(owner) {
+            return Ok(Some(open.clone()));
+        }
+        // Under the pad's lock, so no write can land between opening and keeping the file
+        // (a write drops the kept file under the same lock).
+        let _guard = self.lock_for(owner);
+        let path = self.pad_path(owner);
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        let mut head = [0; 8];
+        file.read_exact(&mut head)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        if codec::has_magic(&head) {
+            return Ok(None);
+        }
+        let data_start = 4 + u32::from_le_bytes(head[..4].try_into().unwrap()) as u64;
+        let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+        let open = Arc::new(PartFile {
+            file,
+            data_start,
+            data_len: file_len.saturating_sub(data_start),
+        });
+        self.inner
+            .part_files
+            .lock()
+            .unwrap()
+            .put(*owner, open.clone());
+        Ok(Some(open))
+    }
+}
+
+/// A pad file open for reading parts of its data.
+struct PartFile {
+    file: fs::File,
+    data_start: u64,
+    data_len: u64,
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
@@ -253,6 +340,16 @@ impl PadStore for LocalStore {
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         let owner = *owner;
         self.blocking(move |s| Ok(s.pad_path(&owner).exists()))
+            .await
+    }
+
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let owner = *owner;
+        self.blocking(move |s| s.read_part(&owner, range).map(Some))
             .await
     }
 }
@@ -355,5 +452,48 @@ mod tests {
                 offered: 4
             }
         );
+    }
+
+    #[tokio::test]
+    async fn parts_are_the_stored_bytes_and_nothing_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let sk = SecretKey::random();
+        let pk = sk.public_key();
+        assert_eq!(
+            store.get_part(&pk, 0..1).await.unwrap_err(),
+            StoreError::NotFound
+        );
+        store.create(pad(&sk, &[7; 50_000], 0)).await.unwrap();
+        let whole = store.get(&pk).await.unwrap().encrypted_data().clone();
+        for range in [0..1, 100..20_000, 0..whole.len(), whole.len()..whole.len()] {
+            let part = store.get_part(&pk, range.clone()).await.unwrap().unwrap();
+            assert_eq!(part, whole[range]);
+        }
+        assert!(matches!(
+            store.get_part(&pk, 10..whole.len() + 1).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // A file kept open for parts is let go when the pad is written: parts are of the
+        // version stored now.
+        store.update(pad(&sk, &[8; 50_000], 1)).await.unwrap();
+        let whole = store.get(&pk).await.unwrap().encrypted_data().clone();
+        let part = store.get_part(&pk, 0..whole.len()).await.unwrap().unwrap();
+        assert_eq!(part, whole);
+        // A truncated file cannot pass off zeros or a short read as the part.
+        let path = store.pad_path(&pk);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(matches!(
+            store.get_part(&pk, whole.len() - 20..whole.len()).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // Files of the first format serve parts too (to a store opened since: this one keeps
+        // the file it has open, rewritten behind its back).
+        let old = pad(&sk, b"old format", 4);
+        fs::write(&path, codec::encode(Kind::PadRecord, &old).unwrap()).unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let part = store.get_part(&pk, 3..9).await.unwrap().unwrap();
+        assert_eq!(part, old.encrypted_data()[3..9]);
     }
 }

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
-use autonomi::PublicKey;
+use autonomi::{Bytes, PublicKey};
 
 pub mod local;
 pub mod network;
@@ -59,6 +59,16 @@ pub trait PadStore: Send + Sync + 'static {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
     /// Whether a pad exists, without fetching it.
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
+    /// Bytes `range` of the current version's `encrypted_data`, unchecked, or `None` if this
+    /// store can only fetch whole pads (the network). Readers check parts against hashes of a
+    /// version they checked whole.
+    async fn get_part(
+        &self,
+        _owner: &PublicKey,
+        _range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
     /// Whether every get is a round trip over a network (read-ahead starts wider there).
     fn is_remote(&self) -> bool {
         false
@@ -78,6 +88,13 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         (**self).exists(owner).await
+    }
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        (**self).get_part(owner, range).await
     }
     fn is_remote(&self) -> bool {
         (**self).is_remote()

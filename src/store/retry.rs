@@ -138,6 +138,15 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.run("exists", || self.inner.exists(owner)).await
     }
+
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<autonomi::Bytes>, StoreError> {
+        self.run("get part", || self.inner.get_part(owner, range.clone()))
+            .await
+    }
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }

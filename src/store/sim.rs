@@ -332,6 +332,34 @@ impl<S: PadStore> PadStore for SimStore<S> {
         })
     }
 
+    /// Parts come from the inner store with the faults of a get, and never over a simulated
+    /// network, which serves whole pads only.
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if self.is_remote() {
+            return Ok(None);
+        }
+        match self.fate(Op::Get, owner) {
+            Fate::Fail(e) => Err(e),
+            Fate::Hang => {
+                tokio::time::sleep(self.cfg.timeout).await;
+                Err(StoreError::Timeout)
+            }
+            Fate::Corrupt => Ok(self.inner.get_part(owner, range).await?.map(|part| {
+                let mut part = part.to_vec();
+                let mid = part.len() / 2;
+                if let Some(byte) = part.get_mut(mid) {
+                    *byte ^= 0x01;
+                }
+                Bytes::from(part)
+            })),
+            _ => self.inner.get_part(owner, range).await,
+        }
+    }
+
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         if let Fate::Fail(e) = self.fate(Op::Exists, owner) {
             return Err(e);
