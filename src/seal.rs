@@ -11,6 +11,10 @@
 //! Reading a chunk whose plaintext hash the index holds skips blsttc's ciphertext check (a
 //! SHA3 of the pad and two pairings): the owner's signature already binds the ciphertext, and
 //! the hash binds the plaintext, so a pad that would fail that check fails the hash instead.
+//!
+//! Byte `i` of the plaintext depends only on byte `i` of `v` and word `i` of the stream, so
+//! once a pad has been opened, any range of it can be decrypted from that range of the
+//! ciphertext and the stream's key ([`StreamKey`], [`open_part`]).
 
 use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
 use autonomi::{Bytes, PublicKey, SecretKey};
@@ -18,13 +22,25 @@ use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, Scalar};
 use blsttc::group::ff::Field;
 use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::Curve;
-use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use tiny_keccak::{Hasher, Sha3};
 
 const G1_BYTES: usize = 48;
 const G2_BYTES: usize = 96;
-const HEADER: usize = G1_BYTES + G2_BYTES;
+/// Bytes of a ciphertext before the encrypted message: `u` and `w`.
+pub const HEADER: usize = G1_BYTES + G2_BYTES;
+
+/// The key of the stream that encrypts one version of a pad: what decrypting the pad derives
+/// with a scalar multiplication, kept to decrypt parts of it later. As secret as the plaintext.
+#[derive(Clone)]
+pub struct StreamKey([u8; 32]);
+
+impl StreamKey {
+    fn of(shared: &G1Affine) -> Self {
+        StreamKey(sha3_256(&[&shared.to_compressed()]))
+    }
+}
 
 /// `Scratchpad::new(sk, encoding, data, counter)`, faster: same format, fresh randomness.
 pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratchpad {
@@ -41,7 +57,8 @@ pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratch
     let mut signed = crate::buffers::take(start + HEADER + data.len());
     signed.extend_from_slice(&prefix);
     signed.extend_from_slice(&[0; HEADER]);
-    xor_keystream(&shared, data, |block| signed.extend_from_slice(block));
+    let key = StreamKey::of(&shared);
+    xor_keystream(&key, 0, data, |block| signed.extend_from_slice(block));
     let w = (hash_g1_g2(&u, &signed[start + HEADER..]) * r).to_affine();
     signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
     signed[start + G1_BYTES..start + HEADER].copy_from_slice(&w.to_compressed());
@@ -70,6 +87,11 @@ pub fn signature_ok(pad: &Scratchpad) -> bool {
 /// The plaintext of `pad` for `sk`, without blsttc's ciphertext check: only for pads whose
 /// plaintext the caller checks against a known hash. `None` if the bytes are not a ciphertext.
 pub fn open_unchecked(sk: &SecretKey, pad: &Scratchpad) -> Option<Vec<u8>> {
+    open_keeping_key(sk, pad).map(|(data, _)| data)
+}
+
+/// [`open_unchecked`], also returning the stream key for later [`open_part`]s of this version.
+pub fn open_keeping_key(sk: &SecretKey, pad: &Scratchpad) -> Option<(Vec<u8>, StreamKey)> {
     let ct = pad.encrypted_data();
     if ct.len() <= HEADER {
         return None;
@@ -77,10 +99,18 @@ pub fn open_unchecked(sk: &SecretKey, pad: &Scratchpad) -> Option<Vec<u8>> {
     let u: [u8; G1_BYTES] = ct[..G1_BYTES].try_into().expect("length checked");
     let u = Option::<G1Affine>::from(G1Affine::from_compressed(&u))?;
     let scalar = Option::<Scalar>::from(Scalar::from_bytes_be(&sk.to_bytes()))?;
-    let shared = (u * scalar).to_affine();
+    let key = StreamKey::of(&(u * scalar).to_affine());
     let mut out = crate::buffers::take(ct.len() - HEADER);
-    xor_keystream(&shared, &ct[HEADER..], |block| out.extend_from_slice(block));
-    Some(out)
+    xor_keystream(&key, 0, &ct[HEADER..], |block| out.extend_from_slice(block));
+    Some((out, key))
+}
+
+/// Decrypts `part`, the ciphertext of the plaintext bytes from `offset` on (that is, the bytes
+/// from `HEADER + offset` of `encrypted_data`), unchecked: the caller checks a hash.
+pub fn open_part(key: &StreamKey, offset: usize, part: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(part.len());
+    xor_keystream(key, offset, part, |block| out.extend_from_slice(block));
+    out
 }
 
 fn g1(pk: &PublicKey) -> G1Projective {
@@ -112,13 +142,13 @@ fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
 
 /// `input ⊕ K`, handed to `out` a block at a time (the caller's buffer is written once, not
 /// zeroed first), `K` the low byte of each word of the ChaCha20 stream keyed by the SHA3 of the
-/// shared point (what blsttc's `xor_with_hash` computes).
-fn xor_keystream(shared: &G1Affine, input: &[u8], mut out: impl FnMut(&[u8])) {
+/// shared point (what blsttc's `xor_with_hash` computes), from word `offset` on.
+fn xor_keystream(key: &StreamKey, offset: usize, input: &[u8], mut out: impl FnMut(&[u8])) {
     const STEP: usize = 4096;
     // rand_chacha's ChaCha20Rng (64-bit counter) and IETF ChaCha20 with a zero nonce (32-bit
     // counter) give the same stream for the first 256 GiB: far more than a pad.
-    let key = sha3_256(&[&shared.to_compressed()]);
-    let mut cipher = ChaCha20::new(&key.into(), &[0u8; 12].into());
+    let mut cipher = ChaCha20::new(&key.0.into(), &[0u8; 12].into());
+    cipher.seek(4 * offset as u64);
     let mut words = vec![0u8; 4 * STEP];
     let mut block = vec![0u8; STEP];
     for inp in input.chunks(STEP) {
@@ -185,5 +215,33 @@ mod tests {
         assert!(!signature_ok(&bad));
         let other = SecretKey::random();
         assert_ne!(open_unchecked(&other, &pad).unwrap(), data.to_vec());
+    }
+
+    #[test]
+    fn any_part_decrypts_alone_with_the_kept_key() {
+        let sk = SecretKey::random();
+        let data = sample(100_003);
+        let pad = Scratchpad::new(&sk, 9, &data, 0);
+        let (whole, key) = open_keeping_key(&sk, &pad).unwrap();
+        assert_eq!(whole, data.to_vec());
+        let ct = &pad.encrypted_data()[HEADER..];
+        for (from, to) in [
+            (0, 1),
+            (0, 100_003),
+            (1, 2),
+            (15, 17),
+            (16_384, 32_768),
+            (99_000, 100_003),
+        ] {
+            assert_eq!(
+                open_part(&key, from, &ct[from..to]),
+                data[from..to],
+                "{from}..{to}"
+            );
+        }
+        // Another version of the pad has another key.
+        let again = seal(&sk, 9, &data, 1);
+        let moved = &again.encrypted_data()[HEADER..];
+        assert_ne!(open_part(&key, 0, &moved[..64]), data[..64]);
     }
 }

@@ -1,10 +1,11 @@
 //! Model test of the engine: random sequences of store / overwrite / fetch / fetch_range /
-//! rename / remove / commit / reopen on a local store, checked step by step against a
-//! `HashMap`, then reopened from the store alone and compared byte for byte.
+//! reads of parts of chunks / rename / remove / commit / reopen on a local store, checked step
+//! by step against a `HashMap`, then reopened from the store alone and compared byte for byte.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use mutant_mount::engine::blocks::BLOCK_LEN;
 use mutant_mount::engine::{Engine, EngineOptions, Error};
 use mutant_mount::index::Meta;
 use mutant_mount::keys::MasterKey;
@@ -25,6 +26,12 @@ enum Op {
         key: usize,
     },
     FetchRange {
+        key: usize,
+        offset: u64,
+        len: usize,
+    },
+    /// A range read chunk by chunk as a random reader does (`read_chunk_part`).
+    ReadParts {
         key: usize,
         offset: u64,
         len: usize,
@@ -50,6 +57,8 @@ fn op(chunk: usize) -> impl Strategy<Value = Op> {
         3 => key.clone().prop_map(|key| Op::Fetch { key }),
         4 => (key.clone(), 0..=max, prop_oneof![0..=max as usize, Just(usize::MAX)])
             .prop_map(|(key, offset, len)| Op::FetchRange { key, offset, len }),
+        4 => (key.clone(), 0..=max, 0..=chunk + 1)
+            .prop_map(|(key, offset, len)| Op::ReadParts { key, offset, len }),
         2 => (key.clone(), key.clone()).prop_map(|(from, to)| Op::Rename { from, to }),
         2 => key.prop_map(|key| Op::Remove { key }),
         2 => Just(Op::Commit),
@@ -59,7 +68,8 @@ fn op(chunk: usize) -> impl Strategy<Value = Op> {
 
 fn case() -> impl Strategy<Value = (u32, usize, Vec<Op>)> {
     (
-        prop_oneof![Just(64u32), 64u32..=4096],
+        // Chunks of several checked blocks too, which random readers read in part.
+        prop_oneof![Just(64u32), 64u32..=4096, Just(3 * BLOCK_LEN as u32 + 100)],
         prop_oneof![Just(0usize), Just(1 << 20)],
     )
         .prop_flat_map(|(chunk, cache)| {
@@ -83,6 +93,27 @@ fn options(chunk: u32, cache: usize) -> EngineOptions {
 async fn open(dir: &Path, master: &MasterKey, opts: EngineOptions) -> Engine {
     let store: Arc<dyn PadStore> = Arc::new(LocalStore::open(dir).unwrap());
     Engine::open(store, master.clone(), opts).await.unwrap()
+}
+
+/// Bytes `offset..offset + len` of `key`, each chunk's share read with `read_chunk_part`;
+/// `None` if there is no such key.
+async fn read_parts(engine: &Engine, key: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let entry = engine.entry(key).await?;
+    let end = (offset + len as u64).min(entry.size);
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    for chunk in &entry.chunks {
+        let chunk_end = start + chunk.len as u64;
+        if chunk_end > offset && start < end {
+            let from = offset.saturating_sub(start) as usize;
+            let to = (end.min(chunk_end) - start) as usize;
+            let part = engine.read_chunk_part(chunk, from, to).await.unwrap();
+            assert_eq!(part.len(), to - from, "a part is as long as asked");
+            out.extend_from_slice(&part);
+        }
+        start = chunk_end;
+    }
+    Some(out)
 }
 
 /// Every key of the model, byte for byte and with its mode, and no other key.
@@ -138,6 +169,17 @@ async fn run(chunk: u32, cache: usize, ops: Vec<Op>) -> Result<(), TestCaseError
                     ),
                     (Err(Error::NotFound(_)), None) => {}
                     (got, want) => prop_assert!(false, "fetch_range: {got:?}, model {want:?}"),
+                }
+            }
+            Op::ReadParts { key, offset, len } => {
+                let got = read_parts(&engine, KEYS[key], offset, len).await;
+                match (got, model.get(KEYS[key])) {
+                    (Some(got), Some((data, _))) => prop_assert!(
+                        got == slice(data, offset, len),
+                        "read_parts {key} {offset}+{len}"
+                    ),
+                    (None, None) => {}
+                    (got, want) => prop_assert!(false, "read_parts: {got:?}, model {want:?}"),
                 }
             }
             Op::Rename { from, to } => {

@@ -6,6 +6,7 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
 use std::sync::Arc;
 
+use mutant_mount::engine::blocks::BLOCK_LEN;
 use mutant_mount::engine::{Engine, EngineOptions};
 use mutant_mount::fs::namespace::ROOT_INO;
 use mutant_mount::fs::{Caller, Errno, FsConfig, FsCore};
@@ -21,11 +22,21 @@ async fn core_over(
     sim: SimConfig,
     cfg: FsConfig,
 ) -> (Arc<FsCore>, Arc<SimStore<LocalStore>>) {
-    let store = Arc::new(SimStore::new(LocalStore::open(dir).unwrap(), sim));
     let opts = EngineOptions {
         scratchpad_size: CHUNK as u32,
         ..Default::default()
     };
+    core_with(dir, key, sim, cfg, opts).await
+}
+
+async fn core_with(
+    dir: &std::path::Path,
+    key: &MasterKey,
+    sim: SimConfig,
+    cfg: FsConfig,
+    opts: EngineOptions,
+) -> (Arc<FsCore>, Arc<SimStore<LocalStore>>) {
+    let store = Arc::new(SimStore::new(LocalStore::open(dir).unwrap(), sim));
     let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key.clone(), opts)
         .await
         .unwrap();
@@ -390,7 +401,8 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
     let gets = || store.stats.gets.load(Ordering::Relaxed);
 
     let before = gets();
-    for chunk in [30, 5, 20, 12, 37] {
+    // 38 lands within a chunk of where 37's read ended: chance, not yet a stream.
+    for chunk in [30, 5, 20, 12, 37, 38] {
         let at = chunk * CHUNK + 100;
         assert_eq!(
             fs.read(fh, at as u64, 512).await.unwrap(),
@@ -400,7 +412,7 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
         gets() - before,
-        5,
+        6,
         "one pad per random read, none fetched ahead"
     );
 
@@ -421,6 +433,95 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
         gets() - before > 3,
         "a sequential reader gets chunks ahead of it"
     );
+    fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
+    // Chunks of four checked blocks, and a chunk cache that holds one of them.
+    let chunk = 4 * BLOCK_LEN;
+    let opts = EngineOptions {
+        scratchpad_size: chunk as u32,
+        cache_bytes: chunk,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(5, 5 * chunk);
+    {
+        let (fs, _) = core_with(
+            dir.path(),
+            &key,
+            SimConfig::default(),
+            FsConfig::default(),
+            opts.clone(),
+        )
+        .await;
+        let (_, fh) = fs
+            .create(ROOT_INO, "db", 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &data).await.unwrap();
+        fs.release(fh).await.unwrap();
+        fs.sync_all().await.unwrap();
+    }
+    let (fs, store) = core_with(
+        dir.path(),
+        &key,
+        SimConfig::default(),
+        FsConfig::default(),
+        opts,
+    )
+    .await;
+    let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let counts = || {
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        (n(&store.stats.gets), n(&store.stats.parts))
+    };
+    let read = |at: usize, len: usize| {
+        let fs = fs.clone();
+        async move { fs.read(fh, at as u64, len as u32).await }
+    };
+
+    // A pad nothing is known about yet is read whole (it has to be checked whole once).
+    let (gets, parts) = counts();
+    for c in [4, 0, 2] {
+        let at = c * chunk + 100;
+        assert_eq!(read(at, 512).await.unwrap(), data[at..at + 512]);
+    }
+    assert_eq!(counts(), (gets + 3, parts));
+    // Pads read before, no longer cached: only the blocks a read lies in. One straddling two
+    // blocks reads both.
+    for at in [
+        4 * chunk + 3 * BLOCK_LEN + 10,
+        7,
+        4 * chunk + BLOCK_LEN - 100,
+    ] {
+        assert_eq!(
+            read(at, 4096).await.unwrap(),
+            data[at..at + 4096],
+            "at {at}"
+        );
+    }
+    assert_eq!(counts(), (gets + 3, parts + 3));
+
+    // A damaged block on disk is EIO, never content: its check fails, and the whole pad then
+    // fails its signature.
+    let entry = fs.engine().entry("db").await.expect("the file's entry");
+    let pad = entry.chunks[0].pad.expect("in a pad");
+    let path = LocalStore::open(dir.path())
+        .unwrap()
+        .pad_path(&key.pad_key(&pad.seed).public_key());
+    let mut file = std::fs::read(&path).unwrap();
+    let damaged = file.len() - chunk + 2 * BLOCK_LEN + 7;
+    file[damaged] ^= 0x10;
+    std::fs::write(&path, &file).unwrap();
+    assert_eq!(read(2 * BLOCK_LEN, 100).await, Err(Errno(libc::EIO)));
+    assert_eq!(read(10, 100).await, Err(Errno(libc::EIO)));
+    // The other pads read on, in part.
+    let at = 4 * chunk + 2 * BLOCK_LEN;
+    assert_eq!(read(at, 100).await.unwrap(), data[at..at + 100]);
     fs.release(fh).await.unwrap();
 }
 

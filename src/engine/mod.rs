@@ -19,6 +19,7 @@ use crate::index::{Chunk, Entry, Index, Meta, PadRef};
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
 
+pub mod blocks;
 pub mod cache;
 mod commit;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod pads;
 pub mod page_cache;
 mod recover;
 
+use blocks::BlocksCache;
 use cache::ChunkCache;
 pub use error::{Error, Result};
 use journal::{Journal, Op, Replay};
@@ -35,6 +37,10 @@ use page_cache::PageCache;
 
 /// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
 pub const INLINE_MAX: usize = 4096;
+
+/// Pads whose blocks the engine remembers for reading parts: 8 GiB of 4 MiB chunks, in at most
+/// 16 MiB.
+const BLOCKS_CACHE_PADS: usize = 2048;
 
 /// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
 pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
@@ -103,6 +109,8 @@ struct Inner {
     state: Mutex<State>,
     commit_lock: Mutex<()>,
     cache: ChunkCache,
+    /// How to read parts of recently read pads (see `blocks.rs`).
+    blocks: BlocksCache,
     reads_in_flight: std::sync::Mutex<HashMap<(PadSeed, [u8; 32]), SharedRead>>,
     opts: EngineOptions,
     chunk_size: u32,
@@ -168,6 +176,7 @@ impl Engine {
                 state: Mutex::new(state),
                 commit_lock: Mutex::new(()),
                 cache: ChunkCache::new(opts.cache_bytes),
+                blocks: BlocksCache::new(BLOCKS_CACHE_PADS),
                 reads_in_flight: Default::default(),
                 opts,
                 chunk_size,
@@ -512,6 +521,12 @@ impl Engine {
         self.inner.read_chunk(chunk).await
     }
 
+    /// Bytes `from..to` of one chunk, verified: for a random reader, who would not use the
+    /// rest of the chunk (see `Inner::read_chunk_part`).
+    pub async fn read_chunk_part(&self, chunk: &Chunk, from: usize, to: usize) -> Result<Bytes> {
+        self.inner.read_chunk_part(chunk, from, to).await
+    }
+
     /// Whether each pad get is a network round trip.
     pub fn store_is_remote(&self) -> bool {
         self.inner.pads.store().is_remote()
@@ -805,14 +820,52 @@ impl Inner {
 
     async fn fetch_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
         let pad = chunk.pad.expect("holes are not fetched");
-        let data = self.pads.read(&pad, chunk.hash, chunk.hash_kind).await?;
+        let (data, blocks) = self
+            .pads
+            .read_checked(&pad, chunk.hash, chunk.hash_kind)
+            .await?;
         if data.len() != chunk.len as usize {
             return Err(Error::CorruptPad {
                 pad: format!("{:02x?}", &pad.seed[..4]),
                 why: "length differs from the index".into(),
             });
         }
+        if let Some(blocks) = blocks {
+            self.blocks.insert(pad.seed, chunk.hash, blocks);
+        }
         self.cache.insert(pad.seed, chunk.hash, data.clone());
         Ok(data)
+    }
+
+    /// Bytes `from..to` of a chunk. A chunk neither cached nor being read, in a pad read whole
+    /// before, is read in part: only the blocks the range lies in.
+    async fn read_chunk_part(
+        self: &Arc<Self>,
+        chunk: &Chunk,
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes> {
+        if let Some(pad) = chunk.pad {
+            let cached = self.cache.get(&pad.seed, &chunk.hash);
+            let reading = || {
+                let reads = self.reads_in_flight.lock().unwrap();
+                reads.contains_key(&(pad.seed, chunk.hash))
+            };
+            if cached.is_none() && !reading() {
+                if let Some(blocks) = self.blocks.get(&pad.seed, &chunk.hash) {
+                    match self.pads.read_part(&blocks, from, to).await {
+                        Ok(Some(part)) => return Ok(part),
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!("reading part of a pad failed: {e}"),
+                    }
+                    // Not the version the blocks describe, or not readable in part: read it
+                    // whole, which tells a newer version from damage, and learns its blocks.
+                    self.blocks.remove(&pad.seed, &chunk.hash);
+                }
+            }
+        }
+        let whole = self.read_chunk(chunk).await?;
+        let to = to.min(whole.len());
+        Ok(whole.slice(from.min(to)..to))
     }
 }

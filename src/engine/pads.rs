@@ -8,11 +8,12 @@ use tokio::sync::Semaphore;
 
 use autonomi::{Bytes, SecretKey};
 
+use super::blocks::{hash_blocks, PadBlocks, BLOCK_LEN};
 use super::error::{Error, Result};
 use crate::codec::HashKind;
 use crate::index::PadRef;
 use crate::keys::MasterKey;
-use crate::seal::seal;
+use crate::seal::{seal, HEADER};
 use crate::store::{PadStore, StoreError};
 
 /// `data_encoding` of pads holding file data.
@@ -146,29 +147,46 @@ impl PadIo {
 
     /// Reads a data or page pad and checks its plaintext against `hash`.
     pub async fn read(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<Bytes> {
-        let sk = self.master.pad_key(&pad.seed);
-        let (data, _) = self.read_with_key(sk, Some((hash, kind))).await?;
-        Ok(data)
+        Ok(self.read_checked(pad, hash, kind).await?.0)
     }
 
-    /// Reads the pad owned by `sk`, verified; returns its plaintext and counter. The signature
-    /// check and the decryption are two crypto tasks, so an idle machine runs them side by side
-    /// (a random read waits for the longer one, not both).
+    /// [`read`](Self::read), also returning what it takes to read parts of this version of
+    /// the pad later (for BLAKE3 chunks of more than one block).
+    pub async fn read_checked(
+        &self,
+        pad: &PadRef,
+        hash: [u8; 32],
+        kind: HashKind,
+    ) -> Result<(Bytes, Option<PadBlocks>)> {
+        let sk = self.master.pad_key(&pad.seed);
+        let (opened, _) = self.fetch_and_open(sk, Some((hash, kind))).await?;
+        Ok((opened.data, opened.blocks))
+    }
+
+    /// Reads the pad owned by `sk`, verified; returns its plaintext and counter.
     pub async fn read_with_key(
         &self,
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
+        let (opened, counter) = self.fetch_and_open(sk, hash).await?;
+        Ok((opened.data, counter))
+    }
+
+    /// Fetches and verifies a whole pad. The signature check and the decryption are two crypto
+    /// tasks, so an idle machine runs them side by side (a random read waits for the longer
+    /// one, not both).
+    async fn fetch_and_open(
+        &self,
+        sk: SecretKey,
+        hash: Option<([u8; 32], HashKind)>,
+    ) -> Result<(Opened, u64)> {
         let owner = sk.public_key();
         let pad = {
             let _place = self.gets.acquire().await.expect("never closed");
             self.store.get(&owner).await?
         };
-        let name = owner.to_hex()[..16].to_string();
-        let corrupt = |why: &str| Error::CorruptPad {
-            pad: name.clone(),
-            why: why.to_string(),
-        };
+        let corrupt = |why: &str| corrupt_pad(&owner, why);
         if pad.owner() != &owner {
             return Err(corrupt("pad of another owner"));
         }
@@ -180,18 +198,69 @@ impl PadIo {
         let opened = blocking(move || match hash {
             // The hash check below stands in for blsttc's ciphertext check (see seal.rs).
             Some((hash, kind)) => {
-                let data = crate::seal::open_unchecked(&sk, &pad).ok_or("cannot decrypt")?;
-                if kind.hash(&data) != hash {
-                    return Err("content hash mismatch");
-                }
-                Ok(crate::buffers::share(data))
+                let (data, key) =
+                    crate::seal::open_keeping_key(&sk, &pad).ok_or("cannot decrypt")?;
+                let blocks = match kind {
+                    HashKind::Blake3 => {
+                        let (root, cvs) = hash_blocks(&data);
+                        if root != hash {
+                            return Err("content hash mismatch");
+                        }
+                        PadBlocks::new(owner, key, cvs, data.len())
+                    }
+                    _ if kind.hash(&data) != hash => return Err("content hash mismatch"),
+                    _ => None,
+                };
+                let data = crate::buffers::share(data);
+                Ok(Opened { data, blocks })
             }
-            None => pad.decrypt_data(&sk).map_err(|_| "cannot decrypt"),
+            None => pad
+                .decrypt_data(&sk)
+                .map(|data| Opened { data, blocks: None })
+                .map_err(|_| "cannot decrypt"),
         });
         let (signed, opened) = tokio::join!(signed, opened);
         if !signed {
             return Err(corrupt("bad signature"));
         }
         Ok((opened.map_err(corrupt)?, counter))
+    }
+
+    /// Bytes `from..to` of a pad's plaintext, reading only the blocks they lie in, checked
+    /// against `blocks` (from a whole read of the pad). `Ok(None)` if the store serves whole
+    /// pads only, or the stored blocks are not the version `blocks` describes: the caller reads
+    /// the whole pad instead, which tells a newer version from damage.
+    pub async fn read_part(
+        &self,
+        blocks: &Arc<PadBlocks>,
+        from: usize,
+        to: usize,
+    ) -> Result<Option<Bytes>> {
+        let span = blocks.span(from, to);
+        let stored = span.start + HEADER..span.end + HEADER;
+        let Some(ciphertext) = self.store.get_part(blocks.owner(), stored).await? else {
+            return Ok(None);
+        };
+        // A few blocks take microseconds; more go to the crypto pool.
+        let plain = if span.len() <= 4 * BLOCK_LEN {
+            blocks.open(span.clone(), &ciphertext)
+        } else {
+            let (blocks, span) = (blocks.clone(), span.clone());
+            blocking(move || blocks.open(span, &ciphertext)).await
+        };
+        Ok(plain.map(|plain| Bytes::from(plain).slice(from - span.start..to - span.start)))
+    }
+}
+
+/// A pad's checked plaintext, and what reading parts of it takes.
+struct Opened {
+    data: Bytes,
+    blocks: Option<PadBlocks>,
+}
+
+fn corrupt_pad(owner: &autonomi::PublicKey, why: &str) -> Error {
+    Error::CorruptPad {
+        pad: owner.to_hex()[..16].to_string(),
+        why: why.to_string(),
     }
 }

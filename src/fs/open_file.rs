@@ -50,6 +50,8 @@ pub struct FileData {
     /// Where the last write ended: a write starting there continues a sequential stream.
     write_head: u64,
     next_sequential: u64,
+    /// Reads in a row that began near where the one before ended.
+    near_reads: u32,
     readahead_chunks: u64,
 }
 
@@ -93,6 +95,7 @@ impl OpenFile {
                 changed: false,
                 write_head: 0,
                 next_sequential: 0,
+                near_reads: 0,
                 readahead_chunks: 1,
             }),
             attrs: StdMutex::new(PendingAttrs {
@@ -214,6 +217,7 @@ impl OpenFile {
         let end = size.min(offset + len as u64);
         let mut plan = Vec::new();
         let mut prefetch = Vec::new();
+        let random;
         {
             let mut data = self.data.lock().await;
             let cs = data.chunk_size;
@@ -239,10 +243,14 @@ impl OpenFile {
             }
             // Sequential reads grow a read-ahead window of following chunks. The kernel's own
             // read-ahead requests reach us out of order (several FUSE threads), so a read
-            // within a chunk of where the last one ended still counts as sequential. A read
-            // elsewhere fetches nothing ahead: a random reader would not use it, and each
-            // chunk fetched is a whole pad to verify and decrypt.
-            if offset.abs_diff(data.next_sequential) <= cs {
+            // within a chunk of where the last one ended continues a stream. A random reader
+            // lands that near its last read now and then (one read in a third of the file's
+            // chunks), so a stream starts only at the start of the file or with two near reads
+            // in a row. A read elsewhere fetches nothing ahead, and only the blocks it needs.
+            let near = offset.abs_diff(data.next_sequential) <= cs;
+            data.near_reads = if near { data.near_reads + 1 } else { 0 };
+            let streaming = data.readahead_chunks > 0;
+            if offset == 0 || (near && streaming) || data.near_reads >= 2 {
                 let start = match offset {
                     0 if engine.store_is_remote() => FIRST_READAHEAD_CHUNKS_REMOTE,
                     0 => FIRST_READAHEAD_CHUNKS,
@@ -255,6 +263,7 @@ impl OpenFile {
                 data.readahead_chunks = 0;
                 data.next_sequential = end;
             }
+            random = data.readahead_chunks == 0;
             // Chunks fetched ahead wait in the chunk cache: at most half of it.
             let ahead = data
                 .readahead_chunks
@@ -267,32 +276,39 @@ impl OpenFile {
             }
         }
         engine.prefetch(prefetch);
-        let mut out = Vec::with_capacity((end - offset) as usize);
         let stored: Vec<(crate::index::Chunk, usize, usize)> = plan
             .iter()
             .filter_map(|p| p.as_ref().err().cloned())
             .collect();
+        // A random reader gets only the blocks its bytes lie in; a sequential one whole
+        // chunks, which it goes on to read (and which read-ahead fetched).
         let reads: Vec<_> = stored
             .iter()
-            .map(|(chunk, _, _)| engine.read_chunk(chunk))
+            .map(|(chunk, from, to)| async move {
+                if random {
+                    engine.read_chunk_part(chunk, *from, *to).await
+                } else {
+                    let whole = engine.read_chunk(chunk).await?;
+                    let to = (*to).min(whole.len());
+                    Ok(whole.slice((*from).min(to)..to))
+                }
+            })
             .collect();
-        let fetched: Vec<Bytes> = futures::future::try_join_all(reads).await?;
-        if let ([Err(_)], [bytes]) = (plan.as_slice(), fetched.as_slice()) {
-            let (_, from, to) = stored[0];
-            if to <= bytes.len() {
-                return Ok(bytes.slice(from..to));
+        let mut fetched = futures::future::try_join_all(reads).await?.into_iter();
+        if let ([Err((_, from, to))], [bytes]) = (plan.as_slice(), fetched.as_slice()) {
+            if bytes.len() == to - from {
+                return Ok(bytes.clone());
             }
         }
-        let mut fetched = fetched.into_iter().zip(stored);
+        let mut out = Vec::with_capacity((end - offset) as usize);
         for piece in plan {
             match piece {
                 Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(_) => {
-                    let (bytes, (_, from, to)) = fetched.next().expect("one per stored piece");
-                    let available = to.min(bytes.len());
-                    out.extend_from_slice(&bytes[from.min(available)..available]);
+                Err((_, from, to)) => {
+                    let bytes = fetched.next().expect("one per stored piece");
+                    out.extend_from_slice(&bytes);
                     // A stored chunk shorter than its extent (the file grew) reads as zeros.
-                    out.resize(out.len() + (to - from) - available.saturating_sub(from), 0);
+                    out.resize(out.len() + (to - from) - bytes.len(), 0);
                 }
             }
         }
