@@ -44,6 +44,16 @@ impl StreamKey {
 
 /// `Scratchpad::new(sk, encoding, data, counter)`, faster: same format, fresh randomness.
 pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratchpad {
+    seal_keeping_key(sk, encoding, data, counter).0
+}
+
+/// [`seal`], also returning the stream key, to decrypt parts of this version later.
+pub fn seal_keeping_key(
+    sk: &SecretKey,
+    encoding: u64,
+    data: &[u8],
+    counter: u64,
+) -> (Scratchpad, StreamKey) {
     let pk = sk.public_key();
     let address = ScratchpadAddress::new(pk);
     let prefix = Scratchpad::bytes_for_signature(address, encoding, &Bytes::new(), counter);
@@ -65,7 +75,8 @@ pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratch
 
     let signature = sk.sign(&signed);
     let ciphertext = crate::buffers::share(signed).slice(start..);
-    Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature)
+    let pad = Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature);
+    (pad, key)
 }
 
 /// `pad.verify_signature()`, with one copy of the ciphertext instead of two.
@@ -87,11 +98,13 @@ pub fn signature_ok(pad: &Scratchpad) -> bool {
 /// The plaintext of `pad` for `sk`, without blsttc's ciphertext check: only for pads whose
 /// plaintext the caller checks against a known hash. `None` if the bytes are not a ciphertext.
 pub fn open_unchecked(sk: &SecretKey, pad: &Scratchpad) -> Option<Vec<u8>> {
-    open_keeping_key(sk, pad).map(|(data, _)| data)
+    let key = stream_key(sk, pad)?;
+    Some(open_part(&key, 0, &pad.encrypted_data()[HEADER..]))
 }
 
-/// [`open_unchecked`], also returning the stream key for later [`open_part`]s of this version.
-pub fn open_keeping_key(sk: &SecretKey, pad: &Scratchpad) -> Option<(Vec<u8>, StreamKey)> {
+/// The key of the stream that encrypts this version of `pad` (whose message starts at
+/// [`HEADER`] of `encrypted_data`); `None` if the bytes are not a ciphertext.
+pub fn stream_key(sk: &SecretKey, pad: &Scratchpad) -> Option<StreamKey> {
     let ct = pad.encrypted_data();
     if ct.len() <= HEADER {
         return None;
@@ -99,18 +112,20 @@ pub fn open_keeping_key(sk: &SecretKey, pad: &Scratchpad) -> Option<(Vec<u8>, St
     let u: [u8; G1_BYTES] = ct[..G1_BYTES].try_into().expect("length checked");
     let u = Option::<G1Affine>::from(G1Affine::from_compressed(&u))?;
     let scalar = Option::<Scalar>::from(Scalar::from_bytes_be(&sk.to_bytes()))?;
-    let key = StreamKey::of(&(u * scalar).to_affine());
-    let mut out = crate::buffers::take(ct.len() - HEADER);
-    xor_keystream(&key, 0, &ct[HEADER..], |block| out.extend_from_slice(block));
-    Some((out, key))
+    Some(StreamKey::of(&(u * scalar).to_affine()))
 }
 
 /// Decrypts `part`, the ciphertext of the plaintext bytes from `offset` on (that is, the bytes
 /// from `HEADER + offset` of `encrypted_data`), unchecked: the caller checks a hash.
 pub fn open_part(key: &StreamKey, offset: usize, part: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(part.len());
-    xor_keystream(key, offset, part, |block| out.extend_from_slice(block));
+    let mut out = crate::buffers::take(part.len());
+    open_part_into(key, offset, part, &mut out);
     out
+}
+
+/// [`open_part`], appending to `out`.
+pub fn open_part_into(key: &StreamKey, offset: usize, part: &[u8], out: &mut Vec<u8>) {
+    xor_keystream(key, offset, part, |block| out.extend_from_slice(block));
 }
 
 fn g1(pk: &PublicKey) -> G1Projective {
@@ -149,14 +164,14 @@ fn xor_keystream(key: &StreamKey, offset: usize, input: &[u8], mut out: impl FnM
     // counter) give the same stream for the first 256 GiB: far more than a pad.
     let mut cipher = ChaCha20::new(&key.0.into(), &[0u8; 12].into());
     cipher.seek(4 * offset as u64);
-    let mut words = vec![0u8; 4 * STEP];
-    let mut block = vec![0u8; STEP];
+    let mut words = [0u8; 4 * STEP];
+    let mut block = [0u8; STEP];
     for inp in input.chunks(STEP) {
         // A whole number of words each time, so the stream stays word-aligned.
         let stream = &mut words[..4 * inp.len()];
         cipher.write_keystream(stream);
         for ((o, &i), word) in block.iter_mut().zip(inp).zip(stream.chunks_exact(4)) {
-            *o = i ^ word[0];
+            *o = i ^ u32::from_le_bytes(word.try_into().unwrap()) as u8;
         }
         out(&block[..inp.len()]);
     }
@@ -222,8 +237,7 @@ mod tests {
         let sk = SecretKey::random();
         let data = sample(100_003);
         let pad = Scratchpad::new(&sk, 9, &data, 0);
-        let (whole, key) = open_keeping_key(&sk, &pad).unwrap();
-        assert_eq!(whole, data.to_vec());
+        let key = stream_key(&sk, &pad).unwrap();
         let ct = &pad.encrypted_data()[HEADER..];
         for (from, to) in [
             (0, 1),
@@ -239,9 +253,10 @@ mod tests {
                 "{from}..{to}"
             );
         }
-        // Another version of the pad has another key.
-        let again = seal(&sk, 9, &data, 1);
+        // Another version of the pad has another key, which sealing it returns.
+        let (again, again_key) = seal_keeping_key(&sk, 9, &data, 1);
         let moved = &again.encrypted_data()[HEADER..];
         assert_ne!(open_part(&key, 0, &moved[..64]), data[..64]);
+        assert_eq!(open_part(&again_key, 500, &moved[500..564]), data[500..564]);
     }
 }

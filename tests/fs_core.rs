@@ -508,20 +508,86 @@ async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
 
     // A damaged block on disk is EIO, never content: its check fails, and the whole pad then
     // fails its signature.
-    let entry = fs.engine().entry("db").await.expect("the file's entry");
-    let pad = entry.chunks[0].pad.expect("in a pad");
-    let path = LocalStore::open(dir.path())
-        .unwrap()
-        .pad_path(&key.pad_key(&pad.seed).public_key());
-    let mut file = std::fs::read(&path).unwrap();
-    let damaged = file.len() - chunk + 2 * BLOCK_LEN + 7;
-    file[damaged] ^= 0x10;
-    std::fs::write(&path, &file).unwrap();
+    damage_pad(dir.path(), &key, &fs, "db", 0, 2 * BLOCK_LEN + 7).await;
     assert_eq!(read(2 * BLOCK_LEN, 100).await, Err(Errno(libc::EIO)));
     assert_eq!(read(10, 100).await, Err(Errno(libc::EIO)));
     // The other pads read on, in part.
     let at = 4 * chunk + 2 * BLOCK_LEN;
     assert_eq!(read(at, 100).await.unwrap(), data[at..at + 100]);
+    fs.release(fh).await.unwrap();
+}
+
+/// Flips the bit of a stored file's plaintext byte `at` of chunk `index` in its pad file
+/// (ciphertext byte `i` encrypts plaintext byte `i`; the data ends the file).
+async fn damage_pad(
+    dir: &std::path::Path,
+    key: &MasterKey,
+    fs: &FsCore,
+    name: &str,
+    index: usize,
+    at: usize,
+) {
+    let entry = fs.engine().entry(name).await.expect("the file's entry");
+    let chunk = &entry.chunks[index];
+    let pad = chunk.pad.expect("in a pad");
+    let path = LocalStore::open(dir)
+        .unwrap()
+        .pad_path(&key.pad_key(&pad.seed).public_key());
+    let mut file = std::fs::read(&path).unwrap();
+    let damaged = file.len() - chunk.len as usize + at;
+    file[damaged] ^= 0x10;
+    std::fs::write(&path, &file).unwrap();
+}
+
+#[tokio::test]
+async fn pads_written_here_read_back_as_checked_parts() {
+    let chunk = 4 * BLOCK_LEN;
+    let opts = EngineOptions {
+        scratchpad_size: chunk as u32,
+        cache_bytes: chunk,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, store) = core_with(
+        dir.path(),
+        &key,
+        SimConfig::default(),
+        FsConfig::default(),
+        opts,
+    )
+    .await;
+    let data = bytes(3, 4 * chunk + 1000);
+    let (_, fh) = fs
+        .create(ROOT_INO, "f", 0o644, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &data).await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.sync_all().await.unwrap();
+
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (gets, parts) = (n(&store.stats.gets), n(&store.stats.parts));
+    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let mut read = Vec::new();
+    while read.len() < data.len() {
+        let got = fs.read(fh, read.len() as u64, 64 << 10).await.unwrap();
+        read.extend_from_slice(&got);
+    }
+    assert!(read == data, "the file reads back as written");
+    // The cache holds one chunk: the others were read from their pads, block-checked, without
+    // a whole get (the stream key of each pad came from writing it).
+    assert_eq!(n(&store.stats.gets), gets);
+    assert!(n(&store.stats.parts) >= parts + 3);
+
+    // Damage is caught all the same: the damaged block fails its check, the whole pad then
+    // fails its signature.
+    damage_pad(dir.path(), &key, &fs, "f", 1, BLOCK_LEN + 1).await;
+    assert_eq!(
+        fs.read(fh, (chunk + BLOCK_LEN) as u64, 100).await,
+        Err(Errno(libc::EIO))
+    );
     fs.release(fh).await.unwrap();
 }
 

@@ -25,26 +25,80 @@ pub fn hash_blocks(data: &[u8]) -> (blake3::Hash, Vec<ChainingValue>) {
     if data.len() <= BLOCK_LEN {
         return (blake3::hash(data), Vec::new());
     }
-    let mut cvs = Vec::with_capacity(data.len().div_ceil(BLOCK_LEN));
-    let left = left_subtree_len(data.len() as u64) as usize;
-    let l = subtree(&data[..left], 0, &mut cvs);
-    let r = subtree(&data[left..], left, &mut cvs);
-    (merge_subtrees_root(&l, &r, Mode::Hash), cvs)
+    let cvs: Vec<_> = data
+        .chunks(BLOCK_LEN)
+        .enumerate()
+        .map(|(i, block)| block_cv(block, i * BLOCK_LEN))
+        .collect();
+    (root(&cvs, data.len()), cvs)
 }
 
-/// The chaining value of `data` at `offset`, pushing its blocks' values in order. BLAKE3 splits
-/// a subtree at the largest power of two of chunks that leaves some bytes on the right: above
-/// one block, always a whole number of blocks.
-fn subtree(data: &[u8], offset: usize, cvs: &mut Vec<ChainingValue>) -> ChainingValue {
-    if data.len() <= BLOCK_LEN {
-        let cv = block_cv(data, offset);
-        cvs.push(cv);
-        return cv;
+/// Decrypts a pad's whole message with its stream key, hashing each block while its bytes are
+/// still in the CPU's cache: the plaintext, its BLAKE3 hash and (if it is longer than one
+/// block) each block's chaining value.
+pub fn open_hashing(
+    key: &StreamKey,
+    ciphertext: &[u8],
+) -> (Vec<u8>, blake3::Hash, Vec<ChainingValue>) {
+    let mut plain = crate::buffers::take(ciphertext.len());
+    if ciphertext.len() <= BLOCK_LEN {
+        crate::seal::open_part_into(key, 0, ciphertext, &mut plain);
+        let hash = blake3::hash(&plain);
+        return (plain, hash, Vec::new());
     }
-    let left = left_subtree_len(data.len() as u64) as usize;
-    let l = subtree(&data[..left], offset, cvs);
-    let r = subtree(&data[left..], offset + left, cvs);
-    merge_subtrees_non_root(&l, &r, Mode::Hash)
+    let mut cvs = Vec::with_capacity(ciphertext.len().div_ceil(BLOCK_LEN));
+    open_blocks(key, 0, ciphertext, &mut plain, |_, cv| {
+        cvs.push(cv);
+        true
+    });
+    let hash = root(&cvs, ciphertext.len());
+    (plain, hash, cvs)
+}
+
+/// Decrypts `ciphertext`, whose plaintext starts at `offset` (a block boundary), into `out`
+/// one block at a time, handing each block's chaining value to `check`; stops, returning
+/// `false`, at the first block `check` refuses.
+fn open_blocks(
+    key: &StreamKey,
+    offset: usize,
+    ciphertext: &[u8],
+    out: &mut Vec<u8>,
+    mut check: impl FnMut(usize, ChainingValue) -> bool,
+) -> bool {
+    for (i, block) in ciphertext.chunks(BLOCK_LEN).enumerate() {
+        let (at, start) = (offset + i * BLOCK_LEN, out.len());
+        crate::seal::open_part_into(key, at, block, out);
+        if !check(i, block_cv(&out[start..], at)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The BLAKE3 hash of `len` bytes (more than one block) from its blocks' chaining values.
+fn root(cvs: &[ChainingValue], len: usize) -> blake3::Hash {
+    let (left, right) = split(cvs, len);
+    merge_subtrees_root(&left, &right, Mode::Hash)
+}
+
+/// The chaining values of the two halves of a subtree of `len` bytes, more than one block.
+/// BLAKE3 splits at the largest power of two of 1 KiB chunks that leaves some bytes on the
+/// right: above one block, always a whole number of blocks.
+fn split(cvs: &[ChainingValue], len: usize) -> (ChainingValue, ChainingValue) {
+    let left = left_subtree_len(len as u64) as usize;
+    let blocks = left / BLOCK_LEN;
+    (
+        subtree(&cvs[..blocks], left),
+        subtree(&cvs[blocks..], len - left),
+    )
+}
+
+fn subtree(cvs: &[ChainingValue], len: usize) -> ChainingValue {
+    if len <= BLOCK_LEN {
+        return cvs[0];
+    }
+    let (left, right) = split(cvs, len);
+    merge_subtrees_non_root(&left, &right, Mode::Hash)
 }
 
 fn block_cv(block: &[u8], offset: usize) -> ChainingValue {
@@ -98,13 +152,16 @@ impl PadBlocks {
         {
             return None;
         }
-        let plain = crate::seal::open_part(&self.key, span.start, ciphertext);
+        let mut plain = crate::buffers::take(span.len());
         let first = span.start / BLOCK_LEN;
-        let intact = plain
-            .chunks(BLOCK_LEN)
-            .enumerate()
-            .all(|(i, block)| block_cv(block, span.start + i * BLOCK_LEN) == self.cvs[first + i]);
-        intact.then_some(plain)
+        if open_blocks(&self.key, span.start, ciphertext, &mut plain, |i, cv| {
+            cv == self.cvs[first + i]
+        }) {
+            Some(plain)
+        } else {
+            crate::buffers::give_back(plain);
+            None
+        }
     }
 }
 
@@ -160,7 +217,9 @@ mod tests {
             BLOCK_LEN + 1,
             2 * BLOCK_LEN,
             3 * BLOCK_LEN + 5,
+            5 * BLOCK_LEN,
             100_003,
+            (1 << 20) + 1,
             crate::store::MAX_PAD_PLAINTEXT,
             4 << 20,
         ] {
@@ -173,6 +232,15 @@ mod tests {
                 0
             };
             assert_eq!(cvs.len(), blocks, "len {len}");
+            if len == 0 {
+                continue; // no pad holds nothing
+            }
+            // Decrypting and hashing in one pass gives the same, and the plaintext.
+            let sk = SecretKey::random();
+            let pad = crate::seal::seal(&sk, 1, &data, 0);
+            let key = crate::seal::stream_key(&sk, &pad).unwrap();
+            let opened = open_hashing(&key, &pad.encrypted_data()[crate::seal::HEADER..]);
+            assert!(opened == (data, root, cvs), "len {len}");
         }
     }
 
@@ -181,8 +249,9 @@ mod tests {
         let sk = SecretKey::random();
         let data = sample(5 * BLOCK_LEN + 123);
         let pad = crate::seal::seal(&sk, 1, &data, 0);
-        let (plain, key) = crate::seal::open_keeping_key(&sk, &pad).unwrap();
-        let (_, cvs) = hash_blocks(&plain);
+        let key = crate::seal::stream_key(&sk, &pad).unwrap();
+        let (plain, root, cvs) = open_hashing(&key, &pad.encrypted_data()[crate::seal::HEADER..]);
+        assert_eq!((&plain, root), (&data, blake3::hash(&data)));
         let blocks = PadBlocks::new(sk.public_key(), key, cvs, data.len()).unwrap();
         let ct = &pad.encrypted_data()[crate::seal::HEADER..];
 

@@ -163,7 +163,8 @@ impl Engine {
                     let pad = inner
                         .pads
                         .write(pad, INDEX_ENCODING, Bytes::from(bytes))
-                        .await?;
+                        .await?
+                        .pad;
                     Ok((n, PageRef { pad, hash }))
                 }
             })

@@ -6,14 +6,14 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
 
-use autonomi::{Bytes, SecretKey};
+use autonomi::{Bytes, PublicKey, SecretKey};
 
-use super::blocks::{hash_blocks, PadBlocks, BLOCK_LEN};
+use super::blocks::{open_hashing, PadBlocks, BLOCK_LEN};
 use super::error::{Error, Result};
 use crate::codec::HashKind;
 use crate::index::PadRef;
 use crate::keys::MasterKey;
-use crate::seal::{seal, HEADER};
+use crate::seal::{seal, seal_keeping_key, StreamKey, HEADER};
 use crate::store::{PadStore, StoreError};
 
 /// `data_encoding` of pads holding file data.
@@ -67,41 +67,46 @@ impl PadIo {
         &self.master
     }
 
-    /// Writes `data` to a pad, returning the pad with its new counter.
-    pub async fn write(&self, pad: PadRef, encoding: u64, data: Bytes) -> Result<PadRef> {
+    /// Writes `data` to a pad: the pad with its new counter, and how to read parts of it.
+    pub async fn write(&self, pad: PadRef, encoding: u64, data: Bytes) -> Result<Written> {
         let seed = pad.seed;
         // A scalar multiplication: microseconds, no need to leave the async worker.
         let sk = self.master.pad_key(&seed);
-        let counter = self.write_with_key(sk, pad.counter, encoding, data).await?;
-        Ok(PadRef {
-            seed,
-            counter: Some(counter),
+        let (counter, owner, key) = self.write_with_key(sk, pad.counter, encoding, data).await?;
+        Ok(Written {
+            pad: PadRef {
+                seed,
+                counter: Some(counter),
+            },
+            owner,
+            key,
         })
     }
 
     /// Writes with an explicit key: update if the pad is known to exist, else create; either
     /// falls back to the other, and a stale counter is raised past the stored one.
-    pub async fn write_with_key(
+    async fn write_with_key(
         &self,
         sk: SecretKey,
         known: Option<u64>,
         encoding: u64,
         data: Bytes,
-    ) -> Result<u64> {
+    ) -> Result<(u64, PublicKey, StreamKey)> {
         let mut counter = known.map_or(0, |c| c + 1);
         let mut update = known.is_some();
         for _ in 0..3 {
-            let pad = {
+            let (pad, key) = {
                 let (sk, data) = (sk.clone(), data.clone());
-                blocking(move || seal(&sk, encoding, &data, counter)).await
+                blocking(move || seal_keeping_key(&sk, encoding, &data, counter)).await
             };
+            let owner = *pad.owner();
             let result = if update {
                 self.store.update(pad).await
             } else {
                 self.store.create(pad).await
             };
             match result {
-                Ok(()) => return Ok(counter),
+                Ok(()) => return Ok((counter, owner, key)),
                 Err(StoreError::NotFound) if update => {
                     update = false;
                     counter = 0;
@@ -111,7 +116,7 @@ impl PadIo {
                     counter = stored + 1;
                 }
                 Err(StoreError::AlreadyExists) => {
-                    let current = self.store.get(&sk.public_key()).await?;
+                    let current = self.store.get(&owner).await?;
                     update = true;
                     counter = current.counter() + 1;
                 }
@@ -198,18 +203,25 @@ impl PadIo {
         let opened = blocking(move || match hash {
             // The hash check below stands in for blsttc's ciphertext check (see seal.rs).
             Some((hash, kind)) => {
-                let (data, key) =
-                    crate::seal::open_keeping_key(&sk, &pad).ok_or("cannot decrypt")?;
-                let blocks = match kind {
+                let (data, blocks) = match kind {
                     HashKind::Blake3 => {
-                        let (root, cvs) = hash_blocks(&data);
+                        let key = crate::seal::stream_key(&sk, &pad).ok_or("cannot decrypt")?;
+                        let (data, root, cvs) = open_hashing(&key, &pad.encrypted_data()[HEADER..]);
                         if root != hash {
+                            crate::buffers::give_back(data);
                             return Err("content hash mismatch");
                         }
-                        PadBlocks::new(owner, key, cvs, data.len())
+                        let len = data.len();
+                        (data, PadBlocks::new(owner, key, cvs, len))
                     }
-                    _ if kind.hash(&data) != hash => return Err("content hash mismatch"),
-                    _ => None,
+                    _ => {
+                        let data =
+                            crate::seal::open_unchecked(&sk, &pad).ok_or("cannot decrypt")?;
+                        if kind.hash(&data) != hash {
+                            return Err("content hash mismatch");
+                        }
+                        (data, None)
+                    }
                 };
                 let data = crate::buffers::share(data);
                 Ok(Opened { data, blocks })
@@ -248,8 +260,16 @@ impl PadIo {
             let (blocks, span) = (blocks.clone(), span.clone());
             blocking(move || blocks.open(span, &ciphertext)).await
         };
-        Ok(plain.map(|plain| Bytes::from(plain).slice(from - span.start..to - span.start)))
+        Ok(plain
+            .map(|plain| crate::buffers::share(plain).slice(from - span.start..to - span.start)))
     }
+}
+
+/// A pad version just written.
+pub struct Written {
+    pub pad: PadRef,
+    pub owner: PublicKey,
+    pub key: StreamKey,
 }
 
 /// A pad's checked plaintext, and what reading parts of it takes.
@@ -258,7 +278,7 @@ struct Opened {
     blocks: Option<PadBlocks>,
 }
 
-fn corrupt_pad(owner: &autonomi::PublicKey, why: &str) -> Error {
+fn corrupt_pad(owner: &PublicKey, why: &str) -> Error {
     Error::CorruptPad {
         pad: owner.to_hex()[..16].to_string(),
         why: why.to_string(),

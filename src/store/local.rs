@@ -245,11 +245,12 @@ impl LocalStore {
                 open.data_len
             )));
         }
-        let mut part = vec![0; range.len()];
+        let mut part = crate::buffers::take(range.len());
+        part.resize(range.len(), 0);
         open.file
             .read_exact_at(&mut part, open.data_start + range.start as u64)
             .map_err(|e| corrupt(e.to_string()))?;
-        Ok(part.into())
+        Ok(crate::buffers::share(part))
     }
 
     /// The pad's file, open for reading parts: kept open (a random reader comes back to the
