@@ -379,6 +379,11 @@ async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
 /// A store in `dir` holding one committed file at the root, written by a core since gone.
 async fn store_file(dir: &std::path::Path, key: &MasterKey, name: &str, data: &[u8]) {
     let (fs, _) = core_over(dir, key, SimConfig::default(), FsConfig::default()).await;
+    write_file(&fs, name, data).await;
+}
+
+/// Creates `name` at the root holding `data`, committed.
+async fn write_file(fs: &FsCore, name: &str, data: &[u8]) {
     let (_, fh) = fs
         .create(ROOT_INO, name, 0o644, libc::O_WRONLY, ME)
         .await
@@ -386,6 +391,23 @@ async fn store_file(dir: &std::path::Path, key: &MasterKey, name: &str, data: &[
     fs.write(fh, 0, data).await.unwrap();
     fs.release(fh).await.unwrap();
     fs.sync_all().await.unwrap();
+}
+
+/// Chunks of four checked blocks, for reads of parts of pads.
+const BLOCKY_CHUNK: usize = 4 * BLOCK_LEN;
+
+/// A core over the local store in `dir` with [`BLOCKY_CHUNK`] chunks and a chunk cache that
+/// holds one of them.
+async fn blocky_core(
+    dir: &std::path::Path,
+    key: &MasterKey,
+) -> (Arc<FsCore>, Arc<SimStore<LocalStore>>) {
+    let opts = EngineOptions {
+        scratchpad_size: BLOCKY_CHUNK as u32,
+        cache_bytes: BLOCKY_CHUNK,
+        ..Default::default()
+    };
+    core_with(dir, key, SimConfig::default(), FsConfig::default(), opts).await
 }
 
 #[tokio::test]
@@ -438,41 +460,13 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
 
 #[tokio::test]
 async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
-    // Chunks of four checked blocks, and a chunk cache that holds one of them.
-    let chunk = 4 * BLOCK_LEN;
-    let opts = EngineOptions {
-        scratchpad_size: chunk as u32,
-        cache_bytes: chunk,
-        ..Default::default()
-    };
+    let chunk = BLOCKY_CHUNK;
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
     let data = bytes(5, 5 * chunk);
-    {
-        let (fs, _) = core_with(
-            dir.path(),
-            &key,
-            SimConfig::default(),
-            FsConfig::default(),
-            opts.clone(),
-        )
-        .await;
-        let (_, fh) = fs
-            .create(ROOT_INO, "db", 0o644, libc::O_WRONLY, ME)
-            .await
-            .unwrap();
-        fs.write(fh, 0, &data).await.unwrap();
-        fs.release(fh).await.unwrap();
-        fs.sync_all().await.unwrap();
-    }
-    let (fs, store) = core_with(
-        dir.path(),
-        &key,
-        SimConfig::default(),
-        FsConfig::default(),
-        opts,
-    )
-    .await;
+    write_file(&blocky_core(dir.path(), &key).await.0, "db", &data).await;
+    // A fresh mount: nothing known about any pad.
+    let (fs, store) = blocky_core(dir.path(), &key).await;
     let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
     let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
     let counts = || {
@@ -541,30 +535,12 @@ async fn damage_pad(
 
 #[tokio::test]
 async fn pads_written_here_read_back_as_checked_parts() {
-    let chunk = 4 * BLOCK_LEN;
-    let opts = EngineOptions {
-        scratchpad_size: chunk as u32,
-        cache_bytes: chunk,
-        ..Default::default()
-    };
+    let chunk = BLOCKY_CHUNK;
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
-    let (fs, store) = core_with(
-        dir.path(),
-        &key,
-        SimConfig::default(),
-        FsConfig::default(),
-        opts,
-    )
-    .await;
+    let (fs, store) = blocky_core(dir.path(), &key).await;
     let data = bytes(3, 4 * chunk + 1000);
-    let (_, fh) = fs
-        .create(ROOT_INO, "f", 0o644, libc::O_WRONLY, ME)
-        .await
-        .unwrap();
-    fs.write(fh, 0, &data).await.unwrap();
-    fs.release(fh).await.unwrap();
-    fs.sync_all().await.unwrap();
+    write_file(&fs, "f", &data).await;
 
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (gets, parts) = (n(&store.stats.gets), n(&store.stats.parts));
