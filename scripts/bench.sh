@@ -153,10 +153,10 @@ remount_cold() { # SYSTEM DIR
 }
 
 # --- pad operations: mutant-mount logs its counters on SIGUSR1 ----------------------------------
-# ops_snapshot DIR: "creates updates gets" so far (0 0 0 for the other systems).
+# ops_snapshot DIR: "creates updates gets parts" so far (0 0 0 0 for the other systems).
 ops_snapshot() {
   local log=$1/server.log
-  case $sys in mutant*) ;; *) echo "0 0 0"; return ;; esac
+  case $sys in mutant*) ;; *) echo "0 0 0 0"; return ;; esac
   # Background commits of namespace changes land within a second: let them.
   sleep 2
   local before
@@ -167,7 +167,7 @@ ops_snapshot() {
     sleep 0.1
   done
   grep 'store operations so far' "$log" | tail -1 |
-    sed -E 's/.*creates=([0-9]+) updates=([0-9]+) gets=([0-9]+).*/\1 \2 \3/'
+    sed -E 's/.*creates=([0-9]+) updates=([0-9]+) gets=([0-9]+) exists=[0-9]+ parts=([0-9]+).*/\1 \2 \3 \4/'
 }
 
 # record WORKLOAD SYSTEM VALUE UNIT OPS_BEFORE OPS_AFTER: one row of results.tsv.
@@ -175,16 +175,16 @@ record() {
   local ops="" profile=""
   case $2 in
     mutant*)
-      read -r c0 u0 g0 <<<"$5"
-      read -r c1 u1 g1 <<<"$6"
-      ops="$((c1 - c0))/$((u1 - u0))/$((g1 - g0))" ;;
+      read -r c0 u0 g0 p0 <<<"$5"
+      read -r c1 u1 g1 p1 <<<"$6"
+      ops="$((c1 - c0))/$((u1 - u0))/$((g1 - g0))/$((p1 - p0))" ;;
   esac
   case $2 in
     mutant-lan*) profile=$PROFILE_LAN ;;
     mutant-wan*) profile=$PROFILE_WAN ;;
   esac
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$ops" "$profile" >>"$RESULTS"
-  printf '   %-22s %-28s %10s %s  %s\n' "$1" "$2" "$3" "$4" "${ops:+pad ops c/u/g $ops}"
+  printf '   %-22s %-28s %10s %s  %s\n' "$1" "$2" "$3" "$4" "${ops:+pad ops c/u/g/p $ops}"
 }
 
 # timed CMD...: runs CMD, prints its wall time in seconds.
@@ -361,7 +361,7 @@ def ratio(workload, unit, v, base):
     return f"{(b / v if unit in LOWER_IS_BETTER else v / b):.2f}"
 
 
-print("| workload | system | result | vs raw | vs bindfs | vs rclone | of ideal | pad ops c/u/g |")
+print("| workload | system | result | vs raw | vs bindfs | vs rclone | of ideal | pad ops c/u/g/p |")
 print("|---|---|---|---|---|---|---|---|")
 for workload, system, v, unit, ops, profile in rows:
     v = float(v)
@@ -376,7 +376,7 @@ for workload, system, v, unit, ops, profile in rows:
           + f" | {frac} | {ops} |")
 print()
 print("Ratios are speed relative to the baseline (>1: faster), except peak RSS (the system's over the baseline's).")
-print("Pad ops: pad creates/updates/gets the mount did during the workload (mutant-mount only).")
+print("Pad ops (mutant-mount only): pad creates/updates/gets the mount did during the workload, and reads of part of a pad (local store only: no network operation).")
 for note in notes:
     print(f"- {note}")
 EOF
