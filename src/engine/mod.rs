@@ -32,7 +32,7 @@ use blocks::{hash_blocks, BlocksCache, PadBlocks};
 use cache::ChunkCache;
 pub use error::{Error, Result};
 use journal::{Journal, Op, Replay};
-use pads::{PadIo, DATA_ENCODING};
+use pads::{PadIo, Priority, DATA_ENCODING};
 use page_cache::PageCache;
 
 /// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
@@ -502,7 +502,7 @@ impl Engine {
             .map(|(chunk, _, _)| {
                 let inner = self.inner.clone();
                 let chunk = chunk.clone();
-                async move { inner.read_chunk(&chunk).await }
+                async move { inner.read_chunk(&chunk, Priority::Reader).await }
             })
             .collect();
         let parts: Vec<Bytes> = futures::stream::iter(reads)
@@ -518,7 +518,7 @@ impl Engine {
 
     /// One chunk's plaintext, verified.
     pub async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
-        self.inner.read_chunk(chunk).await
+        self.inner.read_chunk(chunk, Priority::Reader).await
     }
 
     /// Bytes `from..to` of one chunk, verified: for a random reader, who would not use the
@@ -546,7 +546,7 @@ impl Engine {
                 _ => continue,
             }
             tokio::spawn(async move {
-                let _ = inner.read_chunk(&chunk).await;
+                let _ = inner.read_chunk(&chunk, Priority::Background).await;
             });
         }
     }
@@ -796,8 +796,9 @@ impl Inner {
         })
     }
 
-    /// A chunk from the cache, or fetched once however many readers ask for it meanwhile.
-    async fn read_chunk(self: &Arc<Self>, chunk: &Chunk) -> Result<Bytes> {
+    /// A chunk from the cache, or fetched once however many readers ask for it meanwhile (a
+    /// reader joining a read-ahead fetch waits with it).
+    async fn read_chunk(self: &Arc<Self>, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
         let Some(pad) = chunk.pad else {
             // Inline bytes came with the index page, whose hash was checked.
             return Ok(match &chunk.inline {
@@ -816,7 +817,7 @@ impl Inner {
                 .or_insert_with(|| {
                     let (inner, chunk) = (self.clone(), chunk.clone());
                     let task = tokio::spawn(async move {
-                        let result = inner.fetch_chunk(&chunk).await;
+                        let result = inner.fetch_chunk(&chunk, priority).await;
                         inner.reads_in_flight.lock().unwrap().remove(&key);
                         result
                     });
@@ -829,18 +830,19 @@ impl Inner {
         fetch.await
     }
 
-    async fn fetch_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
+    async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
         let pad = chunk.pad.expect("holes are not fetched");
         // A pad version written or read whole before is read as one part, each block checked
         // against its value: no signature check (the key opens only the version whose
         // signature was made or checked here), a third less CPU.
-        if let Some(data) = self.read_known_part(chunk, 0, chunk.len as usize).await {
+        let whole = 0..chunk.len as usize;
+        if let Some(data) = self.read_known_part(chunk, whole, priority).await {
             self.cache.insert(pad.seed, chunk.hash, data.clone());
             return Ok(data);
         }
         let (data, blocks) = self
             .pads
-            .read_checked(&pad, chunk.hash, chunk.hash_kind)
+            .read_checked(&pad, chunk.hash, chunk.hash_kind, priority)
             .await?;
         if data.len() != chunk.len as usize {
             return Err(Error::CorruptPad {
@@ -867,23 +869,34 @@ impl Inner {
             let key = (pad.seed, chunk.hash);
             let reading = || self.reads_in_flight.lock().unwrap().contains_key(&key);
             if !self.cache.contains(&pad.seed, &chunk.hash) && !reading() {
-                if let Some(part) = self.read_known_part(chunk, from, to).await {
+                if let Some(part) = self
+                    .read_known_part(chunk, from..to, Priority::Reader)
+                    .await
+                {
                     return Ok(part);
                 }
             }
         }
-        let whole = self.read_chunk(chunk).await?;
+        let whole = self.read_chunk(chunk, Priority::Reader).await?;
         let to = to.min(whole.len());
         Ok(whole.slice(from.min(to)..to))
     }
 
-    /// Bytes `from..to` of a chunk whose pad version's blocks are known, if the store serves
+    /// Bytes `range` of a chunk whose pad version's blocks are known, if the store serves
     /// parts and they check out. If not (another version, or damage), the blocks are dropped:
     /// the caller reads the pad whole, which tells the two apart and learns the blocks again.
-    async fn read_known_part(&self, chunk: &Chunk, from: usize, to: usize) -> Option<Bytes> {
+    async fn read_known_part(
+        &self,
+        chunk: &Chunk,
+        range: std::ops::Range<usize>,
+        priority: Priority,
+    ) -> Option<Bytes> {
         let seed = chunk.pad?.seed;
         let blocks = self.blocks.get(&seed, &chunk.hash)?;
-        match self.pads.read_part(&blocks, from, to).await {
+        let read = self
+            .pads
+            .read_part(&blocks, range.start, range.end, priority);
+        match read.await {
             Ok(Some(part)) => return Some(part),
             Ok(None) => {}
             Err(e) => tracing::debug!("reading part of a pad failed: {e}"),

@@ -24,8 +24,9 @@ pub const INDEX_ENCODING: u64 = 0x6d75_7461_6e74_0002;
 pub struct PadIo {
     store: Arc<dyn PadStore>,
     master: MasterKey,
-    /// Bounds the pad gets in flight; a pad being decrypted no longer holds a place, so
-    /// read-ahead can keep the store busy while the cores catch up.
+    /// Bounds the pad gets in flight (but a reader's own, see [`Priority`]); a pad being
+    /// decrypted no longer holds a place, so read-ahead can keep the store busy while the cores
+    /// catch up.
     gets: Semaphore,
 }
 
@@ -34,13 +35,19 @@ const DEFAULT_GETS_IN_FLIGHT: usize = 16;
 
 /// Runs crypto on the blocking pool, at most one task per core, first come first served: pads
 /// finish in the order they were asked for (a sequential reader's next chunk first) instead of
-/// all sharing the cores and finishing together.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// all sharing the cores and finishing together. A reader's own pad does not queue.
+async fn blocking<T: Send + 'static>(
+    priority: Priority,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     static CORES: OnceLock<Semaphore> = OnceLock::new();
     let cores = CORES.get_or_init(|| {
         Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
     });
-    let _turn = cores.acquire().await.expect("never closed");
+    let _turn = match priority {
+        Priority::Background => Some(cores.acquire().await.expect("never closed")),
+        Priority::Reader => None,
+    };
     tokio::task::spawn_blocking(f)
         .await
         .expect("crypto task panicked")
@@ -97,7 +104,8 @@ impl PadIo {
         for _ in 0..3 {
             let (pad, key) = {
                 let (sk, data) = (sk.clone(), data.clone());
-                blocking(move || seal_keeping_key(&sk, encoding, &data, counter)).await
+                let seal = move || seal_keeping_key(&sk, encoding, &data, counter);
+                blocking(Priority::Background, seal).await
             };
             let owner = *pad.owner();
             let result = if update {
@@ -136,7 +144,10 @@ impl PadIo {
         data: Bytes,
     ) -> Result<u64> {
         let counter = known.map_or(0, |c| c + 1);
-        let pad = blocking(move || seal(&sk, encoding, &data, counter)).await;
+        let pad = blocking(Priority::Background, move || {
+            seal(&sk, encoding, &data, counter)
+        })
+        .await;
         let result = match known {
             Some(_) => self.store.update(pad).await,
             None => self.store.create(pad).await,
@@ -152,7 +163,8 @@ impl PadIo {
 
     /// Reads a data or page pad and checks its plaintext against `hash`.
     pub async fn read(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<Bytes> {
-        Ok(self.read_checked(pad, hash, kind).await?.0)
+        let read = self.read_checked(pad, hash, kind, Priority::Background);
+        Ok(read.await?.0)
     }
 
     /// [`read`](Self::read), also returning what it takes to read parts of this version of
@@ -162,9 +174,12 @@ impl PadIo {
         pad: &PadRef,
         hash: [u8; 32],
         kind: HashKind,
+        priority: Priority,
     ) -> Result<(Bytes, Option<PadBlocks>)> {
         let sk = self.master.pad_key(&pad.seed);
-        let (opened, _) = self.fetch_and_open(sk, Some((hash, kind))).await?;
+        let (opened, _) = self
+            .fetch_and_open(sk, Some((hash, kind)), priority)
+            .await?;
         Ok((opened.data, opened.blocks))
     }
 
@@ -174,7 +189,7 @@ impl PadIo {
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
-        let (opened, counter) = self.fetch_and_open(sk, hash).await?;
+        let (opened, counter) = self.fetch_and_open(sk, hash, Priority::Background).await?;
         Ok((opened.data, counter))
     }
 
@@ -185,10 +200,14 @@ impl PadIo {
         &self,
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
+        priority: Priority,
     ) -> Result<(Opened, u64)> {
         let owner = sk.public_key();
         let pad = {
-            let _place = self.gets.acquire().await.expect("never closed");
+            let _place = match priority {
+                Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
+                Priority::Reader => None,
+            };
             self.store.get(&owner).await?
         };
         let corrupt = |why: &str| corrupt_pad(&owner, why);
@@ -196,11 +215,11 @@ impl PadIo {
             return Err(corrupt("pad of another owner"));
         }
         let counter = pad.counter();
-        let signed = blocking({
+        let signed = blocking(priority, {
             let pad = pad.clone();
             move || crate::seal::signature_ok(&pad)
         });
-        let opened = blocking(move || match hash {
+        let opened = blocking(priority, move || match hash {
             // The hash check below stands in for blsttc's ciphertext check (see seal.rs).
             Some((hash, kind)) => {
                 let (data, blocks) = match kind {
@@ -247,6 +266,7 @@ impl PadIo {
         blocks: &Arc<PadBlocks>,
         from: usize,
         to: usize,
+        priority: Priority,
     ) -> Result<Option<Bytes>> {
         let span = blocks.span(from, to);
         let stored = span.start + HEADER..span.end + HEADER;
@@ -258,11 +278,22 @@ impl PadIo {
             blocks.open(span.clone(), &ciphertext)
         } else {
             let (blocks, span) = (blocks.clone(), span.clone());
-            blocking(move || blocks.open(span, &ciphertext)).await
+            blocking(priority, move || blocks.open(span, &ciphertext)).await
         };
         Ok(plain
             .map(|plain| crate::buffers::share(plain).slice(from - span.start..to - span.start)))
     }
+}
+
+/// Who waits for a pad read. Read-ahead, index pages and checks wait for one of the places
+/// that bound the gets in flight, then for a core; a reader's own chunk waits for neither, so
+/// it never queues behind the read-ahead it started (which holds every place at the start of
+/// a file, and, when a round of gets lands at once, every core). There are at most as many
+/// reader gets as FUSE requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Reader,
+    Background,
 }
 
 /// A pad version just written.

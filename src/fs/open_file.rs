@@ -60,15 +60,16 @@ struct Upload {
     task: tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>,
 }
 
-/// The most chunks a sequential reader has fetched ahead of it: more than the pad gets in
-/// flight (16 by default), so that while the cores decrypt chunks that have arrived, the
-/// store is still fetching a full set.
-const MAX_READAHEAD_CHUNKS: u64 = 24;
+/// The most chunks a sequential reader has fetched ahead of it: twice the pad gets in flight
+/// (16 by default), so that while the cores decrypt a round of chunks that has landed, the
+/// store is already fetching the next one.
+const MAX_READAHEAD_CHUNKS: u64 = 32;
 /// The window of a read at the start of a file: a reader from the start usually reads on.
 const FIRST_READAHEAD_CHUNKS: u64 = 4;
 /// Over a network, where a small first round of gets costs a whole round trip, the first
-/// window is a full set of gets in flight instead.
-const FIRST_READAHEAD_CHUNKS_REMOTE: u64 = 16;
+/// window is the whole window at once: the second round of gets starts as the first lands,
+/// not once the reader has its first chunk decrypted.
+const FIRST_READAHEAD_CHUNKS_REMOTE: u64 = MAX_READAHEAD_CHUNKS;
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
 const BIG_WRITE: usize = 64 << 10;
