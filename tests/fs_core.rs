@@ -594,6 +594,36 @@ impl<S: PadStore> PadStore for GetsInFlight<S> {
     }
 }
 
+/// A core over the local store in `dir`, each pad get taking `latency_ms`, with `parallelism`
+/// gets in flight, counting them.
+async fn core_counting_gets(
+    dir: &std::path::Path,
+    key: MasterKey,
+    latency_ms: u64,
+    parallelism: usize,
+) -> (Arc<FsCore>, Arc<GetsInFlight<SimStore<LocalStore>>>) {
+    let slow = SimConfig {
+        get_latency: std::time::Duration::from_millis(latency_ms),
+        ..Default::default()
+    };
+    let store = Arc::new(GetsInFlight {
+        inner: SimStore::new(LocalStore::open(dir).unwrap(), slow),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let opts = EngineOptions {
+        parallelism,
+        ..Default::default()
+    };
+    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, opts)
+        .await
+        .unwrap();
+    (
+        FsCore::start(engine, FsConfig::default()).await.unwrap(),
+        store,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
     let dir = tempfile::tempdir().unwrap();
@@ -601,23 +631,7 @@ async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
     let data = bytes(4, 40 * CHUNK);
     store_file(dir.path(), &key, "movie", &data).await;
     // A slow store, so that read-ahead has many gets waiting at once if nothing bounds them.
-    let slow = SimConfig {
-        get_latency: std::time::Duration::from_millis(30),
-        ..Default::default()
-    };
-    let store = Arc::new(GetsInFlight {
-        inner: SimStore::new(LocalStore::open(dir.path()).unwrap(), slow),
-        now: Default::default(),
-        most: Default::default(),
-    });
-    let opts = EngineOptions {
-        parallelism: 3,
-        ..Default::default()
-    };
-    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, opts)
-        .await
-        .unwrap();
-    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let (fs, store) = core_counting_gets(dir.path(), key, 30, 3).await;
     let ino = fs.lookup(ROOT_INO, "movie").await.unwrap().ino;
     let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
     store.most.store(0, Ordering::SeqCst);
@@ -645,23 +659,7 @@ async fn a_reader_never_waits_behind_its_read_ahead() {
     let data = bytes(7, 80 * CHUNK);
     store_file(dir.path(), &key, "video", &data).await;
     // One place for pad gets, and gets slow enough that read-ahead holds it for seconds.
-    let slow = SimConfig {
-        get_latency: std::time::Duration::from_millis(100),
-        ..Default::default()
-    };
-    let store = Arc::new(GetsInFlight {
-        inner: SimStore::new(LocalStore::open(dir.path()).unwrap(), slow),
-        now: Default::default(),
-        most: Default::default(),
-    });
-    let opts = EngineOptions {
-        parallelism: 1,
-        ..Default::default()
-    };
-    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, opts)
-        .await
-        .unwrap();
-    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let (fs, store) = core_counting_gets(dir.path(), key, 100, 1).await;
     let ino = fs.lookup(ROOT_INO, "video").await.unwrap().ino;
     let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
     // Reading from the start queues read-ahead of the chunks after it.
