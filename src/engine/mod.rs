@@ -521,6 +521,12 @@ impl Engine {
         self.inner.read_chunk(chunk, Priority::Reader).await
     }
 
+    /// Bytes `from..to` of one chunk read whole and cached, verified: for a sequential reader,
+    /// who goes on to read the rest. Fewer bytes if the chunk is shorter than `to`.
+    pub async fn read_chunk_slice(&self, chunk: &Chunk, from: usize, to: usize) -> Result<Bytes> {
+        self.inner.read_chunk_slice(chunk, from, to).await
+    }
+
     /// Bytes `from..to` of one chunk, verified: for a random reader, who would not use the
     /// rest of the chunk (see `Inner::read_chunk_part`).
     pub async fn read_chunk_part(&self, chunk: &Chunk, from: usize, to: usize) -> Result<Bytes> {
@@ -877,14 +883,25 @@ impl Inner {
                 }
             }
         }
+        self.read_chunk_slice(chunk, from, to).await
+    }
+
+    /// Bytes `from..to` of a chunk read whole (fewer if the chunk is shorter).
+    async fn read_chunk_slice(
+        self: &Arc<Self>,
+        chunk: &Chunk,
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes> {
         let whole = self.read_chunk(chunk, Priority::Reader).await?;
         let to = to.min(whole.len());
         Ok(whole.slice(from.min(to)..to))
     }
 
     /// Bytes `range` of a chunk whose pad version's blocks are known, if the store serves
-    /// parts and they check out. If not (another version, or damage), the blocks are dropped:
-    /// the caller reads the pad whole, which tells the two apart and learns the blocks again.
+    /// parts and they check out. If they do not (another version, or damage), the blocks are
+    /// dropped: the caller reads the pad whole, which tells the two apart and learns the
+    /// blocks again.
     async fn read_known_part(
         &self,
         chunk: &Chunk,
@@ -897,11 +914,12 @@ impl Inner {
             .pads
             .read_part(&blocks, range.start, range.end, priority);
         match read.await {
-            Ok(Some(part)) => return Some(part),
-            Ok(None) => {}
-            Err(e) => tracing::debug!("reading part of a pad failed: {e}"),
+            Ok(part) => part,
+            Err(e) => {
+                tracing::debug!("reading part of a pad failed: {e}");
+                self.blocks.remove(&seed, &chunk.hash);
+                None
+            }
         }
-        self.blocks.remove(&seed, &chunk.hash);
-        None
     }
 }

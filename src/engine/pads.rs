@@ -259,8 +259,8 @@ impl PadIo {
 
     /// Bytes `from..to` of a pad's plaintext, reading only the blocks they lie in, checked
     /// against `blocks` (from a whole read of the pad). `Ok(None)` if the store serves whole
-    /// pads only, or the stored blocks are not the version `blocks` describes: the caller reads
-    /// the whole pad instead, which tells a newer version from damage.
+    /// pads only; an error if the stored blocks are not the version `blocks` describes (a newer
+    /// version, or damage: reading the pad whole tells which).
     pub async fn read_part(
         &self,
         blocks: &Arc<PadBlocks>,
@@ -280,8 +280,15 @@ impl PadIo {
             let (blocks, span) = (blocks.clone(), span.clone());
             blocking(priority, move || blocks.open(span, &ciphertext)).await
         };
-        Ok(plain
-            .map(|plain| crate::buffers::share(plain).slice(from - span.start..to - span.start)))
+        match plain {
+            Some(plain) => Ok(Some(
+                crate::buffers::share(plain).slice(from - span.start..to - span.start),
+            )),
+            None => Err(corrupt_pad(
+                blocks.owner(),
+                "a block differs from the version read",
+            )),
+        }
     }
 }
 

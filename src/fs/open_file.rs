@@ -289,9 +289,7 @@ impl OpenFile {
                 if random {
                     engine.read_chunk_part(chunk, *from, *to).await
                 } else {
-                    let whole = engine.read_chunk(chunk).await?;
-                    let to = (*to).min(whole.len());
-                    Ok(whole.slice((*from).min(to)..to))
+                    engine.read_chunk_slice(chunk, *from, *to).await
                 }
             })
             .collect();

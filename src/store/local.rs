@@ -174,25 +174,37 @@ impl LocalStore {
 
     /// The counter of the stored pad, reading only its header.
     fn stored_counter(&self, owner: &PublicKey) -> Result<Option<u64>, StoreError> {
+        let (file, header_len) = match self.open_pad_file(owner)? {
+            None => return Ok(None),
+            Some((_, Layout::Record)) => return Ok(self.read(owner)?.map(|pad| pad.counter())),
+            Some((file, Layout::Header(len))) => (file, len),
+        };
+        let path = self.pad_path(owner);
+        let corrupt = |e: String| StoreError::Corrupt(format!("{}: {e}", path.display()));
+        let mut head = vec![0; (4 + header_len).clamp(8, 1 << 16)];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let (header, _) = decode_header(&head).map_err(corrupt)?;
+        Ok(Some(header.counter))
+    }
+
+    /// The pad's file, open, and how it is laid out; `None` if there is no such pad.
+    fn open_pad_file(&self, owner: &PublicKey) -> Result<Option<(fs::File, Layout)>, StoreError> {
         let path = self.pad_path(owner);
         let mut file = match fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, e)),
         };
-        let corrupt = |e: String| StoreError::Corrupt(format!("{}: {e}", path.display()));
-        let mut head = vec![0; 8];
+        let mut head = [0; 8];
         file.read_exact(&mut head)
-            .map_err(|e| corrupt(e.to_string()))?;
-        if codec::has_magic(&head) {
-            return Ok(self.read(owner)?.map(|pad| pad.counter()));
-        }
-        let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
-        head.resize((4 + len).clamp(8, 1 << 16), 0);
-        file.read_exact(&mut head[8..])
-            .map_err(|e| corrupt(e.to_string()))?;
-        let (header, _) = decode_header(&head).map_err(corrupt)?;
-        Ok(Some(header.counter))
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        let layout = if codec::has_magic(&head) {
+            Layout::Record
+        } else {
+            Layout::Header(u32::from_le_bytes(head[..4].try_into().unwrap()) as usize)
+        };
+        Ok(Some((file, layout)))
     }
 
     fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
@@ -263,20 +275,16 @@ impl LocalStore {
         // Under the pad's lock, so no write can land between opening and keeping the file
         // (a write drops the kept file under the same lock).
         let _guard = self.lock_for(owner);
-        let path = self.pad_path(owner);
-        let mut file = match fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound),
-            Err(e) => return Err(io_error(&path, e)),
+        let (file, header_len) = match self.open_pad_file(owner)? {
+            None => return Err(StoreError::NotFound),
+            Some((_, Layout::Record)) => return Ok(None),
+            Some((file, Layout::Header(len))) => (file, len),
         };
-        let mut head = [0; 8];
-        file.read_exact(&mut head)
-            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-        if codec::has_magic(&head) {
-            return Ok(None);
-        }
-        let data_start = 4 + u32::from_le_bytes(head[..4].try_into().unwrap()) as u64;
-        let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+        let data_start = 4 + header_len as u64;
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_error(&self.pad_path(owner), e))?
+            .len();
         let open = Arc::new(PartFile {
             file,
             data_start,
@@ -289,6 +297,14 @@ impl LocalStore {
             .put(*owner, open.clone());
         Ok(Some(open))
     }
+}
+
+/// How a pad file starts.
+enum Layout {
+    /// The first format: the whole scratchpad as one codec record.
+    Record,
+    /// A 4-byte length, a header record of that many bytes, then the encrypted data.
+    Header(usize),
 }
 
 /// A pad file open for reading parts of its data.
