@@ -567,6 +567,43 @@ async fn pads_written_here_read_back_as_checked_parts() {
     fs.release(fh).await.unwrap();
 }
 
+/// A file read again after the kernel evicted some of its pages: the kernel asks only for the
+/// holes, in order, with gaps between them. Fetching whole chunks for that "stream" would
+/// decrypt everything the kernel still holds.
+#[tokio::test]
+async fn a_reread_with_holes_fetches_only_the_holes() {
+    let chunk = BLOCKY_CHUNK;
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, store) = blocky_core(dir.path(), &key).await;
+    let data = bytes(8, 16 * chunk);
+    write_file(&fs, "f", &data).await;
+
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let read_before = n(&store.stats.bytes_read);
+    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    // An 8 KiB hole every 40 KiB: a fifth of the file.
+    let mut at = 4096;
+    while at + 8192 <= data.len() {
+        assert_eq!(
+            fs.read(fh, at as u64, 8192).await.unwrap(),
+            data[at..at + 8192],
+            "at {at}"
+        );
+        at += 40 << 10;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let read = n(&store.stats.bytes_read) - read_before;
+    // Each hole lies in at most two 16 KiB blocks.
+    assert!(
+        read <= (data.len() / (40 << 10) + 1) as u64 * 2 * BLOCK_LEN as u64,
+        "{read} bytes read from the store for {} bytes of holes",
+        data.len() / 5
+    );
+    fs.release(fh).await.unwrap();
+}
+
 /// Passes through to a store, counting the gets in flight and the most there ever were.
 struct GetsInFlight<S> {
     inner: S,

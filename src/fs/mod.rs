@@ -4,5 +4,6 @@ pub mod core;
 pub mod fuse;
 pub mod namespace;
 pub mod open_file;
+mod read_pattern;
 
 pub use self::core::{Attr, Caller, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs};

@@ -15,6 +15,7 @@ use std::sync::Mutex as StdMutex;
 use autonomi::Bytes;
 use tokio::sync::Mutex;
 
+use super::read_pattern::{ReadPattern, ReadPlan};
 use crate::buffers;
 use crate::engine::{Engine, Error as EngineError};
 use crate::index::{Chunk, Entry, Timestamp};
@@ -49,10 +50,7 @@ pub struct FileData {
     changed: bool,
     /// Where the last write ended: a write starting there continues a sequential stream.
     write_head: u64,
-    next_sequential: u64,
-    /// Reads in a row that began near where the one before ended.
-    near_reads: u32,
-    readahead_chunks: u64,
+    reads: ReadPattern,
 }
 
 struct Upload {
@@ -60,16 +58,6 @@ struct Upload {
     task: tokio::task::JoinHandle<Result<Vec<Chunk>, EngineError>>,
 }
 
-/// The most chunks a sequential reader has fetched ahead of it: twice the pad gets in flight
-/// (16 by default), so that while the cores decrypt a round of chunks that has landed, the
-/// store is already fetching the next one.
-const MAX_READAHEAD_CHUNKS: u64 = 32;
-/// The window of a read at the start of a file: a reader from the start usually reads on.
-const FIRST_READAHEAD_CHUNKS: u64 = 4;
-/// Over a network, where a small first round of gets costs a whole round trip, the first
-/// window is the whole window at once: the second round of gets starts as the first lands,
-/// not once the reader has its first chunk decrypted.
-const FIRST_READAHEAD_CHUNKS_REMOTE: u64 = MAX_READAHEAD_CHUNKS;
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
 const BIG_WRITE: usize = 64 << 10;
@@ -95,9 +83,7 @@ impl OpenFile {
                 uploading_bytes: 0,
                 changed: false,
                 write_head: 0,
-                next_sequential: 0,
-                near_reads: 0,
-                readahead_chunks: 1,
+                reads: ReadPattern::new(chunk_size as u64),
             }),
             attrs: StdMutex::new(PendingAttrs {
                 size: entry.size,
@@ -242,33 +228,13 @@ impl OpenFile {
                 plan.push(piece);
                 pos = idx * cs + to as u64;
             }
-            // Sequential reads grow a read-ahead window of following chunks. The kernel's own
-            // read-ahead requests reach us out of order (several FUSE threads), so a read
-            // within a chunk of where the last one ended continues a stream. A random reader
-            // lands that near its last read now and then (one read in a third of the file's
-            // chunks), so a stream starts only at the start of the file or with two near reads
-            // in a row. A read elsewhere fetches nothing ahead, and only the blocks it needs.
-            let near = offset.abs_diff(data.next_sequential) <= cs;
-            data.near_reads = if near { data.near_reads + 1 } else { 0 };
-            let streaming = data.readahead_chunks > 0;
-            if offset == 0 || (near && streaming) || data.near_reads >= 2 {
-                let start = match offset {
-                    0 if engine.store_is_remote() => FIRST_READAHEAD_CHUNKS_REMOTE,
-                    0 => FIRST_READAHEAD_CHUNKS,
-                    _ => 1,
-                };
-                data.readahead_chunks =
-                    (data.readahead_chunks * 2).clamp(start, MAX_READAHEAD_CHUNKS);
-                data.next_sequential = data.next_sequential.max(end);
-            } else {
-                data.readahead_chunks = 0;
-                data.next_sequential = end;
-            }
-            random = data.readahead_chunks == 0;
+            let ahead = match data.reads.observe(offset, end, engine.store_is_remote()) {
+                ReadPlan::Part => 0,
+                ReadPlan::Stream { ahead } => ahead,
+            };
+            random = ahead == 0;
             // Chunks fetched ahead wait in the chunk cache: at most half of it.
-            let ahead = data
-                .readahead_chunks
-                .min(engine.cache_capacity() as u64 / cs / 2);
+            let ahead = ahead.min(engine.cache_capacity() as u64 / cs / 2);
             let first = end.div_ceil(cs);
             for idx in first..first + ahead {
                 if let Source::Stored(chunk) = data.source(idx) {
