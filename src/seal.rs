@@ -18,7 +18,7 @@
 
 use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
 use autonomi::{Bytes, PublicKey, SecretKey};
-use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, Scalar};
+use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, G2Projective, Scalar};
 use blsttc::group::ff::Field;
 use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::Curve;
@@ -79,7 +79,9 @@ pub fn seal_keeping_key(
     (pad, key)
 }
 
-/// `pad.verify_signature()`, with one copy of the ciphertext instead of two.
+/// `pad.verify_signature()` without copying the ciphertext: the signed message is a short
+/// prefix and then the ciphertext, and the hash to G2 takes the prefix as its augmentation
+/// (hashed first, as if the two were one message).
 pub fn signature_ok(pad: &Scratchpad) -> bool {
     let prefix = Scratchpad::bytes_for_signature(
         *pad.address(),
@@ -87,12 +89,8 @@ pub fn signature_ok(pad: &Scratchpad) -> bool {
         &Bytes::new(),
         pad.counter(),
     );
-    let mut signed = crate::buffers::take(prefix.len() + pad.encrypted_data().len());
-    signed.extend_from_slice(&prefix);
-    signed.extend_from_slice(pad.encrypted_data());
-    let ok = pad.owner().verify(pad.signature(), &signed);
-    crate::buffers::give_back(signed);
-    ok
+    let hash = G2Projective::hash_to_curve(pad.encrypted_data(), blsttc::DST, &prefix);
+    pad.owner().verify_g2(pad.signature(), hash.to_affine())
 }
 
 /// The plaintext of `pad` for `sk`, without blsttc's ciphertext check: only for pads whose
@@ -228,6 +226,21 @@ mod tests {
             pad.signature().clone(),
         );
         assert!(!signature_ok(&bad));
+        // The signed prefix counts too: another counter or encoding, same bytes.
+        for (encoding, counter) in [(1, 1), (2, 0)] {
+            let moved = Scratchpad::new_with_signature(
+                sk.public_key(),
+                encoding,
+                pad.encrypted_data().clone(),
+                counter,
+                pad.signature().clone(),
+            );
+            assert!(
+                !signature_ok(&moved),
+                "encoding {encoding} counter {counter}"
+            );
+        }
+        assert!(signature_ok(&pad));
         let other = SecretKey::random();
         assert_ne!(open_unchecked(&other, &pad).unwrap(), data.to_vec());
     }
