@@ -689,6 +689,33 @@ async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
     fs.release(fh).await.unwrap();
 }
 
+/// The kernel reads a stream in many small requests, each of which asks for the same window
+/// ahead: chunks already being fetched must cost nothing more (no task each, per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_reads_start_each_chunk_of_read_ahead_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(2, 80 * CHUNK);
+    store_file(dir.path(), &key, "log", &data).await;
+    // Gets slow enough that the whole window is still in flight when the reads end.
+    let (fs, _store) = core_counting_gets(dir.path(), key, 500, 2).await;
+    let ino = fs.lookup(ROOT_INO, "log").await.unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    for at in (0..CHUNK).step_by(64) {
+        assert_eq!(fs.read(fh, at as u64, 64).await.unwrap(), data[at..at + 64]);
+    }
+    let started = tasks() - before;
+    // One task per chunk of the window (at most 32), not one per chunk per read (64 reads).
+    assert!(started <= 40, "{started} tasks alive after 64 reads");
+    fs.release(fh).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_never_waits_behind_its_read_ahead() {
     let dir = tempfile::tempdir().unwrap();

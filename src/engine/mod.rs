@@ -543,17 +543,16 @@ impl Engine {
         self.inner.opts.cache_bytes
     }
 
-    /// Loads chunks into the cache in the background (read-ahead).
+    /// Loads chunks into the cache in the background (read-ahead). A chunk cached or being
+    /// fetched costs nothing: a sequential reader asks for the same window on every read.
     pub fn prefetch(&self, chunks: Vec<Chunk>) {
         for chunk in chunks {
-            let inner = self.inner.clone();
             match chunk.pad {
-                Some(pad) if !inner.cache.contains(&pad.seed, &chunk.hash) => {}
-                _ => continue,
+                Some(pad) if !self.inner.cache.contains(&pad.seed, &chunk.hash) => {
+                    drop(self.inner.fetch(pad, &chunk, Priority::Background));
+                }
+                _ => {}
             }
-            tokio::spawn(async move {
-                let _ = inner.read_chunk(&chunk, Priority::Background).await;
-            });
         }
     }
 
@@ -815,25 +814,28 @@ impl Inner {
         if let Some(hit) = self.cache.get(&pad.seed, &chunk.hash) {
             return Ok(hit);
         }
+        self.fetch(pad, chunk, priority).await
+    }
+
+    /// The fetch of a chunk into the cache: the one under way, or a new one. It runs to the
+    /// end whether or not anyone waits for it.
+    fn fetch(self: &Arc<Self>, pad: PadRef, chunk: &Chunk, priority: Priority) -> SharedRead {
         let key = (pad.seed, chunk.hash);
-        let fetch = {
-            let mut reads = self.reads_in_flight.lock().unwrap();
-            reads
-                .entry(key)
-                .or_insert_with(|| {
-                    let (inner, chunk) = (self.clone(), chunk.clone());
-                    let task = tokio::spawn(async move {
-                        let result = inner.fetch_chunk(&chunk, priority).await;
-                        inner.reads_in_flight.lock().unwrap().remove(&key);
-                        result
-                    });
-                    async move { task.await.expect("chunk read task panicked") }
-                        .boxed()
-                        .shared()
-                })
-                .clone()
-        };
-        fetch.await
+        let mut reads = self.reads_in_flight.lock().unwrap();
+        reads
+            .entry(key)
+            .or_insert_with(|| {
+                let (inner, chunk) = (self.clone(), chunk.clone());
+                let task = tokio::spawn(async move {
+                    let result = inner.fetch_chunk(&chunk, priority).await;
+                    inner.reads_in_flight.lock().unwrap().remove(&key);
+                    result
+                });
+                async move { task.await.expect("chunk read task panicked") }
+                    .boxed()
+                    .shared()
+            })
+            .clone()
     }
 
     async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
