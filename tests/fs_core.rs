@@ -776,3 +776,56 @@ async fn a_read_from_the_start_fetches_ahead_wider_over_a_network() {
         fs.release(fh).await.unwrap();
     }
 }
+
+/// Over a network, a random reader of a file that fits in half the chunk cache has the whole
+/// file fetched once, in the background, from its second read on: one round trip per chunk
+/// missed would otherwise be every read's cost. A file too big for that is left alone.
+#[tokio::test]
+async fn a_random_reader_over_a_network_gets_a_small_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(12, 40 * CHUNK);
+    store_file(dir.path(), &key, "db", &data).await;
+    let network = SimConfig {
+        get_latency: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    // The default cache, and one whose half holds 8 chunks.
+    for (cache_bytes, whole) in [(256 << 20, true), (16 * CHUNK, false)] {
+        let opts = EngineOptions {
+            scratchpad_size: CHUNK as u32,
+            cache_bytes,
+            ..Default::default()
+        };
+        let (fs, store) =
+            core_with(dir.path(), &key, network.clone(), FsConfig::default(), opts).await;
+        let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
+        let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+        let gets = || store.stats.gets.load(Ordering::Relaxed);
+        let before = gets();
+        let read = |chunk: usize| {
+            let fs = fs.clone();
+            let at = chunk * CHUNK + 100;
+            let want = data[at..at + 512].to_vec();
+            async move { assert_eq!(fs.read(fh, at as u64, 512).await.unwrap(), want) }
+        };
+        read(30).await;
+        read(5).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while whole && gets() - before < 40 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let fetched = gets() - before;
+        if whole {
+            assert_eq!(fetched, 40, "each chunk of the file fetched once");
+            for chunk in [20, 12, 37, 1] {
+                read(chunk).await;
+            }
+            assert_eq!(gets() - before, 40, "later random reads are cache hits");
+        } else {
+            assert_eq!(fetched, 2, "only the chunks read");
+        }
+        fs.release(fh).await.unwrap();
+    }
+}

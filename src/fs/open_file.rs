@@ -228,15 +228,22 @@ impl OpenFile {
                 plan.push(piece);
                 pos = idx * cs + to as u64;
             }
-            let ahead = match data.reads.observe(offset, end, engine.store_is_remote()) {
+            let remote = engine.store_is_remote();
+            let ahead = match data.reads.observe(offset, end, remote) {
                 ReadPlan::Part => 0,
                 ReadPlan::Stream { ahead } => ahead,
             };
             random = ahead == 0;
             // Chunks fetched ahead wait in the chunk cache: at most half of it.
-            let ahead = ahead.min(engine.cache_capacity() as u64 / cs / 2);
-            let first = end.div_ceil(cs);
-            for idx in first..first + ahead {
+            let room = engine.cache_capacity() as u64 / 2;
+            let mut wanted = end.div_ceil(cs)..end.div_ceil(cs) + ahead.min(room / cs);
+            // Over a network a random reader waits a round trip for each chunk it misses. A
+            // file that fits in that half of the cache is fetched whole, in the background,
+            // at its second random read; later reads find their chunks cached.
+            if random && remote && size <= room && data.reads.random_reads() == 2 {
+                wanted = 0..size.div_ceil(cs);
+            }
+            for idx in wanted {
                 if let Source::Stored(chunk) = data.source(idx) {
                     prefetch.push(chunk);
                 }

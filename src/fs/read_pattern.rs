@@ -29,6 +29,8 @@ pub struct ReadPattern {
     /// halved whenever the reach has moved two chunks: a window over the last chunk or two.
     asked: u64,
     passed: u64,
+    /// Reads that were neither part of a stream nor near one.
+    random_reads: u64,
 }
 
 /// What one read should fetch.
@@ -50,6 +52,7 @@ impl ReadPattern {
             readahead_chunks: 1,
             asked: 0,
             passed: 0,
+            random_reads: 0,
         }
     }
 
@@ -72,6 +75,7 @@ impl ReadPattern {
             self.reach = end;
             self.asked = end - offset;
             self.passed = end - offset;
+            self.random_reads += 1;
             return ReadPlan::Part;
         }
         self.asked += end - offset;
@@ -95,6 +99,11 @@ impl ReadPattern {
         ReadPlan::Stream {
             ahead: self.readahead_chunks,
         }
+    }
+
+    /// How many reads so far landed away from any stream.
+    pub fn random_reads(&self) -> u64 {
+        self.random_reads
     }
 }
 
