@@ -9,7 +9,7 @@
 /// The most chunks a sequential reader has fetched ahead of it: twice the pad gets in flight
 /// (16 by default), so that while the cores decrypt a round of chunks that has landed, the
 /// store is already fetching the next one.
-pub const MAX_READAHEAD_CHUNKS: u64 = 32;
+const MAX_READAHEAD_CHUNKS: u64 = 32;
 /// The window of a read at the start of a file: a reader from the start usually reads on.
 const FIRST_READAHEAD_CHUNKS: u64 = 4;
 /// Over a network, where a small first round of gets costs a whole round trip, the first
