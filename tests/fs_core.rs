@@ -131,8 +131,7 @@ async fn corrupt_pads_read_as_eio_never_as_content() {
     .await
     .unwrap();
     let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
-    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "f").await;
     store.corrupt.store(true, Ordering::SeqCst);
     assert_eq!(fs.read(fh, 0, 100).await, Err(Errno(libc::EIO)));
     store.corrupt.store(false, Ordering::SeqCst);
@@ -382,6 +381,12 @@ async fn store_file(dir: &std::path::Path, key: &MasterKey, name: &str, data: &[
     write_file(&fs, name, data).await;
 }
 
+/// Opens `name` at the root read-only; its file handle.
+async fn open_for_reading(fs: &FsCore, name: &str) -> u64 {
+    let ino = fs.lookup(ROOT_INO, name).await.unwrap().ino;
+    fs.open(ino, libc::O_RDONLY).await.unwrap()
+}
+
 /// Creates `name` at the root holding `data`, committed.
 async fn write_file(fs: &FsCore, name: &str, data: &[u8]) {
     let (_, fh) = fs
@@ -418,8 +423,7 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
     store_file(dir.path(), &key, "db", &data).await;
     // A fresh mount: nothing cached.
     let (fs, store) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
-    let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "db").await;
     let gets = || store.stats.gets.load(Ordering::Relaxed);
 
     let before = gets();
@@ -467,8 +471,7 @@ async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
     write_file(&blocky_core(dir.path(), &key).await.0, "db", &data).await;
     // A fresh mount: nothing known about any pad.
     let (fs, store) = blocky_core(dir.path(), &key).await;
-    let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "db").await;
     let counts = || {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         (n(&store.stats.gets), n(&store.stats.parts))
@@ -544,8 +547,7 @@ async fn pads_written_here_read_back_as_checked_parts() {
 
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (gets, parts) = (n(&store.stats.gets), n(&store.stats.parts));
-    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "f").await;
     let mut read = Vec::new();
     while read.len() < data.len() {
         let got = fs.read(fh, read.len() as u64, 64 << 10).await.unwrap();
@@ -581,8 +583,7 @@ async fn a_reread_with_holes_fetches_only_the_holes() {
 
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let read_before = n(&store.stats.bytes_read);
-    let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "f").await;
     // An 8 KiB hole every 40 KiB: a fifth of the file.
     let mut at = 4096;
     while at + 8192 <= data.len() {
@@ -669,8 +670,7 @@ async fn read_ahead_keeps_pad_gets_within_the_parallelism() {
     store_file(dir.path(), &key, "movie", &data).await;
     // A slow store, so that read-ahead has many gets waiting at once if nothing bounds them.
     let (fs, store) = core_counting_gets(dir.path(), key, 30, 3).await;
-    let ino = fs.lookup(ROOT_INO, "movie").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "movie").await;
     store.most.store(0, Ordering::SeqCst);
     for chunk in 0..40 {
         let at = chunk * CHUNK;
@@ -699,8 +699,7 @@ async fn small_reads_start_each_chunk_of_read_ahead_once() {
     store_file(dir.path(), &key, "log", &data).await;
     // Gets slow enough that the whole window is still in flight when the reads end.
     let (fs, _store) = core_counting_gets(dir.path(), key, 500, 2).await;
-    let ino = fs.lookup(ROOT_INO, "log").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "log").await;
     let tasks = || {
         tokio::runtime::Handle::current()
             .metrics()
@@ -724,8 +723,7 @@ async fn a_reader_never_waits_behind_its_read_ahead() {
     store_file(dir.path(), &key, "video", &data).await;
     // One place for pad gets, and gets slow enough that read-ahead holds it for seconds.
     let (fs, store) = core_counting_gets(dir.path(), key, 100, 1).await;
-    let ino = fs.lookup(ROOT_INO, "video").await.unwrap().ino;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = open_for_reading(&fs, "video").await;
     // Reading from the start queues read-ahead of the chunks after it.
     assert_eq!(fs.read(fh, 0, 100).await.unwrap(), data[..100]);
     store.most.store(0, Ordering::SeqCst);
@@ -753,8 +751,7 @@ async fn a_read_from_the_start_fetches_ahead_wider_over_a_network() {
     // Over a network, the whole window at once: the chunk read and the 32 after it.
     for (sim, least, most) in [(SimConfig::default(), 2, 5), (network, 33, 33)] {
         let (fs, store) = core_over(dir.path(), &key, sim, FsConfig::default()).await;
-        let ino = fs.lookup(ROOT_INO, "song").await.unwrap().ino;
-        let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+        let fh = open_for_reading(&fs, "song").await;
         let gets = || store.stats.gets.load(Ordering::Relaxed);
         let before = gets();
         assert_eq!(fs.read(fh, 0, 100).await.unwrap(), data[..100]);
@@ -799,8 +796,7 @@ async fn a_random_reader_over_a_network_gets_a_small_file_whole() {
         };
         let (fs, store) =
             core_with(dir.path(), &key, network.clone(), FsConfig::default(), opts).await;
-        let ino = fs.lookup(ROOT_INO, "db").await.unwrap().ino;
-        let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+        let fh = open_for_reading(&fs, "db").await;
         let gets = || store.stats.gets.load(Ordering::Relaxed);
         let before = gets();
         let read = |chunk: usize| {
