@@ -66,6 +66,20 @@ fn main() {
     time("decrypt_data", base, || {
         black_box(pad.decrypt_data(&sk).unwrap());
     });
+    time("sha3 (of a ciphertext, sealing)", base, || {
+        black_box(seal::sha3_256_each(&[&data]));
+    });
+    for lanes in [2, 4, seal::LANES] {
+        let group = vec![&data[..]; lanes];
+        let all = time(&format!("sha3 of {lanes} pads side by side"), base, || {
+            black_box(seal::sha3_256_each(&group));
+        });
+        println!(
+            "{:<34} {:>8.1} ms",
+            "  each pad",
+            all.as_secs_f64() * 1e3 / lanes as f64
+        );
+    }
     time("blake3", base, || {
         black_box(blake3::hash(&data));
     });

@@ -18,13 +18,16 @@
 
 use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
 use autonomi::{Bytes, PublicKey, SecretKey};
-use blsttc::blstrs::{G1Affine, G1Projective, G2Affine, G2Projective, Scalar};
+use blsttc::blstrs::{G1Affine, G1Projective, G2Projective, Scalar};
 use blsttc::group::ff::Field;
 use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::Curve;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
-use tiny_keccak::{Hasher, Sha3};
+
+mod sha3_lanes;
+use sha3_lanes::sha3_256;
+pub use sha3_lanes::{sha3_256_each, LANES};
 
 const G1_BYTES: usize = 48;
 const G2_BYTES: usize = 96;
@@ -38,7 +41,7 @@ pub struct StreamKey([u8; 32]);
 
 impl StreamKey {
     fn of(shared: &G1Affine) -> Self {
-        StreamKey(sha3_256(&[&shared.to_compressed()]))
+        StreamKey(sha3_256(&shared.to_compressed()))
     }
 }
 
@@ -54,29 +57,108 @@ pub fn seal_keeping_key(
     data: &[u8],
     counter: u64,
 ) -> (Scratchpad, StreamKey) {
-    let pk = sk.public_key();
-    let address = ScratchpadAddress::new(pk);
-    let prefix = Scratchpad::bytes_for_signature(address, encoding, &Bytes::new(), counter);
+    Sealing::encrypt(sk, encoding, data, counter).sign()
+}
 
-    let r = Scalar::random(&mut rand::rngs::OsRng);
-    let u = (G1Affine::generator() * r).to_affine();
-    let shared = (g1(&pk) * r).to_affine();
+/// A pad on its way to being sealed, in the two steps around the SHA3 of its ciphertext, so
+/// that pads sealed together can share that hash ([`hash_ciphertexts`]): [`encrypt`], then
+/// [`sign`] (which takes the hash itself if it was not taken).
+///
+/// [`encrypt`]: Sealing::encrypt
+/// [`sign`]: Sealing::sign
+pub struct Sealing {
+    sk: SecretKey,
+    encoding: u64,
+    counter: u64,
+    r: Scalar,
+    u: G1Affine,
+    key: StreamKey,
+    /// The signed message: the prefix, room for `u` and `w`, then the encrypted message `v`.
+    signed: Vec<u8>,
+    /// Where the ciphertext starts in `signed`.
+    start: usize,
+    /// SHA3 of `v`, once taken.
+    v_hash: Option<[u8; 32]>,
+}
 
-    // The signed message is the prefix followed by the ciphertext: build it once, in place.
-    let start = prefix.len();
-    let mut signed = crate::buffers::take(start + HEADER + data.len());
-    signed.extend_from_slice(&prefix);
-    signed.extend_from_slice(&[0; HEADER]);
-    let key = StreamKey::of(&shared);
-    xor_keystream(&key, 0, data, |block| signed.extend_from_slice(block));
-    let w = (hash_g1_g2(&u, &signed[start + HEADER..]) * r).to_affine();
-    signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
-    signed[start + G1_BYTES..start + HEADER].copy_from_slice(&w.to_compressed());
+impl Sealing {
+    /// Draws the randomness and encrypts `data`.
+    pub fn encrypt(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Self {
+        let pk = sk.public_key();
+        let address = ScratchpadAddress::new(pk);
+        let prefix = Scratchpad::bytes_for_signature(address, encoding, &Bytes::new(), counter);
 
-    let signature = sk.sign(&signed);
-    let ciphertext = crate::buffers::share(signed).slice(start..);
-    let pad = Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature);
-    (pad, key)
+        let r = Scalar::random(&mut rand::rngs::OsRng);
+        let u = (G1Affine::generator() * r).to_affine();
+        let shared = (g1(&pk) * r).to_affine();
+
+        // The signed message is the prefix followed by the ciphertext: build it once, in place.
+        let start = prefix.len();
+        let mut signed = crate::buffers::take(start + HEADER + data.len());
+        signed.extend_from_slice(&prefix);
+        signed.extend_from_slice(&[0; HEADER]);
+        let key = StreamKey::of(&shared);
+        xor_keystream(&key, 0, data, |block| signed.extend_from_slice(block));
+        Sealing {
+            sk: sk.clone(),
+            encoding,
+            counter,
+            r,
+            u,
+            key,
+            signed,
+            start,
+            v_hash: None,
+        }
+    }
+
+    /// The encrypted message, when blsttc hashes it to 32 bytes before hashing to G2.
+    fn long_v(&self) -> Option<&[u8]> {
+        let v = &self.signed[self.start + HEADER..];
+        (v.len() > 64).then_some(v)
+    }
+
+    /// Completes `w` and the ciphertext, and signs.
+    pub fn sign(self) -> (Scratchpad, StreamKey) {
+        let Sealing {
+            sk,
+            encoding,
+            counter,
+            r,
+            u,
+            key,
+            mut signed,
+            start,
+            v_hash,
+        } = self;
+        let v = &signed[start + HEADER..];
+        // blsttc's `hash_g1_g2`: a long message is hashed to 32 bytes first.
+        let mut message = match v_hash {
+            Some(hash) if v.len() > 64 => hash.to_vec(),
+            _ if v.len() > 64 => sha3_256(v).to_vec(),
+            _ => v.to_vec(),
+        };
+        message.extend_from_slice(&u.to_compressed());
+        let w = (blsttc::hash_g2(&message) * r).to_affine();
+        signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
+        signed[start + G1_BYTES..start + HEADER].copy_from_slice(&w.to_compressed());
+
+        let signature = sk.sign(&signed);
+        let ciphertext = crate::buffers::share(signed).slice(start..);
+        let pk = sk.public_key();
+        let pad = Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature);
+        (pad, key)
+    }
+}
+
+/// Takes the SHA3 of these pads' ciphertexts side by side ([`sha3_256_each`]), for
+/// [`Sealing::sign`].
+pub fn hash_ciphertexts(sealings: &mut [Sealing]) {
+    let long: Vec<&[u8]> = sealings.iter().filter_map(Sealing::long_v).collect();
+    let mut hashes = sha3_256_each(&long).into_iter();
+    for sealing in sealings.iter_mut().filter(|s| s.long_v().is_some()) {
+        sealing.v_hash = hashes.next();
+    }
 }
 
 /// `pad.verify_signature()` without copying the ciphertext: the signed message is a short
@@ -131,28 +213,6 @@ fn g1(pk: &PublicKey) -> G1Projective {
     G1Projective::from(Option::<G1Affine>::from(affine).expect("a PublicKey is a valid point"))
 }
 
-fn sha3_256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut sha3 = Sha3::v256();
-    for part in parts {
-        sha3.update(part);
-    }
-    let mut out = [0; 32];
-    sha3.finalize(&mut out);
-    out
-}
-
-/// blsttc's `hash_g1_g2`: a long message is hashed to 32 bytes first.
-fn hash_g1_g2(u: &G1Affine, v: &[u8]) -> G2Affine {
-    let compressed = u.to_compressed();
-    let mut msg = if v.len() > 64 {
-        sha3_256(&[v]).to_vec()
-    } else {
-        v.to_vec()
-    };
-    msg.extend_from_slice(&compressed);
-    blsttc::hash_g2(&msg)
-}
-
 /// `input ⊕ K`, handed to `out` a block at a time (the caller's buffer is written once, not
 /// zeroed first), `K` the low byte of each word of the ChaCha20 stream keyed by the SHA3 of the
 /// shared point (what blsttc's `xor_with_hash` computes), from word `offset` on.
@@ -199,6 +259,40 @@ mod tests {
             assert_eq!(pad.owner(), &sk.public_key());
             assert!(signature_ok(&pad));
             assert_eq!(open_unchecked(&sk, &pad).unwrap(), data.to_vec());
+        }
+    }
+
+    #[test]
+    fn pads_sealed_together_are_what_autonomi_reads() {
+        // Short and long messages (blsttc hashes only long ones), different keys and counters.
+        let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::random()).collect();
+        let lens = [
+            1,
+            64,
+            65,
+            100_003,
+            1 << 20,
+            1 << 20,
+            4095,
+            300_000,
+            7,
+            1 << 19,
+        ];
+        let datas: Vec<Bytes> = lens.iter().map(|&len| sample(len)).collect();
+        let mut sealings: Vec<Sealing> = datas
+            .iter()
+            .enumerate()
+            .map(|(i, data)| Sealing::encrypt(&keys[i % 3], 5, data, i as u64))
+            .collect();
+        hash_ciphertexts(&mut sealings);
+        for (i, sealing) in sealings.into_iter().enumerate() {
+            let (pad, key) = sealing.sign();
+            let owner = &keys[i % 3];
+            assert!(pad.verify_signature(), "pad {i}");
+            assert_eq!(pad.decrypt_data(owner).unwrap(), datas[i], "pad {i}");
+            assert_eq!(pad.counter(), i as u64);
+            let v = &pad.encrypted_data()[HEADER..];
+            assert_eq!(open_part(&key, 0, v), datas[i].to_vec());
         }
     }
 

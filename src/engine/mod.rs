@@ -22,6 +22,7 @@ use crate::store::PadStore;
 pub mod blocks;
 pub mod cache;
 mod commit;
+mod crypto_pool;
 pub mod error;
 pub mod journal;
 pub mod pads;

@@ -1,19 +1,20 @@
-//! Pad I/O: derive the key, seal (encrypt and sign, on the blocking pool, one pad per core),
+//! Pad I/O: derive the key, seal (encrypt and sign on the crypto pool, `crypto_pool.rs`),
 //! write with the right operation and counter; read, verify the signature and the plaintext
 //! hash.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use autonomi::{Bytes, PublicKey, SecretKey};
 
 use super::blocks::{open_hashing, PadBlocks, BLOCK_LEN};
+use super::crypto_pool::{blocking, Sealer};
 use super::error::{Error, Result};
 use crate::codec::HashKind;
 use crate::index::PadRef;
 use crate::keys::MasterKey;
-use crate::seal::{seal, seal_keeping_key, StreamKey, HEADER};
+use crate::seal::{StreamKey, HEADER};
 use crate::store::{PadStore, StoreError};
 
 /// `data_encoding` of pads holding file data.
@@ -28,30 +29,11 @@ pub struct PadIo {
     /// decrypted no longer holds a place, so read-ahead can keep the store busy while the cores
     /// catch up.
     gets: Semaphore,
+    sealer: Sealer,
 }
 
 /// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
 const DEFAULT_GETS_IN_FLIGHT: usize = 16;
-
-/// Runs crypto on the blocking pool, at most one task per core, first come first served: pads
-/// finish in the order they were asked for (a sequential reader's next chunk first) instead of
-/// all sharing the cores and finishing together. A reader's own pad does not queue.
-async fn blocking<T: Send + 'static>(
-    priority: Priority,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    static CORES: OnceLock<Semaphore> = OnceLock::new();
-    let cores = CORES.get_or_init(|| {
-        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    });
-    let _turn = match priority {
-        Priority::Background => Some(cores.acquire().await.expect("never closed")),
-        Priority::Reader => None,
-    };
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("crypto task panicked")
-}
 
 impl PadIo {
     pub fn new(store: Arc<dyn PadStore>, master: MasterKey) -> Self {
@@ -63,6 +45,7 @@ impl PadIo {
             store,
             master,
             gets: Semaphore::new(gets.max(1)),
+            sealer: Sealer::default(),
         }
     }
 
@@ -102,11 +85,10 @@ impl PadIo {
         let mut counter = known.map_or(0, |c| c + 1);
         let mut update = known.is_some();
         for _ in 0..3 {
-            let (pad, key) = {
-                let (sk, data) = (sk.clone(), data.clone());
-                let seal = move || seal_keeping_key(&sk, encoding, &data, counter);
-                blocking(Priority::Background, seal).await
-            };
+            let sealing = self
+                .sealer
+                .seal(sk.clone(), encoding, data.clone(), counter);
+            let (pad, key) = sealing.await;
             let owner = *pad.owner();
             let result = if update {
                 self.store.update(pad).await
@@ -144,10 +126,7 @@ impl PadIo {
         data: Bytes,
     ) -> Result<u64> {
         let counter = known.map_or(0, |c| c + 1);
-        let pad = blocking(Priority::Background, move || {
-            seal(&sk, encoding, &data, counter)
-        })
-        .await;
+        let (pad, _) = self.sealer.seal(sk, encoding, data, counter).await;
         let result = match known {
             Some(_) => self.store.update(pad).await,
             None => self.store.create(pad).await,
