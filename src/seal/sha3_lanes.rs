@@ -15,19 +15,27 @@ const RATE_WORDS: usize = RATE / 8;
 /// Messages hashed side by side.
 pub const LANES: usize = 8;
 
-/// SHA3-256 of each message, in order.
+/// SHA3-256 of each message, in order. Messages of like length go side by side.
 pub fn sha3_256_each(messages: &[&[u8]]) -> Vec<[u8; 32]> {
-    let mut out = Vec::with_capacity(messages.len());
-    for group in messages.chunks(LANES) {
-        #[cfg(target_arch = "x86_64")]
-        if group.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            out.extend(unsafe { x86::hash_group(group) });
-            continue;
+    let mut out = vec![[0; 32]; messages.len()];
+    let mut by_length: Vec<usize> = (0..messages.len()).collect();
+    by_length.sort_by_key(|&i| std::cmp::Reverse(messages[i].len()));
+    for group in by_length.chunks(LANES) {
+        let group_messages: Vec<&[u8]> = group.iter().map(|&i| messages[i]).collect();
+        for (&i, hash) in group.iter().zip(hash_group(&group_messages)) {
+            out[i] = hash;
         }
-        out.extend(group.iter().map(|m| sha3_256(m)));
     }
     out
+}
+
+fn hash_group(messages: &[&[u8]]) -> Vec<[u8; 32]> {
+    #[cfg(target_arch = "x86_64")]
+    if messages.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { x86::hash_group(messages) };
+    }
+    messages.iter().map(|m| sha3_256(m)).collect()
 }
 
 /// SHA3-256 of one message.
@@ -109,49 +117,73 @@ mod x86 {
         18, 2, 61, 56, 14,
     ];
 
-    /// Hashes up to [`LANES`] messages: the whole blocks they all have, side by side; then each
-    /// one's own rest on its own.
+    /// Hashes up to [`LANES`] messages side by side, block after block, as long as two or
+    /// more still have whole blocks to take; each message's state is taken out when its last
+    /// whole block is in, and finished on its own.
     ///
     /// # Safety
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn hash_group(messages: &[&[u8]]) -> Vec<[u8; 32]> {
         assert!((1..=LANES).contains(&messages.len()));
-        let common = messages.iter().map(|m| m.len()).min().unwrap_or(0) / RATE;
-        // Unused lanes hash the first message again; their results are dropped.
-        let lane = |i: usize| messages.get(i).unwrap_or(&messages[0]).as_ptr();
-        let base = lane(0);
-        let offsets: [i64; LANES] =
-            std::array::from_fn(|i| (lane(i) as i64).wrapping_sub(base as i64));
-        let offsets = _mm512_loadu_si512(offsets.as_ptr().cast());
-
-        let mut state = [_mm512_setzero_si512(); 25];
-        for block in 0..common {
-            let at = base.wrapping_add(block * RATE);
-            for (word, value) in state.iter_mut().take(RATE_WORDS).enumerate() {
-                // SAFETY: every lane's message has this whole block: `offsets` plus this
-                // address is inside each of them.
-                let loaded = unsafe {
-                    _mm512_i64gather_epi64::<1>(offsets, at.wrapping_add(8 * word).cast())
-                };
-                *value = _mm512_xor_si512(*value, loaded);
-            }
-            permute(&mut state);
+        let blocks = |i: usize| messages[i].len() / RATE;
+        let longest = (0..messages.len()).max_by_key(|&i| blocks(i)).unwrap_or(0);
+        // Lanes read at offsets from the longest message; a lane without a message of its
+        // own, or whose message is done, reads that one too (and its result is dropped).
+        let base = messages[longest].as_ptr();
+        let mut offsets = [0i64; LANES];
+        for (offset, message) in offsets.iter_mut().zip(messages) {
+            *offset = (message.as_ptr() as i64).wrapping_sub(base as i64);
         }
 
+        let mut out = vec![[0; 32]; messages.len()];
+        let mut open: Vec<usize> = (0..messages.len()).collect();
+        let mut state = [_mm512_setzero_si512(); 25];
+        let mut absorbed = 0;
+        while open.len() > 1 {
+            let until = open.iter().map(|&i| blocks(i)).min().unwrap_or(0);
+            let lanes = _mm512_loadu_si512(offsets.as_ptr().cast());
+            for block in absorbed..until {
+                let at = base.wrapping_add(block * RATE);
+                for (word, value) in state.iter_mut().take(RATE_WORDS).enumerate() {
+                    // SAFETY: every lane reads a message that has this whole block.
+                    let loaded = unsafe {
+                        _mm512_i64gather_epi64::<1>(lanes, at.wrapping_add(8 * word).cast())
+                    };
+                    *value = _mm512_xor_si512(*value, loaded);
+                }
+                permute(&mut state);
+            }
+            absorbed = until;
+            let words = lanes_of(&state);
+            open.retain(|&i| {
+                if blocks(i) > until {
+                    return true;
+                }
+                let own = std::array::from_fn(|w| words[w][i]);
+                out[i] = finish(own, &messages[i][until * RATE..]);
+                offsets[i] = 0;
+                false
+            });
+        }
+        // The last one left goes on alone: one lane of eight would be slower than scalar.
+        if let Some(&i) = open.first() {
+            let words = lanes_of(&state);
+            let own = std::array::from_fn(|w| words[w][i]);
+            out[i] = finish(own, &messages[i][absorbed * RATE..]);
+        }
+        out
+    }
+
+    /// Each state word, lane by lane.
+    #[target_feature(enable = "avx512f")]
+    fn lanes_of(state: &[__m512i; 25]) -> [[u64; LANES]; 25] {
         let mut words = [[0u64; LANES]; 25];
         for (out, value) in words.iter_mut().zip(state) {
             // SAFETY: `out` is 64 bytes.
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), value) };
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), *value) };
         }
-        messages
-            .iter()
-            .enumerate()
-            .map(|(i, message)| {
-                let lane_state = std::array::from_fn(|w| words[w][i]);
-                finish(lane_state, &message[common * RATE..])
-            })
-            .collect()
+        words
     }
 
     /// Keccak-f[1600] on eight states at once.
