@@ -825,3 +825,120 @@ async fn a_random_reader_over_a_network_gets_a_small_file_whole() {
         fs.release(fh).await.unwrap();
     }
 }
+
+/// What a program does to one open file, for the model test below.
+#[derive(Clone, Debug)]
+enum FileOp {
+    Write {
+        at: usize,
+        len: usize,
+        seed: u8,
+    },
+    Truncate(usize),
+    Read {
+        at: usize,
+        len: usize,
+    },
+    /// Close, commit and open again.
+    Reopen,
+    /// Close, and start a new core on the same store.
+    Remount,
+}
+
+fn file_op() -> impl proptest::strategy::Strategy<Value = FileOp> {
+    use proptest::prelude::*;
+    let span = 5 * CHUNK;
+    prop_oneof![
+        6 => (0..span, 0..2 * CHUNK, any::<u8>())
+            .prop_map(|(at, len, seed)| FileOp::Write { at, len, seed }),
+        2 => (0..span).prop_map(FileOp::Truncate),
+        3 => (0..span + CHUNK, 0..2 * CHUNK).prop_map(|(at, len)| FileOp::Read { at, len }),
+        1 => Just(FileOp::Reopen),
+        1 => Just(FileOp::Remount),
+    ]
+}
+
+/// Runs `ops` on one file (a write buffer of two chunks, so uploads start while it is open)
+/// and checks every read, and the file after the last op, against a plain byte vector.
+async fn run_file_ops(ops: Vec<FileOp>) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::{prop_assert, prop_assert_eq};
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let cfg = FsConfig {
+        write_buffer_bytes: 2 * CHUNK,
+        ..FsConfig::default()
+    };
+    let start = || core_over(dir.path(), &key, SimConfig::default(), cfg.clone());
+    let (mut fs, _) = start().await;
+    let (attr, mut fh) = fs
+        .create(ROOT_INO, "f", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    let ino = attr.ino;
+    let mut model: Vec<u8> = Vec::new();
+    for op in ops {
+        match op {
+            FileOp::Write { at, len, seed } => {
+                let data = bytes(seed, len);
+                assert_eq!(fs.write(fh, at as u64, &data).await.unwrap() as usize, len);
+                if !data.is_empty() {
+                    if model.len() < at + len {
+                        model.resize(at + len, 0);
+                    }
+                    model[at..at + len].copy_from_slice(&data);
+                }
+            }
+            FileOp::Truncate(size) => {
+                let set = mutant_mount::fs::SetAttr {
+                    size: Some(size as u64),
+                    ..Default::default()
+                };
+                fs.setattr(ino, set).await.unwrap();
+                model.resize(size, 0);
+            }
+            FileOp::Read { at, len } => {
+                let got = fs.read(fh, at as u64, len as u32).await.unwrap();
+                let want = &model[at.min(model.len())..(at + len).min(model.len())];
+                prop_assert_eq!(&got[..], want, "read of {} at {}", len, at);
+            }
+            FileOp::Reopen => {
+                fs.release(fh).await.unwrap();
+                fs.sync_all().await.unwrap();
+                fh = fs.open(ino, libc::O_RDWR).await.unwrap();
+            }
+            FileOp::Remount => {
+                fs.release(fh).await.unwrap();
+                fs.sync_all().await.unwrap();
+                drop(fs);
+                fs = start().await.0;
+                let found = fs.lookup(ROOT_INO, "f").await.unwrap();
+                prop_assert_eq!(found.size, model.len() as u64);
+                fh = fs.open(found.ino, libc::O_RDWR).await.unwrap();
+            }
+        }
+        prop_assert_eq!(fs.getattr(ino).await.unwrap().size, model.len() as u64);
+    }
+    fs.release(fh).await.unwrap();
+    fs.sync_all().await.unwrap();
+    let fh = open_for_reading(&fs, "f").await;
+    let got = fs.read(fh, 0, (model.len() + 1) as u32).await.unwrap();
+    prop_assert_eq!(got.len(), model.len());
+    prop_assert!(got[..] == model[..], "contents after the last op");
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    #[test]
+    fn a_file_reads_back_what_a_model_of_its_writes_and_truncations_holds(
+        ops in proptest::collection::vec(file_op(), 1..40),
+    ) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_file_ops(ops))?;
+    }
+}
