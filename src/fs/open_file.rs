@@ -127,10 +127,16 @@ impl OpenFile {
             let within = (pos % cs) as usize;
             let n = (cs as usize - within).min(bytes.len() - done);
             let buf = data.materialize(engine, idx, size, n).await?;
-            if buf.len() < within + n {
-                buf.resize(within + n, 0);
+            let piece = &bytes[done..done + n];
+            // Overwrite what the buffer has, append the rest (zero-filling only a gap).
+            let overlap = buf.len().saturating_sub(within).min(n);
+            if overlap > 0 {
+                buf[within..within + overlap].copy_from_slice(&piece[..overlap]);
             }
-            buf[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            if overlap < n {
+                buf.resize(within + overlap, 0);
+                buf.extend_from_slice(&piece[overlap..]);
+            }
             done += n;
         }
         data.recount();
