@@ -22,9 +22,8 @@ use blsttc::blstrs::{G1Affine, G1Projective, G2Projective, Scalar};
 use blsttc::group::ff::Field;
 use blsttc::group::prime::PrimeCurveAffine;
 use blsttc::group::Curve;
-use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use chacha20::ChaCha20;
 
+mod keystream;
 mod sha3_lanes;
 use sha3_lanes::sha3_256;
 pub use sha3_lanes::{sha3_256_each, LANES};
@@ -98,7 +97,7 @@ impl Sealing {
         signed.extend_from_slice(&prefix);
         signed.extend_from_slice(&[0; HEADER]);
         let key = StreamKey::of(&shared);
-        xor_keystream(&key, 0, data, |block| signed.extend_from_slice(block));
+        keystream::xor(&key.0, 0, data, |block| signed.extend_from_slice(block));
         Sealing {
             sk: sk.clone(),
             encoding,
@@ -205,73 +204,12 @@ pub fn open_part(key: &StreamKey, offset: usize, part: &[u8]) -> Vec<u8> {
 
 /// [`open_part`], appending to `out`.
 pub fn open_part_into(key: &StreamKey, offset: usize, part: &[u8], out: &mut Vec<u8>) {
-    xor_keystream(key, offset, part, |block| out.extend_from_slice(block));
+    keystream::xor(&key.0, offset, part, |block| out.extend_from_slice(block));
 }
 
 fn g1(pk: &PublicKey) -> G1Projective {
     let affine = G1Affine::from_compressed(&pk.to_bytes());
     G1Projective::from(Option::<G1Affine>::from(affine).expect("a PublicKey is a valid point"))
-}
-
-/// `input ⊕ K`, handed to `out` a block at a time (the caller's buffer is written once, not
-/// zeroed first), `K` the low byte of each word of the ChaCha20 stream keyed by the SHA3 of the
-/// shared point (what blsttc's `xor_with_hash` computes), from word `offset` on.
-fn xor_keystream(key: &StreamKey, offset: usize, input: &[u8], mut out: impl FnMut(&[u8])) {
-    const STEP: usize = 4096;
-    // rand_chacha's ChaCha20Rng (64-bit counter) and IETF ChaCha20 with a zero nonce (32-bit
-    // counter) give the same stream for the first 256 GiB: far more than a pad.
-    let mut cipher = ChaCha20::new(&key.0.into(), &[0u8; 12].into());
-    cipher.seek(4 * offset as u64);
-    let mut words = [0u8; 4 * STEP];
-    let mut block = [0u8; STEP];
-    for inp in input.chunks(STEP) {
-        // A whole number of words each time, so the stream stays word-aligned.
-        let stream = &mut words[..4 * inp.len()];
-        cipher.write_keystream(stream);
-        let block = &mut block[..inp.len()];
-        xor_low_bytes(block, inp, stream);
-        out(block);
-    }
-}
-
-/// `out[i] = input[i] ^ stream[4 * i]`: the message xor the low byte of each stream word.
-fn xor_low_bytes(out: &mut [u8], input: &[u8], stream: &[u8]) {
-    assert!(input.len() == out.len() && stream.len() == 4 * out.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the lengths are checked above.
-        done = unsafe { xor_low_bytes_avx512(out, input, stream) };
-    }
-    for ((o, &i), word) in out[done..]
-        .iter_mut()
-        .zip(&input[done..])
-        .zip(stream[4 * done..].chunks_exact(4))
-    {
-        *o = i ^ word[0];
-    }
-}
-
-/// [`xor_low_bytes`] sixteen words at a time (one `vpmovdb` keeps each word's low byte);
-/// returns how many bytes it did (all but the last `len % 16`).
-///
-/// # Safety
-/// The CPU must have AVX-512F; `input` must be as long as `out`, `stream` four times longer.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn xor_low_bytes_avx512(out: &mut [u8], input: &[u8], stream: &[u8]) -> usize {
-    use std::arch::x86_64::*;
-    let whole = out.len() / 16 * 16;
-    for at in (0..whole).step_by(16) {
-        // SAFETY: `at + 16 <= out.len()`, and the caller vouches for the other lengths.
-        unsafe {
-            let words = _mm512_loadu_si512(stream.as_ptr().add(4 * at).cast());
-            let message = _mm_loadu_si128(input.as_ptr().add(at).cast());
-            let xored = _mm_xor_si128(_mm512_cvtepi32_epi8(words), message);
-            _mm_storeu_si128(out.as_mut_ptr().add(at).cast(), xored);
-        }
-    }
-    whole
 }
 
 #[cfg(test)]
