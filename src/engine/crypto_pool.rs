@@ -3,9 +3,9 @@
 //! asked for (a sequential reader's next chunk first) instead of all sharing the cores and
 //! finishing together. A reader's own pad does not queue.
 //!
-//! Sealing is split around the SHA3 of the ciphertext, its largest step: pads that wait for a
-//! core at the same time (a streaming writer keeps a write buffer of them in flight) have
-//! those hashes taken side by side, up to [`LANES`] for the price of one.
+//! Sealing is split around the SHA3 of the ciphertext, once its largest step: the hashes of
+//! pads sealed at the same time (a streaming writer keeps its write buffer of them in flight)
+//! are taken side by side, up to [`LANES`] for about the price of one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
