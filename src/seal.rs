@@ -5,8 +5,10 @@
 //! `u = r·G1`, `v = m ⊕ K`, `w = r·H(sha3(v) ‖ u)`, where `K` is the low byte of each 32-bit
 //! word of the ChaCha20 stream keyed by `sha3(r·P)`; the ciphertext is `u ‖ w ‖ v`. Its own
 //! code draws that stream one word per message byte through a generic sampler and copies the
-//! ciphertext twice more to sign it. Here the stream is generated in blocks, the ciphertext
-//! is built in place after the signed prefix, and the signature hashes that one buffer.
+//! ciphertext twice more to sign it. Here the stream is generated sixteen blocks at a time
+//! (`seal/keystream.rs`), the ciphertext is built in place after the signed prefix, the signature
+//! hashes that one buffer, and pads sealed together take `sha3(v)` side by side
+//! ([`Sealing`], `seal/sha3_lanes.rs`).
 //!
 //! Reading a chunk whose plaintext hash the index holds skips blsttc's ciphertext check (a
 //! SHA3 of the pad and two pairings): the owner's signature already binds the ciphertext, and
@@ -67,6 +69,7 @@ pub fn seal_keeping_key(
 /// [`sign`]: Sealing::sign
 pub struct Sealing {
     sk: SecretKey,
+    pk: PublicKey,
     encoding: u64,
     counter: u64,
     r: Scalar,
@@ -100,6 +103,7 @@ impl Sealing {
         keystream::xor(&key.0, 0, data, |block| signed.extend_from_slice(block));
         Sealing {
             sk: sk.clone(),
+            pk,
             encoding,
             counter,
             r,
@@ -119,8 +123,14 @@ impl Sealing {
 
     /// Completes `w` and the ciphertext, and signs.
     pub fn sign(self) -> (Scratchpad, StreamKey) {
+        // blsttc's `hash_g1_g2`: a long message is hashed to 32 bytes first.
+        let mut message = match self.long_v() {
+            Some(v) => self.v_hash.unwrap_or_else(|| sha3_256(v)).to_vec(),
+            None => self.signed[self.start + HEADER..].to_vec(),
+        };
         let Sealing {
             sk,
+            pk,
             encoding,
             counter,
             r,
@@ -128,15 +138,8 @@ impl Sealing {
             key,
             mut signed,
             start,
-            v_hash,
+            v_hash: _,
         } = self;
-        let v = &signed[start + HEADER..];
-        // blsttc's `hash_g1_g2`: a long message is hashed to 32 bytes first.
-        let mut message = match v_hash {
-            Some(hash) if v.len() > 64 => hash.to_vec(),
-            _ if v.len() > 64 => sha3_256(v).to_vec(),
-            _ => v.to_vec(),
-        };
         message.extend_from_slice(&u.to_compressed());
         let w = (blsttc::hash_g2(&message) * r).to_affine();
         signed[start..start + G1_BYTES].copy_from_slice(&u.to_compressed());
@@ -144,7 +147,6 @@ impl Sealing {
 
         let signature = sk.sign(&signed);
         let ciphertext = crate::buffers::share(signed).slice(start..);
-        let pk = sk.public_key();
         let pad = Scratchpad::new_with_signature(pk, encoding, ciphertext, counter, signature);
         (pad, key)
     }
