@@ -2,7 +2,7 @@
 //! (the allocator is bounded in `main.rs` so that a long write does not keep its peak), and
 //! each fresh one costs a page fault and a zeroed page per 4 KiB: a quarter of the CPU of a
 //! sequential write went there. Chunk buffers now go back here when their last user drops
-//! them, up to [`KEPT`] of them, and the next chunk reuses one.
+//! them, up to `KEPT` of them, and the next chunk reuses one.
 
 use std::sync::Mutex;
 
