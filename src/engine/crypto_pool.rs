@@ -195,8 +195,10 @@ mod tests {
         let sealer = Sealer::default();
         let sk = SecretKey::random();
         let mut big = Box::pin(sealer.seal(sk.clone(), 3, data(4 << 20, 2), 0));
+        let mut small = Box::pin(sealer.seal(sk.clone(), 3, data(1000, 3), 1));
+        // Both are counted before either can join the queue (which takes another poll).
         assert!(futures::poll!(&mut big).is_pending());
-        let small = sealer.seal(sk.clone(), 3, data(1000, 3), 1);
+        assert!(futures::poll!(&mut small).is_pending());
         let ((big, _), (small, _)) = within_a_minute(async { tokio::join!(big, small) }).await;
         assert_eq!(big.decrypt_data(&sk).unwrap(), data(4 << 20, 2));
         assert_eq!(small.decrypt_data(&sk).unwrap(), data(1000, 3));
