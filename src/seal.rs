@@ -47,18 +47,9 @@ impl StreamKey {
 }
 
 /// `Scratchpad::new(sk, encoding, data, counter)`, faster: same format, fresh randomness.
+/// (The engine seals in steps, to batch the hashes: [`Sealing`].)
 pub fn seal(sk: &SecretKey, encoding: u64, data: &[u8], counter: u64) -> Scratchpad {
-    seal_keeping_key(sk, encoding, data, counter).0
-}
-
-/// [`seal`], also returning the stream key, to decrypt parts of this version later.
-pub fn seal_keeping_key(
-    sk: &SecretKey,
-    encoding: u64,
-    data: &[u8],
-    counter: u64,
-) -> (Scratchpad, StreamKey) {
-    Sealing::encrypt(sk, encoding, data, counter).sign()
+    Sealing::encrypt(sk, encoding, data, counter).sign().0
 }
 
 /// A pad on its way to being sealed, in the two steps around the SHA3 of its ciphertext, so
@@ -340,7 +331,7 @@ mod tests {
             );
         }
         // Another version of the pad has another key, which sealing it returns.
-        let (again, again_key) = seal_keeping_key(&sk, 9, &data, 1);
+        let (again, again_key) = Sealing::encrypt(&sk, 9, &data, 1).sign();
         let moved = &again.encrypted_data()[HEADER..];
         assert_ne!(open_part(&key, 0, &moved[..64]), data[..64]);
         assert_eq!(open_part(&again_key, 500, &moved[500..564]), data[500..564]);
