@@ -320,6 +320,82 @@ async fn namespace_errors_are_the_ones_posix_names() {
     assert_eq!(fs.link().await, Err(Errno(libc::EPERM)));
 }
 
+/// A directory listed in batches from any position, as the kernel does, shows each name once,
+/// in order, after `.` and `..`, with the attributes `getattr` gives (READDIRPLUS: what `ls -l`
+/// reads instead of a lookup per name), a file still being written at its written size.
+#[tokio::test]
+async fn directory_listings_resume_anywhere_and_carry_each_entrys_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let d = fs.mkdir(ROOT_INO, "d", 0o750, ME).await.unwrap().ino;
+    let mut names: Vec<String> = (0..150).map(|i| format!("f{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (_, fh) = fs
+            .create(d, name, 0o600 + (i as u32 % 64), libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &bytes(i as u8, i * 10)).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    fs.mkdir(d, "sub", 0o700, ME).await.unwrap();
+    fs.symlink(d, "link", b"f001", ME).await.unwrap();
+    let (_, open) = fs
+        .create(d, "open", 0o644, libc::O_WRONLY, ME)
+        .await
+        .unwrap();
+    fs.write(open, 0, &bytes(9, 7000)).await.unwrap();
+    names.extend(["link", "open", "sub"].map(String::from));
+    names.sort();
+
+    for batch in [1, 7, 64, 1000] {
+        let (mut listed, mut plus, mut offset) = (Vec::new(), Vec::new(), 0);
+        loop {
+            let entries = fs.readdir(d, offset, batch).await.unwrap();
+            let with_attrs = fs.readdir_plus(d, offset, batch).await.unwrap();
+            assert_eq!(entries.len(), with_attrs.len());
+            let Some(&(next, _)) = entries.last() else {
+                break;
+            };
+            assert!(entries.len() <= batch);
+            listed.extend(entries);
+            plus.extend(with_attrs);
+            offset = next;
+        }
+        let listed_names: Vec<&str> = listed.iter().map(|(_, e)| e.name.as_str()).collect();
+        let want: Vec<&str> = [".", ".."]
+            .into_iter()
+            .chain(names.iter().map(String::as_str))
+            .collect();
+        assert_eq!(listed_names, want, "batches of {batch}");
+        assert_eq!((listed[0].1.ino, listed[1].1.ino), (d, ROOT_INO));
+        for ((next, entry), (plus_next, name, attr)) in listed.iter().zip(&plus) {
+            assert_eq!((next, &entry.name), (plus_next, name));
+            assert_eq!((attr.ino, attr.kind), (entry.ino, entry.kind), "{name}");
+            let got = fs.getattr(entry.ino).await.unwrap();
+            assert_eq!(
+                (attr.size, attr.perm, attr.nlink, attr.mtime),
+                (got.size, got.perm, got.nlink, got.mtime),
+                "{name}"
+            );
+        }
+    }
+    let attr_of = |name: &str, plus: &[(u64, String, mutant_mount::fs::Attr)]| {
+        plus.iter().find(|(_, n, _)| n == name).unwrap().2.clone()
+    };
+    let plus = fs.readdir_plus(d, 0, 1000).await.unwrap();
+    assert_eq!(attr_of("open", &plus).size, 7000);
+    assert_eq!(attr_of("f149", &plus).size, 1490);
+    assert_eq!(attr_of("f005", &plus).perm, 0o605);
+    assert_eq!(attr_of(".", &plus).nlink, 3);
+    assert_eq!(attr_of("link", &plus).size, 4);
+    assert!(fs.readdir_plus(d, 1000, 10).await.unwrap().is_empty());
+    let f = attr_of("f001", &plus).ino;
+    assert_eq!(fs.readdir_plus(f, 0, 10).await, Err(Errno(libc::ENOTDIR)));
+    assert_eq!(fs.readdir(999_999, 0, 10).await, Err(Errno(libc::ENOENT)));
+    fs.release(open).await.unwrap();
+}
+
 /// Small files live inline in the index, and with a journal their closes share commits: many
 /// small files cost a handful of pad writes, not one pad and one commit each, and read back
 /// whole from the store alone.

@@ -111,6 +111,41 @@ fn rsync_into_the_mount_is_complete_and_idempotent_across_remounts() {
     mount.unmount();
 }
 
+/// A directory of many entries (the kernel lists it over many calls, each entry with its
+/// attributes) shows the same `ls -l` as a local one, also from a fresh mount.
+#[test]
+fn a_large_directory_lists_like_a_local_one() {
+    let (dir, mount) = setup();
+    let script = "mkdir big && cd big
+        for i in $(seq 1 700); do
+            head -c $((i * 37 % 5000)) /dev/zero > f$i
+            chmod $((600 + i % 8)) f$i
+            touch -d @$((1000000000 + i * 3600)) f$i
+        done
+        mkdir sub && ln -s f1 link && touch -h -d @1500000000 sub link";
+    let local = tempfile::tempdir().unwrap();
+    sh(local.path(), script);
+    sh(&mount.mnt, script);
+    let listing = "ls -ln --time-style=+%s big | grep -v '^total'";
+    let want = sh(local.path(), listing);
+    assert_eq!(want.lines().count(), 702);
+    let same_as_local = |mount: &Mount| {
+        let got = sh(&mount.mnt, listing);
+        let first_difference = got.lines().zip(want.lines()).find(|(g, w)| g != w);
+        assert!(
+            got == want,
+            "{} lines listed, {} local; first difference (mount, local): {first_difference:?}",
+            got.lines().count(),
+            want.lines().count()
+        );
+    };
+    same_as_local(&mount);
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    same_as_local(&mount);
+    mount.unmount();
+}
+
 #[test]
 fn tar_extract_reproduces_the_archive() {
     let (dir, mount) = setup();

@@ -767,19 +767,32 @@ impl FsCore {
         Ok(())
     }
 
-    pub async fn readdir(&self, ino: u64) -> FsResult<Vec<(u64, FileKind, String)>> {
+    /// Up to `max` entries of a directory from position `offset` on (`.` and `..` first, then
+    /// the names in order), each with the position of the entry after it, for a reader that
+    /// lists a directory over several calls.
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<(u64, DirEntry)>> {
         let ns = self.ns.lock().await;
-        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
-        if node.kind != FileKind::Dir {
-            return err(libc::ENOTDIR);
-        }
-        let mut out = vec![
-            (ino, FileKind::Dir, ".".to_string()),
-            (node.parent.max(ROOT_INO), FileKind::Dir, "..".to_string()),
-        ];
-        for (name, &child) in &node.children {
-            let kind = ns.get(child).map_or(FileKind::File, |n| n.kind);
-            out.push((child, kind, name.clone()));
+        let entries = dir_entries(&ns, ino, offset, max)?.collect();
+        Ok(entries)
+    }
+
+    /// [`readdir`](Self::readdir) with each entry's attributes, as `getattr` gives them: what
+    /// lets `ls -l` list a directory without a lookup per name.
+    pub async fn readdir_plus(
+        &self,
+        ino: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<(u64, String, Attr)>> {
+        let ns = self.ns.lock().await;
+        let mut out = Vec::new();
+        for (next, entry) in dir_entries(&ns, ino, offset, max)? {
+            out.push((next, entry.name, self.attr_of(&ns, entry.ino).await?));
         }
         Ok(out)
     }
@@ -899,4 +912,43 @@ fn disk_space(dir: &std::path::Path) -> Option<u64> {
     }
     let frsize = st.f_frsize as u64;
     Some(st.f_bavail as u64 * frsize)
+}
+
+/// One name in a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: String,
+}
+
+/// The entries of directory `ino` from position `offset` on, at most `max`, each with the
+/// position that follows it.
+fn dir_entries<'a>(
+    ns: &'a Namespace,
+    ino: u64,
+    offset: u64,
+    max: usize,
+) -> FsResult<impl Iterator<Item = (u64, DirEntry)> + 'a> {
+    let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+    if node.kind != FileKind::Dir {
+        return err(libc::ENOTDIR);
+    }
+    let dots = [(ino, "."), (node.parent.max(ROOT_INO), "..")];
+    let names = node
+        .children
+        .iter()
+        .map(|(name, &child)| (child, name.as_str()));
+    let entries = (1..).zip(dots.into_iter().chain(names));
+    Ok(entries
+        .skip(offset as usize)
+        .take(max)
+        .map(|(next, (ino, name))| {
+            let entry = DirEntry {
+                ino,
+                kind: ns.get(ino).map_or(FileKind::File, |n| n.kind),
+                name: name.to_string(),
+            };
+            (next, entry)
+        }))
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -21,6 +21,11 @@ use crate::index::{FileKind, Timestamp};
 /// How long the kernel may cache attributes and names. Every change goes through this mount,
 /// so the kernel's view only goes stale if the store is changed from elsewhere.
 const TTL: Duration = Duration::from_secs(1);
+/// Entries the core lists per READDIR: more than the kernel's reply buffer (a page) holds;
+/// the rest are listed again by the next call.
+const READDIR_BATCH: usize = 256;
+/// The same for READDIRPLUS, whose entries carry attributes (about 25 fit a page).
+const READDIRPLUS_BATCH: usize = 64;
 
 pub struct FuseAdapter {
     core: Arc<FsCore>,
@@ -148,6 +153,11 @@ impl Filesystem for FuseAdapter {
         // Without it an O_TRUNC open of an existing file is an open and a truncating setattr,
         // after that check.
         let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES | InitFlags::FUSE_MAX_PAGES);
+        // Directory listings carry each entry's attributes (READDIRPLUS), so `ls -l` and file
+        // managers need no lookup per name; the kernel falls back to plain READDIR where
+        // only names are read.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -389,10 +399,32 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.run(self.core.readdir(ino.0)) {
+        match self.run(self.core.readdir(ino.0, offset, READDIR_BATCH)) {
             Ok(entries) => {
-                for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(*child), (i + 1) as u64, file_type(*kind), name) {
+                for (next, entry) in entries {
+                    if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.run(self.core.readdir_plus(ino.0, offset, READDIRPLUS_BATCH)) {
+            Ok(entries) => {
+                for (next, name, attr) in entries {
+                    let ino = INodeNo(attr.ino);
+                    if reply.add(ino, next, &name, &TTL, &to_fuse(&attr), Generation(0)) {
                         break;
                     }
                 }

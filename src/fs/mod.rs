@@ -6,4 +6,4 @@ pub mod namespace;
 pub mod open_file;
 mod read_pattern;
 
-pub use self::core::{Attr, Caller, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs};
+pub use self::core::{Attr, Caller, DirEntry, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs};
