@@ -137,6 +137,72 @@ fn read_direct(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
     Ok((buf, start))
 }
 
+/// Files this big are written past the page cache (below, index pages and small files are
+/// not worth the aligned copy).
+const DIRECT_MIN: usize = 1 << 20;
+
+/// Creates `path` holding `parts` one after the other, not yet synced. A chunk-sized file is
+/// written past the page cache (O_DIRECT) where the file system has it: its pages would only
+/// hold a second copy of a pad that the chunk cache has, and once they filled the page cache,
+/// writeback throttled the writer (the third of three 1 GiB files in a row: 194 MiB/s, against
+/// 440-500 written direct).
+fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<fs::File> {
+    let len = parts.iter().map(|part| part.len()).sum();
+    if len >= DIRECT_MIN {
+        match write_direct(path, parts, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // No O_DIRECT here (the failed open may still have created the file).
+                let _ = fs::remove_file(path);
+            }
+            written => return written,
+        }
+    }
+    let mut file = fs::File::create_new(path)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(file)
+}
+
+/// [`write_file`] with O_DIRECT: the parts are copied into one aligned buffer, whose whole
+/// pages go straight to the disk; the last partial page goes through the page cache.
+fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut buf = crate::buffers::take(len + DIRECT_ALIGN);
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    buf.resize(start, 0);
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+    let whole_pages = len / DIRECT_ALIGN * DIRECT_ALIGN;
+    let (pages, tail) = buf[start..].split_at(whole_pages);
+    let written = file
+        .write_all_at(pages, 0)
+        .and_then(|()| clear_direct(&file))
+        .and_then(|()| file.write_all_at(tail, whole_pages as u64));
+    crate::buffers::give_back(buf);
+    written.map(|()| file)
+}
+
+/// Turns O_DIRECT off on `file`, for a write that is not aligned.
+fn clear_direct(file: &fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `file` owns, with flags only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A whole pad file, of either format, from `bytes[at..]`.
 fn decode_pad(bytes: Vec<u8>, at: usize) -> Result<Scratchpad, String> {
     let file = &bytes[at..];
@@ -284,9 +350,7 @@ impl LocalStore {
             rand::random::<u64>()
         ));
         let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&header)?;
-            file.write_all(pad.encrypted_data())?;
+            let file = write_file(&tmp, &[&header, pad.encrypted_data()])?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             self.inner.part_files.lock().unwrap().pop(pad.owner());
@@ -510,6 +574,38 @@ mod tests {
         }
         let missing = read_pooled(&dir.path().join("none")).unwrap_err();
         assert_eq!(missing.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn files_written_direct_hold_their_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [
+            0,
+            1,
+            4095,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            DIRECT_MIN + 4097,
+            (4 << 20) + 301,
+        ];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data: Vec<u8> = (0..size).map(|k| (k * 13 + i) as u8).collect();
+            // A short head and the rest, like a pad file's header and data.
+            let (head, rest) = data.split_at(size.min(217));
+            let path = dir.path().join(format!("f{i}"));
+            write_file(&path, &[head, rest])
+                .unwrap()
+                .sync_all()
+                .unwrap();
+            assert!(fs::read(&path).unwrap() == data, "{size} bytes");
+            let path = dir.path().join(format!("g{i}"));
+            if size >= DIRECT_ALIGN {
+                write_direct(&path, &[head, rest], size).unwrap();
+                assert!(fs::read(&path).unwrap() == data, "{size} bytes, direct");
+            }
+        }
+        let exists = write_file(&dir.path().join("f0"), &[b"x"]).unwrap_err();
+        assert_eq!(exists.kind(), ErrorKind::AlreadyExists);
     }
 
     #[tokio::test]
