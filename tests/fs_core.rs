@@ -708,6 +708,88 @@ impl<S: PadStore> PadStore for GetsInFlight<S> {
     }
 }
 
+/// Passes through to a store, counting plain gets and gets of pads read once.
+struct GetKinds<S> {
+    inner: S,
+    plain: std::sync::atomic::AtomicUsize,
+    once: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl<S: PadStore> PadStore for GetKinds<S> {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.create(pad).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.inner.update(pad).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(owner).await
+    }
+    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.once.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_once(owner).await
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.inner.exists(owner).await
+    }
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.inner.get_part(owner, range).await
+    }
+}
+
+/// A sequential reader and its read-ahead read each pad whole once (the chunk cache keeps the
+/// plaintext), so the store may skip its own caches (the local store reads past the page
+/// cache); a random reader's first read of a pad is followed by reads of parts of it, which
+/// the store's caches serve, so it is a plain get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pads_read_once_skip_the_store_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let data = bytes(6, 40 * CHUNK);
+    store_file(dir.path(), &key, "f", &data).await;
+    let core = |key: MasterKey| async {
+        let store = Arc::new(GetKinds {
+            inner: LocalStore::open(dir.path()).unwrap(),
+            plain: Default::default(),
+            once: Default::default(),
+        });
+        let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, Default::default());
+        let fs = FsCore::start(engine.await.unwrap(), FsConfig::default());
+        (fs.await.unwrap(), store)
+    };
+    let counts = |store: &GetKinds<LocalStore>| {
+        let plain = store.plain.swap(0, Ordering::SeqCst);
+        (plain, store.once.swap(0, Ordering::SeqCst))
+    };
+
+    let (fs, store) = core(key.clone()).await;
+    counts(&store); // the index
+    let fh = open_for_reading(&fs, "f").await;
+    for at in (0..data.len()).step_by(CHUNK) {
+        let got = fs.read(fh, at as u64, CHUNK as u32).await.unwrap();
+        assert_eq!(got, data[at..at + CHUNK]);
+    }
+    assert_eq!(counts(&store), (0, 40), "sequential: (plain, once) gets");
+    fs.release(fh).await.unwrap();
+
+    let (fs, store) = core(key).await;
+    counts(&store);
+    let fh = open_for_reading(&fs, "f").await;
+    for chunk in [31, 7, 22, 3, 15, 38] {
+        let at = chunk * CHUNK + 100;
+        let got = fs.read(fh, at as u64, 50).await.unwrap();
+        assert_eq!(got, data[at..at + 50]);
+    }
+    assert_eq!(counts(&store), (6, 0), "random: (plain, once) gets");
+    fs.release(fh).await.unwrap();
+}
+
 /// A core over the local store in `dir`, each pad get taking `latency_ms`, with `parallelism`
 /// gets in flight, counting them.
 async fn core_counting_gets(
