@@ -33,7 +33,7 @@ use blocks::{hash_blocks, BlocksCache, PadBlocks};
 use cache::ChunkCache;
 pub use error::{Error, Result};
 use journal::{Journal, Op, Replay};
-use pads::{PadIo, Priority, Reuse, DATA_ENCODING};
+use pads::{PadIo, Priority, DATA_ENCODING};
 use page_cache::PageCache;
 
 /// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
@@ -503,11 +503,7 @@ impl Engine {
             .map(|(chunk, _, _)| {
                 let inner = self.inner.clone();
                 let chunk = chunk.clone();
-                async move {
-                    inner
-                        .read_chunk(&chunk, Priority::Reader, Reuse::Once)
-                        .await
-                }
+                async move { inner.read_chunk(&chunk, Priority::Reader).await }
             })
             .collect();
         let parts: Vec<Bytes> = futures::stream::iter(reads)
@@ -523,17 +519,13 @@ impl Engine {
 
     /// One chunk's plaintext, verified.
     pub async fn read_chunk(&self, chunk: &Chunk) -> Result<Bytes> {
-        self.inner
-            .read_chunk(chunk, Priority::Reader, Reuse::Once)
-            .await
+        self.inner.read_chunk(chunk, Priority::Reader).await
     }
 
     /// Bytes `from..to` of one chunk read whole and cached, verified: for a sequential reader,
     /// who goes on to read the rest. Fewer bytes if the chunk is shorter than `to`.
     pub async fn read_chunk_slice(&self, chunk: &Chunk, from: usize, to: usize) -> Result<Bytes> {
-        self.inner
-            .read_chunk_slice(chunk, from, to, Reuse::Once)
-            .await
+        self.inner.read_chunk_slice(chunk, from, to).await
     }
 
     /// Bytes `from..to` of one chunk, verified: for a random reader, who would not use the
@@ -558,10 +550,7 @@ impl Engine {
         for chunk in chunks {
             match chunk.pad {
                 Some(pad) if !self.inner.cache.contains(&pad.seed, &chunk.hash) => {
-                    drop(
-                        self.inner
-                            .fetch(pad, &chunk, Priority::Background, Reuse::Once),
-                    );
+                    drop(self.inner.fetch(pad, &chunk, Priority::Background));
                 }
                 _ => {}
             }
@@ -815,12 +804,7 @@ impl Inner {
 
     /// A chunk from the cache, or fetched once however many readers ask for it meanwhile (a
     /// reader joining a read-ahead fetch waits with it).
-    async fn read_chunk(
-        self: &Arc<Self>,
-        chunk: &Chunk,
-        priority: Priority,
-        reuse: Reuse,
-    ) -> Result<Bytes> {
+    async fn read_chunk(self: &Arc<Self>, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
         let Some(pad) = chunk.pad else {
             // Inline bytes came with the index page, whose hash was checked.
             return Ok(match &chunk.inline {
@@ -831,18 +815,12 @@ impl Inner {
         if let Some(hit) = self.cache.get(&pad.seed, &chunk.hash) {
             return Ok(hit);
         }
-        self.fetch(pad, chunk, priority, reuse).await
+        self.fetch(pad, chunk, priority).await
     }
 
     /// The fetch of a chunk into the cache: the one under way, or a new one. It runs to the
     /// end whether or not anyone waits for it.
-    fn fetch(
-        self: &Arc<Self>,
-        pad: PadRef,
-        chunk: &Chunk,
-        priority: Priority,
-        reuse: Reuse,
-    ) -> SharedRead {
+    fn fetch(self: &Arc<Self>, pad: PadRef, chunk: &Chunk, priority: Priority) -> SharedRead {
         let key = (pad.seed, chunk.hash);
         let mut reads = self.reads_in_flight.lock().unwrap();
         reads
@@ -850,7 +828,7 @@ impl Inner {
             .or_insert_with(|| {
                 let (inner, chunk) = (self.clone(), chunk.clone());
                 let task = tokio::spawn(async move {
-                    let result = inner.fetch_chunk(&chunk, priority, reuse).await;
+                    let result = inner.fetch_chunk(&chunk, priority).await;
                     inner.reads_in_flight.lock().unwrap().remove(&key);
                     result
                 });
@@ -861,7 +839,7 @@ impl Inner {
             .clone()
     }
 
-    async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority, reuse: Reuse) -> Result<Bytes> {
+    async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
         let pad = chunk.pad.expect("holes are not fetched");
         // A pad version written or read whole before is read as one part, each block checked
         // against its value: no signature check (the key opens only the version whose
@@ -873,7 +851,7 @@ impl Inner {
         }
         let (data, blocks) = self
             .pads
-            .read_checked(&pad, chunk.hash, chunk.hash_kind, priority, reuse)
+            .read_checked(&pad, chunk.hash, chunk.hash_kind, priority)
             .await?;
         if data.len() != chunk.len as usize {
             return Err(Error::CorruptPad {
@@ -908,8 +886,7 @@ impl Inner {
                 }
             }
         }
-        // Read whole the first time; the next reads of it take parts of the pad.
-        self.read_chunk_slice(chunk, from, to, Reuse::InParts).await
+        self.read_chunk_slice(chunk, from, to).await
     }
 
     /// Bytes `from..to` of a chunk read whole (fewer if the chunk is shorter).
@@ -918,9 +895,8 @@ impl Inner {
         chunk: &Chunk,
         from: usize,
         to: usize,
-        reuse: Reuse,
     ) -> Result<Bytes> {
-        let whole = self.read_chunk(chunk, Priority::Reader, reuse).await?;
+        let whole = self.read_chunk(chunk, Priority::Reader).await?;
         let to = to.min(whole.len());
         Ok(whole.slice(from.min(to)..to))
     }

@@ -142,7 +142,7 @@ impl PadIo {
 
     /// Reads a data or page pad and checks its plaintext against `hash`.
     pub async fn read(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<Bytes> {
-        let read = self.read_checked(pad, hash, kind, Priority::Background, Reuse::Once);
+        let read = self.read_checked(pad, hash, kind, Priority::Background);
         Ok(read.await?.0)
     }
 
@@ -154,11 +154,10 @@ impl PadIo {
         hash: [u8; 32],
         kind: HashKind,
         priority: Priority,
-        reuse: Reuse,
     ) -> Result<(Bytes, Option<PadBlocks>)> {
         let sk = self.master.pad_key(&pad.seed);
         let (opened, _) = self
-            .fetch_and_open(sk, Some((hash, kind)), priority, reuse)
+            .fetch_and_open(sk, Some((hash, kind)), priority)
             .await?;
         Ok((opened.data, opened.blocks))
     }
@@ -169,8 +168,7 @@ impl PadIo {
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
-        let read = self.fetch_and_open(sk, hash, Priority::Background, Reuse::Once);
-        let (opened, counter) = read.await?;
+        let (opened, counter) = self.fetch_and_open(sk, hash, Priority::Background).await?;
         Ok((opened.data, counter))
     }
 
@@ -182,7 +180,6 @@ impl PadIo {
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
         priority: Priority,
-        reuse: Reuse,
     ) -> Result<(Opened, u64)> {
         let owner = sk.public_key();
         let pad = {
@@ -190,10 +187,7 @@ impl PadIo {
                 Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
                 Priority::Reader => None,
             };
-            match reuse {
-                Reuse::Once => self.store.get_once(&owner).await?,
-                Reuse::InParts => self.store.get(&owner).await?,
-            }
+            self.store.get(&owner).await?
         };
         let corrupt = |why: &str| corrupt_pad(&owner, why);
         if pad.owner() != &owner {
@@ -286,15 +280,6 @@ impl PadIo {
 pub enum Priority {
     Reader,
     Background,
-}
-
-/// Whether a pad read whole is read again soon: in parts, by a random reader (whose chunk
-/// the cache may not keep), or not (read-ahead and sequential readers: the chunk cache keeps
-/// the plaintext). A store may bypass its own caches for the second ([`PadStore::get_once`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reuse {
-    InParts,
-    Once,
 }
 
 /// A pad version just written.

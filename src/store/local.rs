@@ -65,15 +65,12 @@ fn decode_header(bytes: &[u8]) -> Result<(PadHeader, usize), String> {
 }
 
 /// The whole file, in a buffer of the chunk pool (a pad file is a chunk and a header), and
-/// where in the buffer it starts; past the page cache if `once` (see [`read_direct`]).
-fn read_pooled(path: &Path, once: bool) -> std::io::Result<(Vec<u8>, usize)> {
-    if once {
-        match read_direct(path) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // no O_DIRECT here
-            read => return read,
-        }
+/// where in the buffer it starts.
+fn read_pooled(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
+    match read_direct(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_buffered(path), // no O_DIRECT
+        read => read,
     }
-    read_buffered(path)
 }
 
 /// [`read_pooled`] through the page cache.
@@ -88,26 +85,19 @@ fn read_buffered(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
 /// Alignment of O_DIRECT buffers, offsets and lengths: a page, which every block size divides.
 const DIRECT_ALIGN: usize = 4096;
 
-/// [`read_pooled`] of a chunk-sized file with O_DIRECT, bypassing the page cache: the disk
-/// writes straight into the buffer. For a pad read whole once, whose plaintext the chunk cache
-/// keeps: through the page cache, a sequential read cost a copy of every byte and a third of
-/// its CPU, for a second copy of the ciphertext nobody reads again. `EINVAL` where the file
-/// system cannot.
+/// [`read_pooled`] with O_DIRECT, bypassing the page cache: the disk writes straight into the
+/// buffer. A pad is read whole once, into the chunk cache; through the page cache it cost a
+/// copy of every byte, a tenth of a cold read's CPU, and memory for a second copy of the
+/// ciphertext. `EINVAL` where the file system cannot.
 fn read_direct(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
 
-    let mut file = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     let len = file.metadata()?.len() as usize;
-    if len < DIRECT_MIN {
-        clear_direct(&file)?;
-        let mut buf = crate::buffers::take(len + 1);
-        file.read_to_end(&mut buf)?;
-        return Ok((buf, 0));
-    }
     let whole = len.next_multiple_of(DIRECT_ALIGN);
     let mut buf = crate::buffers::take(whole + DIRECT_ALIGN);
     // The file goes at the first aligned byte of the buffer; the few before it are zeroed.
@@ -296,10 +286,9 @@ impl LocalStore {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The stored pad, read past the page cache if it is read `once`.
-    fn read(&self, owner: &PublicKey, once: bool) -> Result<Option<Scratchpad>, StoreError> {
+    fn read(&self, owner: &PublicKey) -> Result<Option<Scratchpad>, StoreError> {
         let path = self.pad_path(owner);
-        let (bytes, at) = match read_pooled(&path, once) {
+        let (bytes, at) = match read_pooled(&path) {
             Ok(read) => read,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, e)),
@@ -319,9 +308,7 @@ impl LocalStore {
     fn stored_counter(&self, owner: &PublicKey) -> Result<Option<u64>, StoreError> {
         let (file, header_len) = match self.open_pad_file(owner)? {
             None => return Ok(None),
-            Some((_, Layout::Record)) => {
-                return Ok(self.read(owner, false)?.map(|pad| pad.counter()))
-            }
+            Some((_, Layout::Record)) => return Ok(self.read(owner)?.map(|pad| pad.counter())),
             Some((file, Layout::Header(len))) => (file, len),
         };
         let path = self.pad_path(owner);
@@ -386,7 +373,7 @@ impl LocalStore {
             Some(open) => open,
             None => {
                 // A file of the first format: one record, read whole.
-                let pad = self.read(owner, false)?.ok_or(StoreError::NotFound)?;
+                let pad = self.read(owner)?.ok_or(StoreError::NotFound)?;
                 let data = pad.encrypted_data();
                 return data
                     .get(range.clone())
@@ -493,13 +480,7 @@ impl PadStore for LocalStore {
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         let owner = *owner;
-        self.blocking(move |s| s.read(&owner, false)?.ok_or(StoreError::NotFound))
-            .await
-    }
-
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        let owner = *owner;
-        self.blocking(move |s| s.read(&owner, true)?.ok_or(StoreError::NotFound))
+        self.blocking(move |s| s.read(&owner)?.ok_or(StoreError::NotFound))
             .await
     }
 
@@ -572,31 +553,18 @@ mod tests {
             .unwrap();
     }
 
-    /// File lengths on both sides of the page size and of the O_DIRECT threshold.
-    const FILE_SIZES: [usize; 9] = [
-        0,
-        1,
-        4095,
-        4097,
-        DIRECT_MIN - 1,
-        DIRECT_MIN,
-        DIRECT_MIN + 513,
-        DIRECT_MIN + 4097,
-        (4 << 20) + 301,
-    ];
-
     #[test]
     fn whole_files_read_the_same_direct_and_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, size) in FILE_SIZES.into_iter().enumerate() {
+        let sizes = [0, 1, 511, 512, 4095, 4096, 4097, 12_293, (4 << 20) + 301];
+        for (i, size) in sizes.into_iter().enumerate() {
             let path = dir.path().join(format!("f{i}"));
             let data: Vec<u8> = (0..size).map(|k| (k * 7 + i) as u8).collect();
             fs::write(&path, &data).unwrap();
             for (how, read) in [
                 ("direct", read_direct as fn(&Path) -> _),
                 ("buffered", read_buffered),
-                ("pooled", |path| read_pooled(path, false)),
-                ("pooled once", |path| read_pooled(path, true)),
+                ("pooled", read_pooled),
             ] {
                 let (buf, at) = read(&path).unwrap();
                 assert!(buf[at..] == data[..], "{how} read of {size} bytes");
@@ -604,14 +572,23 @@ mod tests {
                 crate::buffers::give_back(buf);
             }
         }
-        let missing = read_pooled(&dir.path().join("none"), true).unwrap_err();
+        let missing = read_pooled(&dir.path().join("none")).unwrap_err();
         assert_eq!(missing.kind(), ErrorKind::NotFound);
     }
 
     #[test]
     fn files_written_direct_hold_their_parts() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, size) in FILE_SIZES.into_iter().enumerate() {
+        let sizes = [
+            0,
+            1,
+            4095,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            DIRECT_MIN + 4097,
+            (4 << 20) + 301,
+        ];
+        for (i, size) in sizes.into_iter().enumerate() {
             let data: Vec<u8> = (0..size).map(|k| (k * 13 + i) as u8).collect();
             // A short head and the rest, like a pad file's header and data.
             let (head, rest) = data.split_at(size.min(217));
@@ -641,13 +618,8 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
             let written = pad(&sk, &data, 0);
             store.create(written.clone()).await.unwrap();
-            assert_eq!(
-                store.get(&sk.public_key()).await.unwrap(),
-                written,
-                "{len} bytes"
-            );
-            let once = store.get_once(&sk.public_key()).await.unwrap();
-            assert_eq!(once, written, "{len} bytes, read once");
+            let read = store.get(&sk.public_key()).await.unwrap();
+            assert_eq!(read, written, "data of {len} bytes");
         }
     }
 

@@ -57,12 +57,6 @@ pub trait PadStore: Send + Sync + 'static {
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError>;
     /// The current version of the pad owned by `owner`.
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
-    /// [`get`](Self::get) of a pad read whole once and not again soon (a sequential reader's
-    /// read-ahead, whose plaintext the chunk cache keeps): a store may bypass its own caches
-    /// for it. The local store reads it past the page cache.
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        self.get(owner).await
-    }
     /// Whether a pad exists, without fetching it.
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
     /// Bytes `range` of the current version's `encrypted_data`, unchecked, or `None` if this
@@ -91,9 +85,6 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         (**self).get(owner).await
-    }
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        (**self).get_once(owner).await
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         (**self).exists(owner).await

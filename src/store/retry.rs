@@ -135,10 +135,6 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
         self.run("get", || self.inner.get(owner)).await
     }
 
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        self.run("get", || self.inner.get_once(owner)).await
-    }
-
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.run("exists", || self.inner.exists(owner)).await
     }

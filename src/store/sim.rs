@@ -159,39 +159,6 @@ enum Fate {
 }
 
 impl<S: PadStore> SimStore<S> {
-    /// A get of `owner` from the inner store (`inner_get`), with this store's faults and
-    /// latency.
-    async fn simulated_get(
-        &self,
-        owner: &PublicKey,
-        inner_get: impl std::future::Future<Output = Result<Scratchpad, StoreError>>,
-    ) -> Result<Scratchpad, StoreError> {
-        let _permit = match &self.limit {
-            Some(s) => Some(s.acquire().await.expect("semaphore never closed")),
-            None => None,
-        };
-        let fate = self.fate(Op::Get, owner);
-        match fate {
-            Fate::Fail(e) => return Err(e),
-            Fate::Hang => {
-                tokio::time::sleep(self.cfg.timeout).await;
-                return Err(StoreError::Timeout);
-            }
-            _ => {}
-        }
-        let pad = inner_get.await?;
-        self.delay(
-            self.cfg.get_latency,
-            self.cfg.get_per_mib,
-            pad.payload_size(),
-        )
-        .await;
-        Ok(match fate {
-            Fate::Corrupt => corrupted(&pad),
-            _ => pad,
-        })
-    }
-
     pub fn new(inner: S, cfg: SimConfig) -> Self {
         let limit = (cfg.concurrency > 0).then(|| Semaphore::new(cfg.concurrency));
         let inner = CountingStore::new(inner);
@@ -339,11 +306,30 @@ impl<S: PadStore> PadStore for SimStore<S> {
     }
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        self.simulated_get(owner, self.inner.get(owner)).await
-    }
-
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        self.simulated_get(owner, self.inner.get_once(owner)).await
+        let _permit = match &self.limit {
+            Some(s) => Some(s.acquire().await.expect("semaphore never closed")),
+            None => None,
+        };
+        let fate = self.fate(Op::Get, owner);
+        match fate {
+            Fate::Fail(e) => return Err(e),
+            Fate::Hang => {
+                tokio::time::sleep(self.cfg.timeout).await;
+                return Err(StoreError::Timeout);
+            }
+            _ => {}
+        }
+        let pad = self.inner.get(owner).await?;
+        self.delay(
+            self.cfg.get_latency,
+            self.cfg.get_per_mib,
+            pad.payload_size(),
+        )
+        .await;
+        Ok(match fate {
+            Fate::Corrupt => corrupted(&pad),
+            _ => pad,
+        })
     }
 
     /// Parts come from the inner store with the faults of a get, and never over a simulated

@@ -58,15 +58,6 @@ pub struct CountingStore<S> {
 }
 
 impl<S: PadStore> CountingStore<S> {
-    /// Counts a pad got.
-    fn got(&self, pad: Scratchpad) -> Scratchpad {
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_read
-            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
-        pad
-    }
-
     pub fn new(inner: S) -> Self {
         CountingStore {
             inner,
@@ -111,12 +102,11 @@ impl<S: PadStore> PadStore for CountingStore<S> {
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         let pad = self.inner.get(owner).await?;
-        Ok(self.got(pad))
-    }
-
-    async fn get_once(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        let pad = self.inner.get_once(owner).await?;
-        Ok(self.got(pad))
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
+        Ok(pad)
     }
 
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
