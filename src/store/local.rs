@@ -5,8 +5,9 @@
 //! checksummed by the codec) followed by the encrypted bytes as they are: the scratchpad's
 //! signature covers those bytes and every reader checks it, so they are not hashed again here,
 //! and an update reads only the header to check the counter. Files of the first format (the
-//! whole scratchpad as one codec record) are still read. Whole pads are read past the page
-//! cache (O_DIRECT, where the file system has it); parts of pads through it.
+//! whole scratchpad as one codec record) are still read. Chunk-sized pad files are written and
+//! read whole past the page cache (O_DIRECT, where the file system has it); parts of pads,
+//! index pages and small files go through it.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -85,24 +86,28 @@ fn read_buffered(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
 /// Alignment of O_DIRECT buffers, offsets and lengths: a page, which every block size divides.
 const DIRECT_ALIGN: usize = 4096;
 
-/// [`read_pooled`] with O_DIRECT, bypassing the page cache: the disk writes straight into the
-/// buffer. A pad is read whole once, into the chunk cache; through the page cache it cost a
-/// copy of every byte, a tenth of a cold read's CPU, and memory for a second copy of the
-/// ciphertext. `EINVAL` where the file system cannot.
+/// [`read_pooled`] of a chunk-sized file with O_DIRECT, bypassing the page cache: the disk
+/// writes straight into the buffer. A pad is read whole once, into the chunk cache; through
+/// the page cache it cost a copy of every byte, a tenth of a cold read's CPU, and memory for a
+/// second copy of the ciphertext. Smaller files (index pages, small files) are read through
+/// the page cache, like their writes. `EINVAL` where the file system cannot.
 fn read_direct(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
 
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     let len = file.metadata()?.len() as usize;
+    if len < DIRECT_MIN {
+        clear_direct(&file)?;
+        let mut buf = crate::buffers::take(len + 1);
+        file.read_to_end(&mut buf)?;
+        return Ok((buf, 0));
+    }
     let whole = len.next_multiple_of(DIRECT_ALIGN);
-    let mut buf = crate::buffers::take(whole + DIRECT_ALIGN);
-    // The file goes at the first aligned byte of the buffer; the few before it are zeroed.
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    buf.resize(start, 0);
+    let (mut buf, start) = aligned_buffer(whole);
     let room = &mut buf.spare_capacity_mut()[..whole];
     let mut done = 0;
     while done < len {
@@ -137,9 +142,18 @@ fn read_direct(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
     Ok((buf, start))
 }
 
-/// Files this big are written past the page cache (below, index pages and small files are
-/// not worth the aligned copy).
+/// Files this big are read and written past the page cache (below, index pages and small
+/// files are not worth the aligned copy, and are worth caching).
 const DIRECT_MIN: usize = 1 << 20;
+
+/// A pooled buffer with room for `len` bytes from its first page-aligned byte, which is
+/// returned; the bytes before it are zeroed and count as the buffer's content.
+fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+    let mut buf = crate::buffers::take(len + DIRECT_ALIGN);
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    buf.resize(start, 0);
+    (buf, start)
+}
 
 /// Creates `path` holding `parts` one after the other, not yet synced. A chunk-sized file is
 /// written past the page cache (O_DIRECT) where the file system has it: its pages would only
@@ -174,9 +188,7 @@ fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> std::io::Result<fs:
         .create_new(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let mut buf = crate::buffers::take(len + DIRECT_ALIGN);
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    buf.resize(start, 0);
+    let (mut buf, start) = aligned_buffer(len);
     for part in parts {
         buf.extend_from_slice(part);
     }
@@ -553,11 +565,25 @@ mod tests {
             .unwrap();
     }
 
+    /// File lengths on both sides of the block size, the page size and the O_DIRECT threshold.
+    const FILE_SIZES: [usize; 11] = [
+        0,
+        1,
+        511,
+        4095,
+        4096,
+        4097,
+        DIRECT_MIN - 1,
+        DIRECT_MIN,
+        DIRECT_MIN + 513,
+        DIRECT_MIN + 4097,
+        (4 << 20) + 301,
+    ];
+
     #[test]
     fn whole_files_read_the_same_direct_and_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes = [0, 1, 511, 512, 4095, 4096, 4097, 12_293, (4 << 20) + 301];
-        for (i, size) in sizes.into_iter().enumerate() {
+        for (i, size) in FILE_SIZES.into_iter().enumerate() {
             let path = dir.path().join(format!("f{i}"));
             let data: Vec<u8> = (0..size).map(|k| (k * 7 + i) as u8).collect();
             fs::write(&path, &data).unwrap();
@@ -579,16 +605,7 @@ mod tests {
     #[test]
     fn files_written_direct_hold_their_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes = [
-            0,
-            1,
-            4095,
-            DIRECT_MIN - 1,
-            DIRECT_MIN,
-            DIRECT_MIN + 4097,
-            (4 << 20) + 301,
-        ];
-        for (i, size) in sizes.into_iter().enumerate() {
+        for (i, size) in FILE_SIZES.into_iter().enumerate() {
             let data: Vec<u8> = (0..size).map(|k| (k * 13 + i) as u8).collect();
             // A short head and the rest, like a pad file's header and data.
             let (head, rest) = data.split_at(size.min(217));
