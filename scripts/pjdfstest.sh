@@ -21,6 +21,14 @@ fi
 # Each failure with the first line of its reason.
 grep -A1 -E '^[a-z_0-9:]+ +FAILED' "$work/out.txt" | grep -v '^--$' | paste - - \
   | awk -F'\t' '{split($1, name, " "); print "  failed: " name[1] ": " $NF}' | sort | head -80
+# The failures must be among the expected ones, pinned by name: a new failure fails the run even
+# when another test started passing.
+expected="$ROOT/tests/conf/pjdfstest.expected-failures"
+unexpected=$(grep -E '^[a-z_0-9:]+ +FAILED' "$work/out.txt" | awk '{print $1}' | sort -u \
+  | comm -23 - <(grep -v '^#' "$expected" | sort -u) || true)
+if [ -n "$unexpected" ]; then
+  echo "pjdfstest: failures not in $expected:"; sed 's/^/  /' <<<"$unexpected"; exit 1
+fi
 if [ "$passed" -lt "$pinned" ]; then
   echo "pjdfstest: $passed passed, fewer than the pinned $pinned"; exit 1
 fi

@@ -7,8 +7,10 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"MUTANTMT";
 /// Bump when the encoded structures change; old versions stay decodable or are refused clearly.
-/// 2: chunks may hold inline bytes (index pages of version 1 are still read).
-pub const FORMAT_VERSION: u16 = 2;
+/// 2: chunks may hold inline bytes.
+/// 3: a file's chunks are a map by chunk number without its holes (`index::ChunkMap`).
+/// Records of every earlier version are still read (docs/format.md).
+pub const FORMAT_VERSION: u16 = 3;
 const HEADER_LEN: usize = 8 + 2 + 1 + 32;
 
 /// What a blob holds, so a page can never be mistaken for a root or a pad record.

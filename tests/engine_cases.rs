@@ -164,7 +164,14 @@ async fn a_pad_read_with_the_wrong_key_is_an_error() {
     let engine = open_local(dir_a.path(), &a, 4096).await.unwrap();
     engine.store("k", &data, Meta::file()).await.unwrap();
     engine.commit().await.unwrap();
-    let chunk = engine.entry("k").await.unwrap().chunks[0].clone();
+    let chunk = engine
+        .entry("k")
+        .await
+        .unwrap()
+        .chunks
+        .get(0)
+        .unwrap()
+        .clone();
     let pad = chunk.pad.unwrap();
 
     // A's pad file where B looks for the same seed.
@@ -528,7 +535,7 @@ async fn values_larger_than_a_pad() {
         }
     );
     let entry = engine.entry("big").await.unwrap();
-    let lens: Vec<u32> = entry.chunks.iter().map(|c| c.len).collect();
+    let lens: Vec<u32> = entry.chunks.iter().map(|(_, c)| c.len).collect();
     assert_eq!(lens, [4096, 4096, 1808]);
     for (offset, len) in [
         (0, 10_000),
@@ -553,7 +560,7 @@ async fn values_larger_than_a_pad() {
     let before = writes(&store);
     engine.store("holey", &holey, Meta::file()).await.unwrap();
     assert_eq!((writes(&store) - before).total(), 2);
-    assert!(engine.entry("holey").await.unwrap().chunks[1].pad.is_none());
+    assert!(engine.entry("holey").await.unwrap().chunks.get(1).is_none());
     assert_eq!(engine.fetch("holey").await.unwrap(), holey);
     engine.commit().await.unwrap();
     drop(engine);
@@ -692,17 +699,24 @@ async fn freed_pads_are_recycled_only_after_commit() {
     assert_eq!(engine.fetch("d").await.unwrap(), noise(5, size));
 }
 
+/// A file with this many bytes of extended attributes (the engine does not bound them; the
+/// file system does).
+fn meta_with_xattr(bytes: usize) -> Meta {
+    let mut meta = Meta::file();
+    meta.xattrs.insert(b"user.big".to_vec(), noise(9, bytes));
+    meta
+}
+
 /// Entries too big to share a page: the index splits its pages until each fits a pad.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_split_when_entries_outgrow_a_pad() {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::generate();
     let engine = open_local(dir.path(), &master, 64).await.unwrap();
-    // 1 MiB of zeros in 64-byte chunks: 16,384 hole chunks, about half a MiB of index each.
-    let zeros = vec![0u8; 1 << 20];
+    // Ten entries of half a MiB each: more than one pad of index.
     for i in 0..10 {
         engine
-            .store(&format!("sparse{i}"), &zeros, Meta::file())
+            .store(&format!("big-meta{i}"), b"", meta_with_xattr(512 << 10))
             .await
             .unwrap();
     }
@@ -711,7 +725,11 @@ async fn pages_split_when_entries_outgrow_a_pad() {
     drop(engine);
     let engine = open_local(dir.path(), &master, 64).await.unwrap();
     assert_eq!(engine.stats().await.keys, 11);
-    assert_eq!(engine.fetch("sparse9").await.unwrap(), zeros);
+    let kept = engine.entry("big-meta9").await.unwrap().meta.xattrs;
+    assert!(
+        kept == meta_with_xattr(512 << 10).xattrs,
+        "the attribute came back changed"
+    );
     assert_eq!(engine.fetch("small").await.unwrap(), b"data");
     engine.check_accounting().await.unwrap();
     let io = PadIo::new(engine.store_handle().clone(), master.clone());
@@ -721,15 +739,15 @@ async fn pages_split_when_entries_outgrow_a_pad() {
 }
 
 /// One entry bigger than any page can be: the commit fails with an error, and does not split
-/// pages for ever.
+/// pages for ever. (The file system refuses such an entry before it is made; this is the
+/// engine's own guard.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_too_big_for_any_page_fails_the_commit() {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::generate();
     let engine = open_local(dir.path(), &master, 64).await.unwrap();
-    // 8 MiB of zeros in 64-byte chunks: 131,072 chunks, over 4 MiB of index for one key.
     engine
-        .store("vast", &vec![0u8; 8 << 20], Meta::file())
+        .store("vast", b"", meta_with_xattr(5 << 20))
         .await
         .unwrap();
     let commit = tokio::time::timeout(std::time::Duration::from_secs(60), engine.commit()).await;
@@ -743,4 +761,36 @@ async fn an_entry_too_big_for_any_page_fails_the_commit() {
     drop(engine);
     let engine = open_local(dir.path(), &master, 64).await.unwrap();
     assert_eq!(engine.list_keys().await, ["small"]);
+}
+
+/// A file larger than the index can list, or than the largest size, is refused when it is
+/// installed, before it is journaled: nothing is left that no commit could ever write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_beyond_the_index_limits_are_refused_before_they_are_made() {
+    use mutant_mount::index::{Chunk, ChunkMap, Entry, MAX_DATA_CHUNKS, MAX_FILE_SIZE};
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let engine = open_local(dir.path(), &master, 4096).await.unwrap();
+    let many = Entry {
+        chunks: ChunkMap::from_ordered((0..=MAX_DATA_CHUNKS).map(|_| Chunk::inline(vec![1]))),
+        size: (MAX_DATA_CHUNKS as u64 + 1) * 4096,
+        ..Entry::empty(Meta::file())
+    };
+    let huge = Entry {
+        size: MAX_FILE_SIZE + 1,
+        ..Entry::empty(Meta::file())
+    };
+    for entry in [many, huge] {
+        assert!(matches!(
+            engine.install("f", entry).await,
+            Err(mutant_mount::engine::Error::TooLarge(_))
+        ));
+        assert!(engine.entry("f").await.is_none());
+    }
+    let largest = Entry {
+        size: MAX_FILE_SIZE,
+        ..Entry::empty(Meta::file())
+    };
+    engine.install("f", largest).await.unwrap();
+    engine.commit().await.unwrap();
 }

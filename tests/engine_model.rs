@@ -100,18 +100,20 @@ async fn open(dir: &Path, master: &MasterKey, opts: EngineOptions) -> Engine {
 async fn read_parts(engine: &Engine, key: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
     let entry = engine.entry(key).await?;
     let end = (offset + len as u64).min(entry.size);
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    for chunk in &entry.chunks {
+    let cs = engine.chunk_size() as u64;
+    // Holes and the rest of a short chunk read as zeros.
+    let mut out = vec![0; end.saturating_sub(offset) as usize];
+    for (idx, chunk) in entry.chunks.iter() {
+        let start = idx * cs;
         let chunk_end = start + chunk.len as u64;
         if chunk_end > offset && start < end {
             let from = offset.saturating_sub(start) as usize;
             let to = (end.min(chunk_end) - start) as usize;
             let part = engine.read_chunk_part(chunk, from, to).await.unwrap();
             assert_eq!(part.len(), to - from, "a part is as long as asked");
-            out.extend_from_slice(&part);
+            let at = (start + from as u64 - offset) as usize;
+            out[at..at + part.len()].copy_from_slice(&part);
         }
-        start = chunk_end;
     }
     Some(out)
 }

@@ -146,6 +146,70 @@ fn a_large_directory_lists_like_a_local_one() {
     mount.unmount();
 }
 
+/// A program that unlinks each name as readdir returns it, in one pass over a directory of
+/// 5,000 files (a one-pass `rm -r`, a file manager emptying a folder), leaves nothing behind:
+/// directory offsets stay valid while names are removed.
+#[test]
+fn deleting_while_listing_empties_a_large_directory() {
+    let (_dir, mount) = setup();
+    sh(
+        &mount.mnt,
+        "mkdir many && cd many && for i in $(seq 1 5000); do : > f$i; done",
+    );
+    let removed = sh(
+        &mount.mnt,
+        "python3 -c '
+import os
+n = 0
+with os.scandir(\"many\") as it:
+    for entry in it:
+        os.unlink(entry.path)
+        n += 1
+print(n)'",
+    );
+    assert_eq!(removed.trim(), "5000");
+    assert_eq!(fs::read_dir(mount.path("many")).unwrap().count(), 0);
+    fs::remove_dir(mount.path("many")).unwrap();
+    mount.unmount();
+}
+
+/// What `qemu-img create disk.img 1T` or a download manager's preallocation does: sparse files
+/// of a terabyte and of the largest size, with bytes near 2^32, chunk boundaries and the end,
+/// read back byte for byte after a remount (so from the store, not the page cache). Past the
+/// largest size, `truncate` says "File too large". Such a file once left the file system
+/// unable to commit or mount.
+#[test]
+fn huge_sparse_files_survive_a_remount() {
+    let (dir, mount) = setup();
+    let script = "truncate -s 1T tera && truncate -s 16T max
+        printf 'first' | dd of=tera bs=1 seek=0 conv=notrunc status=none
+        printf 'across-2^32' | dd of=tera bs=1 seek=$(( (1 << 32) - 5 )) conv=notrunc status=none
+        printf 'chunk-edge' | dd of=tera bs=1 seek=$(( 4190208 * 3 - 4 )) conv=notrunc status=none
+        printf 'end!' | dd of=tera bs=1 seek=$(( (1 << 40) - 4 )) conv=notrunc status=none
+        printf 'last' | dd of=max bs=1 seek=$(( (1 << 44) - 4 )) conv=notrunc status=none";
+    sh(&mount.mnt, script);
+    let probe = "stat -c '%n %s' tera max
+        for at in 0 $(( (1 << 32) - 8 )) $(( 4190208 * 3 - 6 )) $(( (1 << 40) - 6 )) $(( 1 << 39 )); do
+            dd if=tera bs=1 skip=$at count=16 status=none | od -An -c | tr -s ' '
+        done
+        dd if=max bs=1 skip=$(( (1 << 44) - 6 )) count=16 status=none | od -An -c | tr -s ' '";
+    let before = sh(&mount.mnt, probe);
+    assert!(before.contains("tera 1099511627776"), "{before}");
+    assert!(before.contains("a c r o s s - 2 ^ 3 2"), "{before}");
+    assert!(before.contains("l a s t"), "{before}");
+    let too_big = sh_output(&mount.mnt, "truncate -s 17T max");
+    assert!(!too_big.status.success());
+    assert!(
+        String::from_utf8_lossy(&too_big.stderr).contains("File too large"),
+        "{}",
+        String::from_utf8_lossy(&too_big.stderr)
+    );
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    assert_eq!(sh(&mount.mnt, probe), before);
+    mount.unmount();
+}
+
 #[test]
 fn tar_extract_reproduces_the_archive() {
     let (dir, mount) = setup();

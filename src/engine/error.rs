@@ -15,6 +15,10 @@ pub enum Error {
     NotFound(String),
     #[error("the index in the store was changed by someone else since it was loaded; local changes were kept and not written")]
     Conflict,
+    /// Larger than the index can describe (`index::MAX_FILE_SIZE`, `index::MAX_DATA_CHUNKS`):
+    /// refused before it is journaled, so it can never poison a commit.
+    #[error("{0}: larger than the largest file this file system holds")]
+    TooLarge(String),
     #[error("an index page outgrew its pad")]
     PageTooBig,
     #[error("the index root does not fit in one pad ({0} bytes)")]

@@ -19,15 +19,31 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Kind};
-use crate::index::{Entry, Meta};
+use crate::index::{self, Entry, Meta};
 
 /// One change to the index, as the engine's API made it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    Install { key: String, entry: Entry },
-    Remove { key: String },
-    Rename { moves: Vec<(String, String)> },
-    SetMeta { key: String, meta: Meta },
+    Install {
+        key: String,
+        entry: Entry,
+    },
+    Remove {
+        key: String,
+    },
+    Rename {
+        moves: Vec<(String, String)>,
+    },
+    SetMeta {
+        key: String,
+        meta: Meta,
+    },
+    /// The file at `key` takes a second name to come: it moves to `index::inode_key(id)` and
+    /// `key` becomes its first name (hard links).
+    Link {
+        key: String,
+        id: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -130,6 +146,59 @@ struct Open {
     pending: Vec<(u64, Op)>,
 }
 
+/// A record of any format version, as today's record.
+fn decode_record(bytes: &[u8]) -> Result<Record, codec::CodecError> {
+    match codec::open(Kind::JournalRecord, bytes)? {
+        (1, body) => Ok(codec::decode_body::<legacy::Record<index::v1::Entry>>(body)?.into()),
+        (2, body) => Ok(codec::decode_body::<legacy::Record<index::v2::Entry>>(body)?.into()),
+        (_, body) => codec::decode_body(body),
+    }
+}
+
+/// Records as earlier format versions wrote them: the same records, with that version's
+/// entries. A journal left by an older program is replayed, not dropped.
+mod legacy {
+    use serde::Deserialize;
+
+    use crate::index::{Entry, Meta};
+
+    #[derive(Deserialize)]
+    pub enum Op<E> {
+        Install { key: String, entry: E },
+        Remove { key: String },
+        Rename { moves: Vec<(String, String)> },
+        SetMeta { key: String, meta: Meta },
+    }
+
+    #[derive(Deserialize)]
+    pub enum Record<E> {
+        Base { root_hash: [u8; 32] },
+        Op { seq: u64, op: Op<E> },
+        Commit { upto: u64, root_hash: [u8; 32] },
+    }
+
+    impl<E: Into<Entry>> From<Record<E>> for super::Record {
+        fn from(record: Record<E>) -> Self {
+            match record {
+                Record::Base { root_hash } => super::Record::Base { root_hash },
+                Record::Commit { upto, root_hash } => super::Record::Commit { upto, root_hash },
+                Record::Op { seq, op } => super::Record::Op {
+                    seq,
+                    op: match op {
+                        Op::Install { key, entry } => super::Op::Install {
+                            key,
+                            entry: entry.into(),
+                        },
+                        Op::Remove { key } => super::Op::Remove { key },
+                        Op::Rename { moves } => super::Op::Rename { moves },
+                        Op::SetMeta { key, meta } => super::Op::SetMeta { key, meta },
+                    },
+                },
+            }
+        }
+    }
+}
+
 fn frame(record: &Record) -> io::Result<Vec<u8>> {
     let body = codec::encode(Kind::JournalRecord, record)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -155,7 +224,7 @@ impl Journal {
             let Some(body) = bytes.get(at + 4..at + 4 + len) else {
                 break;
             };
-            let Ok(record) = codec::decode::<Record>(Kind::JournalRecord, body) else {
+            let Ok(record) = decode_record(body) else {
                 break;
             };
             match record {

@@ -15,7 +15,10 @@ use tokio::sync::Mutex;
 
 use crate::codec::HashKind;
 use crate::index::persist::PageRef;
-use crate::index::{Chunk, Entry, Index, Meta, PadRef};
+use crate::index::{
+    inode_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef, MAX_DATA_CHUNKS,
+    MAX_FILE_SIZE,
+};
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
 
@@ -322,9 +325,10 @@ impl Engine {
             .collect();
         let chunks = self.write_chunks(pieces, progress).await?;
         let entry = Entry {
-            chunks,
+            chunks: ChunkMap::from_ordered(chunks),
             size: data.len() as u64,
             meta,
+            link: None,
         };
         self.install(key, entry).await
     }
@@ -478,29 +482,32 @@ impl Engine {
             .entry(key)
             .await
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
-        self.read_range(&entry.chunks, offset, len).await
+        self.read_range(&entry, offset, len).await
     }
 
-    /// Reads a byte range of a chunk list (pads fetched concurrently, through the cache).
-    pub async fn read_range(&self, chunks: &[Chunk], offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// Reads a byte range of a file (pads fetched concurrently, through the cache); holes and
+    /// the part of a chunk past its stored bytes read as zeros.
+    pub async fn read_range(&self, entry: &Entry, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let cs = self.chunk_size() as u64;
+        let end = offset.saturating_add(len as u64).min(entry.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        // (chunk, bytes wanted within it, where they go in the output)
         let mut wanted = Vec::new();
-        let mut start = 0u64;
-        let end = offset.saturating_add(len as u64);
-        for chunk in chunks {
+        for (idx, chunk) in entry.chunks.iter() {
+            let start = idx * cs;
             let chunk_end = start + chunk.len as u64;
             if chunk_end > offset && start < end {
                 let from = offset.saturating_sub(start) as usize;
                 let to = (end.min(chunk_end) - start) as usize;
-                wanted.push((chunk.clone(), from, to));
+                let at = (start + from as u64 - offset) as usize;
+                wanted.push((chunk.clone(), from, to, at));
             }
-            if chunk_end >= end {
-                break;
-            }
-            start = chunk_end;
         }
         let reads: Vec<_> = wanted
             .iter()
-            .map(|(chunk, _, _)| {
+            .map(|(chunk, _, _, _)| {
                 let inner = self.inner.clone();
                 let chunk = chunk.clone();
                 async move { inner.read_chunk(&chunk, Priority::Reader).await }
@@ -510,9 +517,9 @@ impl Engine {
             .buffered(self.inner.opts.parallelism.max(1))
             .try_collect()
             .await?;
-        let mut out = Vec::with_capacity(wanted.iter().map(|(_, f, t)| t - f).sum());
-        for (part, (_, from, to)) in parts.iter().zip(&wanted) {
-            out.extend_from_slice(&part[*from..*to]);
+        let mut out = vec![0; (end - offset) as usize];
+        for (part, (_, from, to, at)) in parts.iter().zip(&wanted) {
+            out[*at..*at + (to - from)].copy_from_slice(&part[*from..*to]);
         }
         Ok(out)
     }
@@ -580,6 +587,16 @@ impl Engine {
     pub async fn rename_many(&self, moves: &[(String, String)]) -> Result<()> {
         self.change(Op::Rename {
             moves: moves.to_vec(),
+        })
+        .await
+    }
+
+    /// Gives the file at `key` a number, so that it can take more names: it moves to
+    /// `inode_key(id)` and `key` becomes a name of it. No data pad is written.
+    pub async fn make_linkable(&self, key: &str, id: u64) -> Result<()> {
+        self.change(Op::Link {
+            key: key.to_string(),
+            id,
         })
         .await
     }
@@ -665,7 +682,8 @@ impl Engine {
             state
                 .index
                 .entries()
-                .flat_map(|(_, e)| e.chunks.iter().filter(|c| c.pad.is_some()).cloned())
+                .flat_map(|(_, e)| e.chunks.iter().map(|(_, c)| c.clone()))
+                .filter(|c| c.pad.is_some())
                 .collect()
         };
         let reads: Vec<_> = chunks
@@ -696,6 +714,9 @@ impl State {
         let missing = |key: &str| Err(Error::NotFound(key.to_string()));
         match op {
             Op::Install { key, entry } => {
+                if entry.size > MAX_FILE_SIZE || entry.chunks.len() > MAX_DATA_CHUNKS {
+                    return Err(Error::TooLarge(key.clone()));
+                }
                 let current: HashSet<PadSeed> = self
                     .index
                     .get(key)
@@ -717,6 +738,18 @@ impl State {
             Op::Remove { key } | Op::SetMeta { key, .. } if self.index.get(key).is_none() => {
                 missing(key)
             }
+            Op::Link { key, id } => match self.index.get(key) {
+                None => missing(key),
+                Some(entry) if entry.link.is_some() || entry.meta.kind == FileKind::Dir => {
+                    Err(Error::Store(crate::store::StoreError::Permanent(format!(
+                        "{key} cannot take another name"
+                    ))))
+                }
+                Some(_) if self.index.get(&inode_key(*id)).is_some() => Err(Error::Store(
+                    crate::store::StoreError::Permanent(format!("file number {id} is taken")),
+                )),
+                Some(_) => Ok(()),
+            },
             Op::Remove { .. } | Op::SetMeta { .. } => Ok(()),
             Op::Rename { moves } => {
                 let mut sources = HashSet::new();
@@ -768,6 +801,11 @@ impl State {
             }
             Op::SetMeta { key, meta } => {
                 self.index.get_mut(key).expect("checked").meta = meta.clone();
+            }
+            Op::Link { key, id } => {
+                let file = self.index.remove(key).expect("checked");
+                self.index.insert(inode_key(*id), file);
+                self.index.insert(key.clone(), Entry::link_to(*id));
             }
         }
     }

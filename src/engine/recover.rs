@@ -36,6 +36,9 @@ pub(super) async fn save(engine: &Engine, dir: &Path, ops: &[Op]) -> Result<Path
                     }
                 }
             }
+            Op::Link { key, id } => {
+                let _ = writeln!(changes, "gave {} a second name (file {id})", shown(key));
+            }
             Op::SetMeta { key, meta } => {
                 let _ = writeln!(
                     changes,
@@ -59,6 +62,13 @@ pub(super) async fn save(engine: &Engine, dir: &Path, ops: &[Op]) -> Result<Path
             continue;
         }
         let path = files.join(key);
+        if let Some(id) = entry.link {
+            let _ = writeln!(
+                changes,
+                "  {key}: another name of file {id}, not saved twice"
+            );
+            continue;
+        }
         let saved = match entry.meta.kind {
             FileKind::Dir => std::fs::create_dir_all(&path).map_err(io),
             FileKind::File => write_file(engine, &path, entry).await,
@@ -85,9 +95,7 @@ async fn write_file(engine: &Engine, path: &Path, entry: &Entry) -> Result<()> {
     let io = |e: std::io::Error| Error::Journal(e.to_string());
     // The pads were ours when written; the other writer may have reused recycled ones since,
     // which the hash check catches.
-    let data = engine
-        .read_range(&entry.chunks, 0, entry.size as usize)
-        .await?;
+    let data = engine.read_range(entry, 0, entry.size as usize).await?;
     create_parent(path).map_err(io)?;
     std::fs::write(path, data).map_err(io)
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use autonomi::Bytes;
 use tokio::sync::Mutex;
 
-use super::namespace::{is_orphan_key, join, orphan_key, Namespace, ROOT_INO};
+use super::children::FIRST_COOKIE;
+use super::namespace::{is_orphan_key, join, orphan_key, KeyInfo, Namespace, ROOT_INO};
 use super::open_file::OpenFile;
 use crate::engine::{Engine, Error as EngineError};
-use crate::index::{Entry, FileKind, Meta, Timestamp};
+use crate::index::{inode_key, inode_of_key, Entry, FileKind, Meta, Timestamp, MAX_FILE_SIZE};
 
 /// An errno for the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,7 @@ impl From<EngineError> for Errno {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound(_) => Errno(libc::ENOENT),
+            EngineError::TooLarge(_) => Errno(libc::EFBIG),
             e => {
                 tracing::error!("storage error: {e}");
                 Errno(libc::EIO)
@@ -124,6 +126,12 @@ pub struct FsCore {
 
 const NAME_MAX: usize = 255;
 
+/// The most names one file may have (ext4's bound).
+const LINK_MAX: u32 = 65_000;
+
+/// Bytes of extended attributes (names and values) one file may hold.
+const XATTR_SPACE: usize = 256 << 10;
+
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return err(libc::ENAMETOOLONG);
@@ -143,20 +151,48 @@ impl FsCore {
             let mut meta = Meta::file();
             meta.kind = FileKind::Dir;
             meta.mode = 0o755;
-            engine.install("", empty_entry(meta)).await?;
+            engine.install("", Entry::empty(meta)).await?;
         }
+        // Files with several names live under inode keys; their names point at them.
+        let numbered: HashMap<u64, FileKind> = (snapshot.iter())
+            .filter_map(|(k, e)| Some((inode_of_key(k)?, e.meta.kind)))
+            .collect();
         let mut orphans = Vec::new();
-        let (ns, stray) = Namespace::build(snapshot.into_iter().filter_map(|(k, e)| {
-            if is_orphan_key(&k) {
-                orphans.push(k);
-                None
-            } else {
-                Some((k, e.meta.kind))
+        let mut stray = Vec::new();
+        let keys = snapshot.into_iter().filter_map(|(key, e)| {
+            if is_orphan_key(&key) {
+                orphans.push(key);
+                return None;
             }
-        }));
-        for key in &stray {
-            tracing::warn!("index key {key:?} has no parent directory; it is not shown");
+            if inode_of_key(&key).is_some() {
+                return None;
+            }
+            let kind = match e.link {
+                None => e.meta.kind,
+                Some(id) => match numbered.get(&id) {
+                    Some(&kind) => kind,
+                    None => {
+                        stray.push(key);
+                        return None;
+                    }
+                },
+            };
+            Some(KeyInfo {
+                key,
+                kind,
+                link: e.link,
+            })
+        });
+        let (ns, unplaced) = Namespace::build(keys.collect::<Vec<_>>());
+        for key in stray.iter().chain(&unplaced) {
+            tracing::warn!("index key {key:?} has no parent directory or file; it is not shown");
         }
+        // A file whose last name went while it was open, or before a crash let it go.
+        orphans.extend(
+            (numbered.keys())
+                .filter(|&&id| ns.linked(id).is_none())
+                .map(|&id| inode_key(id)),
+        );
         if !cfg.read_only {
             for key in orphans {
                 engine.remove(&key).await?;
@@ -237,7 +273,7 @@ impl FsCore {
             kind: entry.meta.kind,
             size: entry.size,
             perm: entry.meta.mode & 0o7777,
-            nlink: 1,
+            nlink: node.nlink(),
             uid: entry.meta.uid,
             gid: entry.meta.gid,
             atime: entry.meta.atime,
@@ -250,8 +286,8 @@ impl FsCore {
                 attr.size = 4096;
                 let subdirs = node
                     .children
-                    .values()
-                    .filter(|c| ns.get(**c).is_some_and(|n| n.kind == FileKind::Dir))
+                    .inodes()
+                    .filter(|c| ns.get(*c).is_some_and(|n| n.kind == FileKind::Dir))
                     .count();
                 attr.nlink = 2 + subdirs as u32;
             }
@@ -350,7 +386,7 @@ impl FsCore {
         }
         let kind = meta.kind;
         self.engine
-            .install(&join(&dir_key, name), empty_entry(meta))
+            .install(&join(&dir_key, name), Entry::empty(meta))
             .await?;
         let ino = ns.insert(parent, name, kind);
         self.touch_dir(&ns, parent).await?;
@@ -435,18 +471,33 @@ impl FsCore {
         Ok((attr, fh))
     }
 
-    /// Takes a name out of the tree and the index. A file still open keeps its data under an
-    /// orphan key until its last handle closes.
+    /// Takes a name out of the tree and the index. A file left without names but still open
+    /// keeps its data (under an orphan key, or its inode key) until its last handle closes.
     async fn remove_name(&self, ns: &mut Namespace, parent: u64, name: &str) -> FsResult<()> {
         let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
-        let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let still_open = ns.get(ino).is_some_and(|n| n.handles > 0);
-        if still_open {
-            self.engine.rename(&key, &orphan_key(ino)).await?;
-        } else {
-            self.engine.remove(&key).await?;
+        let name_key = ns.name_key(parent, name).ok_or(Errno(libc::ENOENT))?;
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        if node.link.is_none() {
+            if node.handles > 0 {
+                self.engine.rename(&name_key, &orphan_key(ino)).await?;
+            } else {
+                self.engine.remove(&name_key).await?;
+            }
+            ns.detach(parent, name);
+            return Ok(());
         }
-        ns.detach(parent, name);
+        // One name of a file with several: the file goes with its last name.
+        let file_key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        self.engine.remove(&name_key).await?;
+        let has_names = ns.detach(parent, name) == Some(true);
+        if has_names {
+            let now = Timestamp::now();
+            self.engine
+                .update_meta(&file_key, |m| m.ctime = now)
+                .await?;
+        } else if ns.get(ino).is_none() {
+            self.engine.remove(&file_key).await?;
+        }
         Ok(())
     }
 
@@ -518,22 +569,25 @@ impl FsCore {
             }
             self.remove_name(&mut ns, new_parent, new_name).await?;
         }
-        let new_key = join(&ns.key(new_parent).ok_or(Errno(libc::ENOENT))?, new_name);
-        let old_key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        let new_key = ns
+            .name_key(new_parent, new_name)
+            .ok_or(Errno(libc::ENOENT))?;
+        let old_key = ns.name_key(parent, name).ok_or(Errno(libc::ENOENT))?;
         let moves: Vec<(String, String)> = ns
-            .subtree(ino)
+            .keys_below(ino, &old_key)
             .into_iter()
-            .filter(|&n| !ns.get(n).is_some_and(|node| node.unlinked))
-            .filter_map(|n| ns.key(n))
             .map(|key| {
                 let moved = format!("{new_key}{}", &key[old_key.len()..]);
                 (key, moved)
             })
             .collect();
         self.engine.rename_many(&moves).await?;
-        ns.move_node(ino, new_parent, new_name);
+        ns.move_name(parent, name, new_parent, new_name);
         let now = Timestamp::now();
-        self.engine.update_meta(&new_key, |m| m.ctime = now).await?;
+        let file_key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+        self.engine
+            .update_meta(&file_key, |m| m.ctime = now)
+            .await?;
         self.touch_dir(&ns, parent).await?;
         if new_parent != parent {
             self.touch_dir(&ns, new_parent).await?;
@@ -541,14 +595,65 @@ impl FsCore {
         Ok(())
     }
 
-    pub async fn link(&self) -> FsResult<Attr> {
-        // Hard links would need one entry under two keys; the index keeps one key per file.
-        err(libc::EPERM)
+    /// Gives a file another name (a hard link). The first time, the file moves under an
+    /// inode key and its name becomes one of its names; no data pad is written.
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Attr> {
+        self.writable()?;
+        check_name(new_name)?;
+        let mut ns = self.ns.lock().await;
+        let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
+        if node.kind == FileKind::Dir {
+            return err(libc::EPERM);
+        }
+        if node.unlinked {
+            return err(libc::ENOENT);
+        }
+        if node.nlink() >= LINK_MAX {
+            return err(libc::EMLINK);
+        }
+        match ns.get(new_parent) {
+            None => return err(libc::ENOENT),
+            Some(dir) if dir.kind != FileKind::Dir => return err(libc::ENOTDIR),
+            Some(dir) if dir.unlinked => return err(libc::ENOENT),
+            Some(_) => {}
+        }
+        if ns.child(new_parent, new_name).is_some() {
+            return err(libc::EEXIST);
+        }
+        let id = match ns.get(ino).and_then(|n| n.link) {
+            Some(id) => id,
+            None => {
+                let id = loop {
+                    let id = rand::random::<u64>();
+                    if self.engine.entry(&inode_key(id)).await.is_none() {
+                        break id;
+                    }
+                };
+                let path = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+                self.engine.make_linkable(&path, id).await?;
+                ns.set_link(ino, id);
+                id
+            }
+        };
+        let new_key = ns
+            .name_key(new_parent, new_name)
+            .ok_or(Errno(libc::ENOENT))?;
+        self.engine.install(&new_key, Entry::link_to(id)).await?;
+        ns.add_name(ino, new_parent, new_name);
+        let now = Timestamp::now();
+        self.engine
+            .update_meta(&inode_key(id), |m| m.ctime = now)
+            .await?;
+        self.touch_dir(&ns, new_parent).await?;
+        self.attr_of(&ns, ino).await
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
         self.writable()?;
         if let Some(size) = set.size {
+            if size > MAX_FILE_SIZE {
+                return err(libc::EFBIG);
+            }
             let open = self.open_state(ino).await?;
             let result = open.truncate(&self.engine, size).await;
             let committed = match result {
@@ -641,7 +746,8 @@ impl FsCore {
                 let uploaded = open.data.lock().await.take_uploaded(&self.engine).await;
                 self.engine.discard_chunks(&uploaded).await;
             }
-            if let Err(e) = self.engine.remove(&orphan_key(ino)).await {
+            let key = ns.key(ino).unwrap_or_else(|| orphan_key(ino));
+            if let Err(e) = self.engine.remove(&key).await {
                 tracing::warn!("dropping unlinked file {ino}: {e}");
             }
             ns.forget_if_unused(ino);
@@ -697,7 +803,7 @@ impl FsCore {
         let offset = if append { open.size() } else { offset };
         if offset
             .checked_add(data.len() as u64)
-            .is_none_or(|end| end > i64::MAX as u64)
+            .is_none_or(|end| end > MAX_FILE_SIZE)
         {
             return err(libc::EFBIG);
         }
@@ -862,6 +968,15 @@ impl FsCore {
         if flags & libc::XATTR_REPLACE != 0 && !exists {
             return err(libc::ENODATA);
         }
+        // A file's attributes live in its index entry, which must fit in a pad beside its
+        // chunk list: out of attribute space, as ext4 says when its block is full.
+        let others: usize = (entry.meta.xattrs.iter())
+            .filter(|(n, _)| n.as_slice() != name)
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        if others + name.len() + value.len() > XATTR_SPACE {
+            return err(libc::ENOSPC);
+        }
         let now = Timestamp::now();
         self.engine
             .update_meta(&key, |m| {
@@ -893,14 +1008,6 @@ impl FsCore {
     }
 }
 
-fn empty_entry(meta: Meta) -> Entry {
-    Entry {
-        chunks: Vec::new(),
-        size: 0,
-        meta,
-    }
-}
-
 /// Bytes available to unprivileged users on the file system holding `dir`.
 fn disk_space(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -922,8 +1029,9 @@ pub struct DirEntry {
     pub name: String,
 }
 
-/// The entries of directory `ino` from position `offset` on, at most `max`, each with the
-/// position that follows it.
+/// The entries of directory `ino` after directory offset `offset`, at most `max`, each with
+/// the offset to resume after it: `.` and `..` at 1 and 2, then each name at its cookie, which
+/// stays valid whatever is added or removed meanwhile.
 fn dir_entries<'a>(
     ns: &'a Namespace,
     ino: u64,
@@ -934,21 +1042,16 @@ fn dir_entries<'a>(
     if node.kind != FileKind::Dir {
         return err(libc::ENOTDIR);
     }
-    let dots = [(ino, "."), (node.parent.max(ROOT_INO), "..")];
-    let names = node
-        .children
-        .iter()
-        .map(|(name, &child)| (child, name.as_str()));
-    let entries = (1..).zip(dots.into_iter().chain(names));
-    Ok(entries
-        .skip(offset as usize)
-        .take(max)
-        .map(|(next, (ino, name))| {
-            let entry = DirEntry {
-                ino,
-                kind: ns.get(ino).map_or(FileKind::File, |n| n.kind),
-                name: name.to_string(),
-            };
-            (next, entry)
-        }))
+    let dots = [(1, ".", ino), (2, "..", node.parent.max(ROOT_INO))]
+        .into_iter()
+        .filter(move |&(at, _, _)| at > offset);
+    let names = node.children.after(offset.max(FIRST_COOKIE - 1));
+    Ok(dots.chain(names).take(max).map(|(next, name, ino)| {
+        let entry = DirEntry {
+            ino,
+            kind: ns.get(ino).map_or(FileKind::File, |n| n.kind),
+            name: name.to_string(),
+        };
+        (next, entry)
+    }))
 }

@@ -298,12 +298,13 @@ impl Filesystem for FuseAdapter {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.run(self.core.link());
+        let result =
+            name_str(newname).and_then(|name| self.run(self.core.link(ino.0, newparent.0, name)));
         self.reply_entry(reply, result);
     }
 

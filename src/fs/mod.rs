@@ -1,5 +1,6 @@
 //! The file system: a thin FUSE adapter over a core that tests drive without FUSE.
 
+mod children;
 pub mod core;
 pub mod fuse;
 pub mod namespace;

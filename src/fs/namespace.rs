@@ -2,11 +2,12 @@
 //! (`dir/sub/file`, the root is the empty key); the tree is rebuilt from them at mount, and inode
 //! numbers are stable for the life of a mount.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::children::Children;
 use super::open_file::OpenFile;
-use crate::index::FileKind;
+use crate::index::{inode_key, FileKind};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -29,20 +30,46 @@ pub fn join(parent: &str, name: &str) -> String {
 }
 
 pub struct Node {
+    /// The directory of the node's first name, and that name.
     pub parent: u64,
     pub name: String,
     pub kind: FileKind,
-    pub children: BTreeMap<String, u64>,
+    pub children: Children,
     /// Shared state of the open handles of a regular file.
     pub open: Option<Arc<OpenFile>>,
     pub handles: usize,
-    /// Removed from the tree while open: it lives under its orphan key.
+    /// Every name removed while open: it lives under its orphan key (or its inode key).
     pub unlinked: bool,
+    /// For a file with several names (hard links): its number, under which it lives in the
+    /// index (`index::inode_key`), and its names after the first.
+    pub link: Option<u64>,
+    pub more_names: Vec<(u64, String)>,
+}
+
+impl Node {
+    /// How many names the node has.
+    pub fn nlink(&self) -> u32 {
+        if self.unlinked {
+            0
+        } else {
+            1 + self.more_names.len() as u32
+        }
+    }
 }
 
 pub struct Namespace {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
+    /// File number (hard links) -> inode.
+    linked: HashMap<u64, u64>,
+}
+
+/// One index key as the tree is built from it: a path, its kind, and for a name of a file with
+/// several names, that file's number.
+pub struct KeyInfo {
+    pub key: String,
+    pub kind: FileKind,
+    pub link: Option<u64>,
 }
 
 impl Namespace {
@@ -52,28 +79,42 @@ impl Namespace {
         Namespace {
             nodes,
             next_ino: ROOT_INO + 1,
+            linked: HashMap::new(),
         }
     }
 
     /// Builds the tree from index keys (sorted, so a parent comes before its children). Keys
-    /// whose parent is missing are returned, not placed.
-    pub fn build(keys: impl IntoIterator<Item = (String, FileKind)>) -> (Self, Vec<String>) {
+    /// whose parent is missing are returned, not placed. The names of one file number share an
+    /// inode.
+    pub fn build(keys: impl IntoIterator<Item = KeyInfo>) -> (Self, Vec<String>) {
         let mut ns = Namespace::new();
         let mut by_path: HashMap<String, u64> = HashMap::from([(String::new(), ROOT_INO)]);
         let mut stray = Vec::new();
-        let mut keys: Vec<_> = keys.into_iter().filter(|(k, _)| !k.is_empty()).collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, kind) in keys {
-            let (parent_path, name) = match key.rsplit_once('/') {
+        let mut keys: Vec<_> = keys.into_iter().filter(|k| !k.key.is_empty()).collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        for info in keys {
+            let (parent_path, name) = match info.key.rsplit_once('/') {
                 Some((p, n)) => (p.to_string(), n.to_string()),
-                None => (String::new(), key.clone()),
+                None => (String::new(), info.key.clone()),
             };
             match by_path.get(&parent_path) {
                 Some(&parent) if ns.nodes[&parent].kind == FileKind::Dir => {
-                    let ino = ns.insert(parent, &name, kind);
-                    by_path.insert(key, ino);
+                    let ino = match info.link.and_then(|id| ns.linked.get(&id).copied()) {
+                        Some(ino) => {
+                            ns.add_name(ino, parent, &name);
+                            ino
+                        }
+                        None => {
+                            let ino = ns.insert(parent, &name, info.kind);
+                            if let Some(id) = info.link {
+                                ns.set_link(ino, id);
+                            }
+                            ino
+                        }
+                    };
+                    by_path.insert(info.key, ino);
                 }
-                _ => stray.push(key),
+                _ => stray.push(info.key),
             }
         }
         (ns, stray)
@@ -88,15 +129,29 @@ impl Namespace {
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
-        self.nodes.get(&parent)?.children.get(name).copied()
+        self.nodes.get(&parent)?.children.get(name)
     }
 
-    /// The index key of a node.
+    /// The inode of the file numbered `id`, if it is in the tree.
+    pub fn linked(&self, id: u64) -> Option<u64> {
+        self.linked.get(&id).copied()
+    }
+
+    /// The index key of a node's entry: its path, or where a file with several names or
+    /// without any lives.
     pub fn key(&self, ino: u64) -> Option<String> {
         let node = self.nodes.get(&ino)?;
+        if let Some(id) = node.link {
+            return Some(inode_key(id));
+        }
         if node.unlinked {
             return Some(orphan_key(ino));
         }
+        self.path(ino)
+    }
+
+    /// The path of a node's first name.
+    fn path(&self, ino: u64) -> Option<String> {
         let mut parts = Vec::new();
         let mut at = ino;
         while at != ROOT_INO {
@@ -106,6 +161,11 @@ impl Namespace {
         }
         parts.reverse();
         Some(parts.join("/"))
+    }
+
+    /// The index key of the name `name` in directory `parent`.
+    pub fn name_key(&self, parent: u64, name: &str) -> Option<String> {
+        Some(join(&self.path(parent)?, name))
     }
 
     pub fn insert(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
@@ -121,32 +181,73 @@ impl Namespace {
         ino
     }
 
-    /// Takes a name out of its directory; the node stays if it is open.
-    pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.nodes.get_mut(&parent)?.children.remove(name)?;
-        let node = self.nodes.get_mut(&ino).expect("child exists");
-        if node.handles > 0 {
-            node.unlinked = true;
-        } else {
-            self.nodes.remove(&ino);
-        }
-        Some(ino)
+    /// Marks a node as the file numbered `id` (it lives under its inode key from now on).
+    pub fn set_link(&mut self, ino: u64, id: u64) {
+        self.nodes.get_mut(&ino).expect("node exists").link = Some(id);
+        self.linked.insert(id, ino);
     }
 
-    /// Moves a node to a new parent and name (the target name must be free).
-    pub fn move_node(&mut self, ino: u64, new_parent: u64, new_name: &str) {
-        let (old_parent, old_name) = {
-            let node = &self.nodes[&ino];
-            (node.parent, node.name.clone())
-        };
+    /// Gives a node another name.
+    pub fn add_name(&mut self, ino: u64, parent: u64, name: &str) {
         self.nodes
-            .get_mut(&old_parent)
+            .get_mut(&parent)
+            .expect("parent exists")
+            .children
+            .insert(name.to_string(), ino);
+        let node = self.nodes.get_mut(&ino).expect("node exists");
+        node.more_names.push((parent, name.to_string()));
+    }
+
+    /// Takes a name out of its directory. A node left without names stays while it is open;
+    /// returns whether it still has names.
+    pub fn detach(&mut self, parent: u64, name: &str) -> Option<bool> {
+        let ino = self.nodes.get_mut(&parent)?.children.remove(name)?;
+        let node = self.nodes.get_mut(&ino).expect("child exists");
+        if (node.parent, node.name.as_str()) == (parent, name) {
+            match node.more_names.pop() {
+                Some((p, n)) => (node.parent, node.name) = (p, n),
+                None => {
+                    if node.handles > 0 {
+                        node.unlinked = true;
+                    } else {
+                        self.drop_node(ino);
+                    }
+                    return Some(false);
+                }
+            }
+        } else {
+            node.more_names
+                .retain(|(p, n)| (*p, n.as_str()) != (parent, name));
+        }
+        Some(true)
+    }
+
+    fn drop_node(&mut self, ino: u64) {
+        if let Some(id) = self.nodes.remove(&ino).and_then(|n| n.link) {
+            self.linked.remove(&id);
+        }
+    }
+
+    /// Moves one name of a node to a new parent and name (the target name must be free).
+    pub fn move_name(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
+        let ino = self
+            .nodes
+            .get_mut(&parent)
             .unwrap()
             .children
-            .remove(&old_name);
+            .remove(name)
+            .expect("name exists");
         let node = self.nodes.get_mut(&ino).unwrap();
-        node.parent = new_parent;
-        node.name = new_name.to_string();
+        if (node.parent, node.name.as_str()) == (parent, name) {
+            node.parent = new_parent;
+            node.name = new_name.to_string();
+        } else {
+            for other in &mut node.more_names {
+                if (other.0, other.1.as_str()) == (parent, name) {
+                    *other = (new_parent, new_name.to_string());
+                }
+            }
+        }
         self.nodes
             .get_mut(&new_parent)
             .unwrap()
@@ -154,14 +255,14 @@ impl Namespace {
             .insert(new_name.to_string(), ino);
     }
 
-    /// Drops an unlinked node once nothing holds it.
+    /// Drops a node left without names once nothing holds it.
     pub fn forget_if_unused(&mut self, ino: u64) {
         if self
             .nodes
             .get(&ino)
             .is_some_and(|n| n.unlinked && n.handles == 0)
         {
-            self.nodes.remove(&ino);
+            self.drop_node(ino);
         }
     }
 
@@ -181,15 +282,26 @@ impl Namespace {
         }
     }
 
-    /// Every node at or below `ino`, the node first.
-    pub fn subtree(&self, ino: u64) -> Vec<u64> {
-        let mut out = vec![ino];
-        let mut i = 0;
-        while i < out.len() {
-            if let Some(node) = self.nodes.get(&out[i]) {
-                out.extend(node.children.values().copied());
+    /// The index keys of the name `key` of node `ino` and of every name below it, the node's
+    /// first: what moves when a directory is renamed.
+    pub fn keys_below(&self, ino: u64, key: &str) -> Vec<String> {
+        let mut out = vec![key.to_string()];
+        let mut stack = vec![(ino, key.to_string())];
+        while let Some((dir, dir_key)) = stack.pop() {
+            let Some(node) = self.nodes.get(&dir) else {
+                continue;
+            };
+            for (_, name, child) in node.children.after(0) {
+                let child_key = join(&dir_key, name);
+                out.push(child_key.clone());
+                if self
+                    .nodes
+                    .get(&child)
+                    .is_some_and(|n| n.kind == FileKind::Dir)
+                {
+                    stack.push((child, child_key));
+                }
             }
-            i += 1;
         }
         out
     }
@@ -207,10 +319,12 @@ impl Node {
             parent,
             name,
             kind,
-            children: BTreeMap::new(),
+            children: Children::default(),
             open: None,
             handles: 0,
             unlinked: false,
+            link: None,
+            more_names: Vec::new(),
         }
     }
 }
@@ -219,24 +333,53 @@ impl Node {
 mod tests {
     use super::*;
 
+    fn key(key: &str, kind: FileKind, link: Option<u64>) -> KeyInfo {
+        KeyInfo {
+            key: key.into(),
+            kind,
+            link,
+        }
+    }
+
     #[test]
     fn builds_paths_and_moves_subtrees() {
         let (mut ns, stray) = Namespace::build(vec![
-            ("a".into(), FileKind::Dir),
-            ("a/b".into(), FileKind::File),
-            ("a/c".into(), FileKind::Dir),
-            ("a/c/d".into(), FileKind::File),
-            ("x/y".into(), FileKind::File),
+            key("a", FileKind::Dir, None),
+            key("a/b", FileKind::File, None),
+            key("a/c", FileKind::Dir, None),
+            key("a/c/d", FileKind::File, None),
+            key("x/y", FileKind::File, None),
         ]);
         assert_eq!(stray, vec!["x/y".to_string()]);
         let a = ns.child(ROOT_INO, "a").unwrap();
         let c = ns.child(a, "c").unwrap();
         let d = ns.child(c, "d").unwrap();
         assert_eq!(ns.key(d).unwrap(), "a/c/d");
-        ns.move_node(c, ROOT_INO, "moved");
+        ns.move_name(a, "c", ROOT_INO, "moved");
         assert_eq!(ns.key(d).unwrap(), "moved/d");
         assert!(ns.is_within(d, c));
         assert!(!ns.is_within(a, c));
-        assert_eq!(ns.subtree(c), vec![c, d]);
+        assert_eq!(ns.keys_below(c, "moved"), vec!["moved", "moved/d"]);
+    }
+
+    #[test]
+    fn names_of_one_file_share_an_inode_until_the_last_goes() {
+        let (mut ns, _) = Namespace::build(vec![
+            key("d", FileKind::Dir, None),
+            key("d/one", FileKind::File, Some(7)),
+            key("two", FileKind::File, Some(7)),
+        ]);
+        let d = ns.child(ROOT_INO, "d").unwrap();
+        let ino = ns.child(d, "one").unwrap();
+        assert_eq!(ns.child(ROOT_INO, "two"), Some(ino));
+        assert_eq!(ns.get(ino).unwrap().nlink(), 2);
+        assert_eq!(ns.key(ino).unwrap(), inode_key(7));
+        assert_eq!(ns.keys_below(d, "d"), vec!["d", "d/one"]);
+        ns.move_name(d, "one", ROOT_INO, "three");
+        assert_eq!(ns.detach(ROOT_INO, "two"), Some(true));
+        assert_eq!(ns.get(ino).unwrap().nlink(), 1);
+        assert_eq!(ns.child(ROOT_INO, "three"), Some(ino));
+        assert_eq!(ns.detach(ROOT_INO, "three"), Some(false));
+        assert!(ns.get(ino).is_none() && ns.linked(7).is_none());
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use super::read_pattern::{ReadPattern, ReadPlan};
 use crate::buffers;
 use crate::engine::{Engine, Error as EngineError};
-use crate::index::{Chunk, Entry, Timestamp};
+use crate::index::{Chunk, ChunkMap, Entry, Timestamp, MAX_DATA_CHUNKS};
 
 pub struct OpenFile {
     /// Chunk state; held across uploads, so one upload at a time per file.
@@ -37,7 +37,7 @@ pub struct PendingAttrs {
 pub struct FileData {
     chunk_size: u64,
     /// The chunks of the last committed version (cut back by truncation).
-    base: Vec<Chunk>,
+    base: ChunkMap,
     /// Changed chunks, whole, keyed by chunk number; a buffer may be shorter than its chunk's
     /// extent, and the rest reads as zeros.
     dirty: BTreeMap<u64, Vec<u8>>,
@@ -120,6 +120,10 @@ impl OpenFile {
         let mut data = self.data.lock().await;
         let size = self.size();
         let cs = data.chunk_size;
+        if !bytes.is_empty() {
+            let chunks = offset / cs..=(offset + bytes.len() as u64 - 1) / cs;
+            data.check_room(chunks)?;
+        }
         let mut done = 0usize;
         while done < bytes.len() {
             let pos = offset + done as u64;
@@ -183,7 +187,7 @@ impl OpenFile {
                 let buf = data.materialize(engine, last, old, 0).await?;
                 buf.truncate((size % cs) as usize);
             }
-            data.base.truncate(keep as usize);
+            data.base.truncate(keep);
             data.dirty.retain(|&i, _| i < keep);
             let dropped: Vec<Chunk> = data.uploaded.split_off(&keep).into_values().collect();
             engine.discard_chunks(&dropped).await;
@@ -304,7 +308,7 @@ impl OpenFile {
     pub async fn prepare_commit<'a>(
         &'a self,
         engine: &Engine,
-    ) -> Result<Option<(tokio::sync::MutexGuard<'a, FileData>, Vec<Chunk>, u64)>, EngineError> {
+    ) -> Result<Option<(tokio::sync::MutexGuard<'a, FileData>, ChunkMap, u64)>, EngineError> {
         let mut data = self.data.lock().await;
         if !data.changed {
             return Ok(None);
@@ -313,21 +317,13 @@ impl OpenFile {
         let size = self.size();
         data.normalize(engine, size).await?;
         data.upload_all(engine).await?;
-        let cs = data.chunk_size;
-        let count = size.div_ceil(cs);
-        let chunks = (0..count)
-            .map(|idx| {
-                let extent = (size - idx * cs).min(cs) as u32;
-                match data
-                    .uploaded
-                    .get(&idx)
-                    .or_else(|| data.base.get(idx as usize))
-                {
-                    Some(chunk) if chunk.has_data() => chunk.clone(),
-                    _ => Chunk::hole(extent),
-                }
-            })
-            .collect();
+        let count = size.div_ceil(data.chunk_size);
+        let mut chunks = data.base.clone();
+        chunks.truncate(count);
+        for (&idx, chunk) in data.uploaded.range(..count) {
+            // An uploaded hole (a chunk rewritten as zeros) clears the stored one.
+            chunks.insert(idx, chunk.clone());
+        }
         Ok(Some((data, chunks, size)))
     }
 }
@@ -340,14 +336,41 @@ impl FileData {
         if let Some(upload) = self.uploading.get(&idx) {
             return Source::Dirty(&upload.bytes);
         }
-        match self
-            .uploaded
-            .get(&idx)
-            .or_else(|| self.base.get(idx as usize))
-        {
+        match self.uploaded.get(&idx).or_else(|| self.base.get(idx)) {
             Some(chunk) => Source::Stored(chunk.clone()),
             None => Source::Zeros,
         }
+    }
+
+    /// Whether chunk `idx` may hold data now (stored, changed or being uploaded).
+    fn holds(&self, idx: u64) -> bool {
+        self.base.get(idx).is_some()
+            || self.uploaded.contains_key(&idx)
+            || self.dirty.contains_key(&idx)
+            || self.uploading.contains_key(&idx)
+    }
+
+    /// Refuses a write that would give the file more chunks of data than its index entry can
+    /// list (`MAX_DATA_CHUNKS`), before anything is buffered.
+    fn check_room(&self, chunks: std::ops::RangeInclusive<u64>) -> Result<(), EngineError> {
+        let new = chunks.filter(|&i| !self.holds(i)).count();
+        if new == 0 {
+            return Ok(());
+        }
+        let bound = self.base.len() + self.uploaded.len() + self.dirty.len() + self.uploading.len();
+        if bound + new <= MAX_DATA_CHUNKS {
+            return Ok(());
+        }
+        let mut held: std::collections::BTreeSet<u64> = self.base.indices().collect();
+        held.extend(self.uploaded.keys());
+        held.extend(self.dirty.keys());
+        held.extend(self.uploading.keys());
+        if held.len() + new > MAX_DATA_CHUNKS {
+            return Err(EngineError::TooLarge(format!(
+                "a file of more than {MAX_DATA_CHUNKS} chunks of data"
+            )));
+        }
+        Ok(())
     }
 
     /// The buffer of chunk `idx`, read in from the store the first time it changes. A write
@@ -387,7 +410,12 @@ impl FileData {
     async fn normalize(&mut self, engine: &Engine, size: u64) -> Result<(), EngineError> {
         let cs = self.chunk_size;
         let count = size.div_ceil(cs);
-        for idx in 0..count {
+        // Only chunks that hold something can be short; the rest are holes.
+        let mut held: std::collections::BTreeSet<u64> =
+            self.base.indices().take_while(|&i| i < count).collect();
+        held.extend(self.uploaded.range(..count).map(|(&i, _)| i));
+        held.extend(self.dirty.range(..count).map(|(&i, _)| i));
+        for idx in held {
             let extent = (size - idx * cs).min(cs) as usize;
             let stored_len = match self.source(idx) {
                 Source::Stored(chunk) if chunk.has_data() => Some(chunk.len as usize),
@@ -510,7 +538,7 @@ impl FileData {
     }
 
     /// After the new chunk list is installed in the index: it is the new base.
-    pub fn committed(&mut self, chunks: Vec<Chunk>) {
+    pub fn committed(&mut self, chunks: ChunkMap) {
         self.base = chunks;
         self.uploaded.clear();
         self.changed = false;

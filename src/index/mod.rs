@@ -69,6 +69,72 @@ impl Chunk {
     }
 }
 
+/// The largest file: 16 TiB. Its size costs nothing in the index (holes are not stored), so
+/// the bound is only there to be documented and enforced where a write or truncate asks for
+/// more (EFBIG).
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+
+/// The most chunks of one file that hold data (the rest of a file is holes). A file's entry
+/// lives in one index page, which lives in one pad: at about 80 bytes a chunk this keeps the
+/// largest entry within a pad, so a file that grows past it is refused (EFBIG) at the write,
+/// never found too big for the index at a commit. With the default chunk size, about 180 GiB
+/// of data.
+pub const MAX_DATA_CHUNKS: usize = 45_000;
+
+/// A file's stored chunks by chunk number. Chunk `i` covers bytes `[i * cs, (i + 1) * cs)` of
+/// the file; a number that is absent is a hole and reads as zeros, so a sparse file of any size
+/// costs only its data in the index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChunkMap(BTreeMap<u64, Chunk>);
+
+impl ChunkMap {
+    /// From chunks in file order; holes are dropped.
+    pub fn from_ordered(chunks: impl IntoIterator<Item = Chunk>) -> Self {
+        let mut map = ChunkMap::default();
+        for (idx, chunk) in (0..).zip(chunks) {
+            map.insert(idx, chunk);
+        }
+        map
+    }
+
+    pub fn get(&self, idx: u64) -> Option<&Chunk> {
+        self.0.get(&idx)
+    }
+
+    /// Puts a chunk at `idx`, returning the one it replaces; a hole just clears `idx`.
+    pub fn insert(&mut self, idx: u64, chunk: Chunk) -> Option<Chunk> {
+        if chunk.has_data() {
+            self.0.insert(idx, chunk)
+        } else {
+            self.0.remove(&idx)
+        }
+    }
+
+    /// Drops the chunks from `keep` on, returning them.
+    pub fn truncate(&mut self, keep: u64) -> Vec<Chunk> {
+        self.0.split_off(&keep).into_values().collect()
+    }
+
+    /// The chunks that hold data, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Chunk)> {
+        self.0.iter().map(|(&idx, chunk)| (idx, chunk))
+    }
+
+    pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.keys().copied()
+    }
+
+    /// How many chunks hold data.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The entries of index pages in format version 1, before chunks could hold inline bytes.
 pub mod v1 {
     use serde::Deserialize;
@@ -90,19 +156,40 @@ pub mod v1 {
     impl From<Entry> for super::Entry {
         fn from(e: Entry) -> Self {
             super::Entry {
-                chunks: e
-                    .chunks
-                    .into_iter()
-                    .map(|c| super::Chunk {
-                        pad: c.pad,
-                        len: c.len,
-                        hash: c.hash,
-                        hash_kind: crate::codec::HashKind::Sha256,
-                        inline: None,
-                    })
-                    .collect(),
+                chunks: super::ChunkMap::from_ordered(e.chunks.into_iter().map(|c| super::Chunk {
+                    pad: c.pad,
+                    len: c.len,
+                    hash: c.hash,
+                    hash_kind: crate::codec::HashKind::Sha256,
+                    inline: None,
+                })),
                 size: e.size,
                 meta: e.meta,
+                link: None,
+            }
+        }
+    }
+}
+
+/// The entries of format version 2: every chunk of a file in a list, holes included, so that
+/// a sparse file's entry grew with its size (a 1 TiB file took 10 MB and no longer fit a pad).
+pub mod v2 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        chunks: Vec<super::Chunk>,
+        size: u64,
+        meta: super::Meta,
+    }
+
+    impl From<Entry> for super::Entry {
+        fn from(e: Entry) -> Self {
+            super::Entry {
+                chunks: super::ChunkMap::from_ordered(e.chunks),
+                size: e.size,
+                meta: e.meta,
+                link: None,
             }
         }
     }
@@ -170,14 +257,49 @@ impl Meta {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub chunks: Vec<Chunk>,
+    pub chunks: ChunkMap,
     pub size: u64,
     pub meta: Meta,
+    /// Set on a name of a file with several names (hard links): the file itself, its chunks
+    /// and metadata, lives under `inode_key(id)`, and this entry holds nothing else.
+    pub link: Option<u64>,
+}
+
+/// The prefix of the keys of files with several names. A NUL cannot occur in a path, so these
+/// never clash with a name.
+const INODE_PREFIX: &str = "\0inode/";
+
+/// Where the file with several names numbered `id` lives.
+pub fn inode_key(id: u64) -> String {
+    format!("{INODE_PREFIX}{id}")
+}
+
+/// The number of the file with several names that lives under `key`, if it is such a key.
+pub fn inode_of_key(key: &str) -> Option<u64> {
+    key.strip_prefix(INODE_PREFIX)?.parse().ok()
 }
 
 impl Entry {
+    /// A file with nothing in it.
+    pub fn empty(meta: Meta) -> Self {
+        Entry {
+            chunks: ChunkMap::default(),
+            size: 0,
+            meta,
+            link: None,
+        }
+    }
+
+    /// One name of the file with several names numbered `id`.
+    pub fn link_to(id: u64) -> Self {
+        Entry {
+            link: Some(id),
+            ..Entry::empty(Meta::default())
+        }
+    }
+
     pub fn pads(&self) -> impl Iterator<Item = PadRef> + '_ {
-        self.chunks.iter().filter_map(|c| c.pad)
+        self.chunks.iter().filter_map(|(_, c)| c.pad)
     }
 }
 
@@ -319,15 +441,16 @@ mod tests {
 
     fn entry(n: u8) -> Entry {
         Entry {
-            chunks: vec![Chunk {
+            chunks: ChunkMap::from_ordered([Chunk {
                 pad: Some(PadRef::fresh()),
                 len: 1,
                 hash: [n; 32],
                 hash_kind: HashKind::default(),
                 inline: None,
-            }],
+            }]),
             size: 1,
             meta: Meta::default(),
+            link: None,
         }
     }
 
@@ -342,7 +465,10 @@ mod tests {
         index.take_dirty();
         index.insert("k17".into(), entry(2));
         assert_eq!(index.take_dirty().len(), 1);
-        assert_eq!(index.get("k17").unwrap().chunks[0].hash, [2; 32]);
+        assert_eq!(
+            index.get("k17").unwrap().chunks.get(0).unwrap().hash,
+            [2; 32]
+        );
         assert!(index.remove("k17").is_some());
         assert!(index.get("k17").is_none());
         assert_eq!(index.keys().len(), KEYS_PER_PAGE * 4);

@@ -49,6 +49,10 @@ pub fn decode_page(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, CodecError> 
             let old: BTreeMap<String, super::v1::Entry> = codec::decode_body(body)?;
             Ok(old.into_iter().map(|(k, e)| (k, e.into())).collect())
         }
+        (2, body) => {
+            let old: BTreeMap<String, super::v2::Entry> = codec::decode_body(body)?;
+            Ok(old.into_iter().map(|(k, e)| (k, e.into())).collect())
+        }
         (_, body) => codec::decode_body(body),
     }
 }
@@ -56,7 +60,7 @@ pub fn decode_page(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, CodecError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Chunk, Meta};
+    use crate::index::{Chunk, ChunkMap, Meta};
 
     /// A page as format version 1 wrote it: chunks without inline bytes.
     #[derive(Serialize)]
@@ -94,13 +98,13 @@ mod tests {
         let read = decode_page(&bytes).unwrap();
         assert_eq!(
             read["old"].chunks,
-            vec![Chunk {
+            ChunkMap::from_ordered([Chunk {
                 pad: Some(pad),
                 len: 5,
                 hash: [7; 32],
                 hash_kind: crate::codec::HashKind::Sha256,
                 inline: None,
-            }]
+            }])
         );
 
         // And a page of today's format round-trips, inline bytes included.
@@ -108,11 +112,52 @@ mod tests {
         today.insert(
             "new".to_string(),
             Entry {
-                chunks: vec![Chunk::inline(b"small".to_vec())],
+                chunks: ChunkMap::from_ordered([Chunk::inline(b"small".to_vec())]),
                 size: 5,
                 meta: Meta::file(),
+                link: None,
             },
         );
         assert_eq!(decode_page(&encode_page(&today).unwrap()).unwrap(), today);
+    }
+
+    /// A page as format version 2 wrote it: every chunk of a file listed, holes included.
+    #[derive(Serialize)]
+    struct EntryV2 {
+        chunks: Vec<Chunk>,
+        size: u64,
+        meta: Meta,
+    }
+
+    /// A 1 TiB sparse file took a 10 MB entry in format version 2, more than a pad holds: the
+    /// file system could no longer commit nor mount. Read now, its entry holds only its data.
+    #[test]
+    fn a_sparse_file_of_format_version_2_shrinks_to_its_data() {
+        let chunk = 4_190_208u64;
+        let size = 1u64 << 40;
+        let count = size.div_ceil(chunk);
+        let data = Chunk::inline(b"end".to_vec());
+        let mut chunks: Vec<Chunk> = (0..count - 1).map(|_| Chunk::hole(chunk as u32)).collect();
+        chunks.push(data.clone());
+        let mut page = BTreeMap::new();
+        page.insert(
+            "disk.img".to_string(),
+            EntryV2 {
+                chunks,
+                size,
+                meta: Meta::file(),
+            },
+        );
+        let mut bytes = codec::encode(Kind::IndexPage, &page).unwrap();
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        assert!(bytes.len() > 8 << 20, "{} bytes", bytes.len());
+        let read = decode_page(&bytes).unwrap();
+        let entry = &read["disk.img"];
+        assert_eq!(entry.size, size);
+        assert_eq!(
+            entry.chunks.iter().collect::<Vec<_>>(),
+            vec![(count - 1, &data)]
+        );
+        assert!(encode_page(&read).unwrap().len() < 200);
     }
 }
