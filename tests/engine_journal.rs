@@ -257,3 +257,114 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
         assert_eq!(a.fetch("from-a").await.unwrap(), b"written by A");
     }
 }
+
+/// A journal record as format version 2 wrote it (the same records; entries listed every
+/// chunk of a file, holes included).
+mod v2 {
+    use mutant_mount::index::{Meta, PadRef};
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub struct Chunk {
+        pub pad: Option<PadRef>,
+        pub len: u32,
+        pub hash: [u8; 32],
+        pub hash_kind: mutant_mount::codec::HashKind,
+        pub inline: Option<Vec<u8>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Entry {
+        pub chunks: Vec<Chunk>,
+        pub size: u64,
+        pub meta: Meta,
+    }
+
+    #[derive(Serialize)]
+    #[allow(dead_code)] // the variants before the one written keep bincode's numbering
+    pub enum Op {
+        Install { key: String, entry: Entry },
+    }
+
+    #[derive(Serialize)]
+    #[allow(dead_code)]
+    pub enum Record {
+        Base { root_hash: [u8; 32] },
+        Op { seq: u64, op: Op },
+    }
+}
+
+/// `truncate -s 500G` under format version 2 journaled an entry listing 119,000 hole chunks,
+/// more than a pad holds: no commit could ever write it, and the file system did not mount
+/// again. The journal such a mount left behind is replayed by today's program: the file keeps
+/// its size, costs a few bytes of index, and the commit lands.
+#[tokio::test]
+async fn a_journal_that_bricked_format_version_2_replays_and_commits() {
+    use mutant_mount::codec::{self, HashKind, Kind};
+    let store_dir = tempfile::tempdir().unwrap();
+    let journal_dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let chunk = 4_190_208u32;
+    let opts = || EngineOptions {
+        journal_dir: Some(journal_dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let engine = Engine::open(local(store_dir.path()), key.clone(), opts())
+        .await
+        .unwrap();
+    engine.store("kept", b"hello", Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    drop(engine);
+
+    // The journal as the old program left it: its base record (unchanged across versions),
+    // then the change no commit could write.
+    let path = journal_dir.path().join("journal");
+    let old = std::fs::read(&path).unwrap();
+    let base_len = u32::from_le_bytes(old[..4].try_into().unwrap()) as usize;
+    let mut journal = old[..4 + base_len].to_vec();
+    let size = 500u64 << 30;
+    let hole = || v2::Chunk {
+        pad: None,
+        len: chunk,
+        hash: [0; 32],
+        hash_kind: HashKind::Blake3,
+        inline: None,
+    };
+    let record = v2::Record::Op {
+        seq: 1,
+        op: v2::Op::Install {
+            key: "disk.img".into(),
+            entry: v2::Entry {
+                chunks: (0..size.div_ceil(chunk as u64)).map(|_| hole()).collect(),
+                size,
+                meta: Meta::file(),
+            },
+        },
+    };
+    let mut bytes = codec::encode(Kind::JournalRecord, &record).unwrap();
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    assert!(
+        bytes.len() > 4 << 20,
+        "the entry outgrew a pad: {} bytes",
+        bytes.len()
+    );
+    journal.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    journal.extend_from_slice(&bytes);
+    std::fs::write(&path, journal).unwrap();
+
+    let engine = Engine::open(local(store_dir.path()), key.clone(), opts())
+        .await
+        .expect("the store mounts again");
+    engine.commit().await.expect("and commits");
+    drop(engine);
+    let engine = Engine::open(local(store_dir.path()), key, opts())
+        .await
+        .unwrap();
+    let entry = engine.entry("disk.img").await.expect("the change was kept");
+    assert_eq!((entry.size, entry.chunks.len()), (size, 0));
+    assert_eq!(engine.fetch("kept").await.unwrap(), b"hello");
+    assert_eq!(
+        engine.fetch_range("disk.img", 1 << 30, 4).await.unwrap(),
+        [0; 4]
+    );
+}

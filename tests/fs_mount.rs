@@ -210,6 +210,67 @@ fn huge_sparse_files_survive_a_remount() {
     mount.unmount();
 }
 
+/// Hard links as tools make them: `ln`, then `cp -a` and `rsync -aH` of a tree with links
+/// into the mount keep every group of names one file (one inode, one link count), also after
+/// a remount; a write through one name is seen through the others; removing a name keeps the
+/// rest.
+#[test]
+fn hard_links_survive_cp_rsync_and_a_remount() {
+    let (dir, mount) = setup();
+    let src = tempfile::tempdir().unwrap();
+    sh(
+        src.path(),
+        "mkdir -p tree/sub && head -c 300000 /dev/urandom > tree/data
+         ln tree/data tree/sub/data-link && ln tree/data tree/third
+         printf small > tree/sub/s && ln tree/sub/s tree/s2",
+    );
+    sh(
+        &mount.mnt,
+        &format!(
+            "cp -a {0}/tree cp-copy && rsync -aH {0}/tree/ rsync-copy/",
+            src.path().display()
+        ),
+    );
+    // Groups of names, by inode: the same in the source and in both copies.
+    let groups = "find . -type f -printf '%i %n %P\\n' | sort -k3 \
+        | awk '{ if (!($1 in g)) g[$1] = $3; print g[$1], $2, $3 }'";
+    let want = sh(&src.path().join("tree"), groups);
+    assert!(want.contains("data 3 sub/data-link"), "{want}");
+    let check = |mount: &Mount| {
+        for copy in ["cp-copy", "rsync-copy"] {
+            assert_eq!(sh(&mount.path(copy), groups), want, "{copy}");
+            sh(
+                &mount.path(copy),
+                &format!(
+                    "cmp data {}/tree/data && cmp sub/data-link data",
+                    src.path().display()
+                ),
+            );
+        }
+    };
+    check(&mount);
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    check(&mount);
+    sh(
+        &mount.mnt,
+        "printf changed > cp-copy/sub/s && test \"$(cat cp-copy/s2)\" = changed
+         rm cp-copy/data && test $(stat -c %h cp-copy/third) = 2
+         mv cp-copy/third cp-copy/sub/moved && cmp cp-copy/sub/moved cp-copy/sub/data-link
+         ln cp-copy/sub/moved top-level && test $(stat -c %h top-level) = 3",
+    );
+    let ln_dir = sh_output(&mount.mnt, "ln cp-copy cp-copy-link");
+    assert!(!ln_dir.status.success(), "a directory took a hard link");
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    sh(
+        &mount.mnt,
+        "test \"$(cat cp-copy/s2)\" = changed && test $(stat -c %h top-level) = 3
+         test $(stat -c %i top-level) = $(stat -c %i cp-copy/sub/data-link)",
+    );
+    mount.unmount();
+}
+
 #[test]
 fn tar_extract_reproduces_the_archive() {
     let (dir, mount) = setup();
@@ -223,11 +284,15 @@ fn tar_extract_reproduces_the_archive() {
     );
     assert_eq!(describe_tree(&mount.path("x")), describe_tree(&src));
     mount.unmount();
+    // From the store, not the kernel's page cache.
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    assert_eq!(describe_tree(&mount.path("x")), describe_tree(&src));
+    mount.unmount();
 }
 
 #[test]
 fn editor_style_saves_and_read_write_opens() {
-    let (_dir, mount) = setup();
+    let (dir, mount) = setup();
     let doc = mount.path("doc.txt");
     fs::write(&doc, b"first version\n").unwrap();
     // Save by writing a temp file and renaming it over the original.
@@ -281,11 +346,20 @@ fn editor_style_saves_and_read_write_opens() {
     );
     assert!(!mount.path("pending").exists());
     mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    assert_eq!(fs::read(mount.path("doc.txt")).unwrap(), b"abcdef\0\0\0\0!");
+    assert_eq!(
+        fs::read(mount.path("renamed")).unwrap(),
+        b"written before the rename, and after"
+    );
+    let names = sh(&mount.mnt, "ls -A");
+    assert_eq!(names, "doc.txt\nrenamed\n", "no temporary file is left");
+    mount.unmount();
 }
 
 #[test]
 fn a_file_manager_trash_works() {
-    let (_dir, mount) = setup();
+    let (dir, mount) = setup();
     fs::write(mount.path("photo.jpg"), content_for("photo", 50_000)).unwrap();
     let trash = mount.path(".Trash-0");
     fs::create_dir(&trash).unwrap();
@@ -315,6 +389,18 @@ fn a_file_manager_trash_works() {
         fs::metadata(&trash).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    let trash = mount.path(".Trash-0");
+    assert_eq!(
+        fs::read(trash.join("files/photo.jpg")).unwrap(),
+        content_for("photo", 50_000)
+    );
+    assert_eq!(
+        fs::read(trash.join("info/photo.jpg.trashinfo")).unwrap(),
+        b"[Trash Info]\nPath=/photo.jpg\n"
+    );
+    assert!(!mount.path("photo.jpg").exists());
     mount.unmount();
 }
 

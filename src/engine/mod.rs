@@ -831,13 +831,7 @@ impl Inner {
             self.blocks.insert(written.pad.seed, hash, blocks);
         }
         self.cache.insert(written.pad.seed, hash, piece);
-        Ok(Chunk {
-            pad: Some(written.pad),
-            len,
-            hash,
-            hash_kind: HashKind::default(),
-            inline: None,
-        })
+        Ok(Chunk::in_pad(written.pad, len, hash, HashKind::default()))
     }
 
     /// A chunk from the cache, or fetched once however many readers ask for it meanwhile (a
@@ -879,6 +873,12 @@ impl Inner {
 
     async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
         let pad = chunk.pad.expect("holes are not fetched");
+        if chunk.pad_offset != 0 {
+            return Err(Error::CorruptPad {
+                pad: format!("{:?}", pad.seed),
+                why: "a chunk inside a shared pad, which this program does not read".into(),
+            });
+        }
         // A pad version written or read whole before is read as one part, each block checked
         // against its value: no signature check (the key opens only the version whose
         // signature was made or checked here), a third less CPU.

@@ -40,6 +40,10 @@ pub struct Chunk {
     pub hash_kind: HashKind,
     /// The bytes themselves, for a piece small enough to live in the index.
     pub inline: Option<Vec<u8>>,
+    /// Where the chunk's `len` bytes start in its pad's plaintext. Always 0 today (a chunk has
+    /// its pad to itself); the format has room for pads shared by several small pieces, so that
+    /// packing them needs no new index format. A chunk with another offset is refused on read.
+    pub pad_offset: u32,
 }
 
 impl Chunk {
@@ -50,6 +54,7 @@ impl Chunk {
             hash: [0; 32],
             hash_kind: HashKind::default(),
             inline: None,
+            pad_offset: 0,
         }
     }
 
@@ -60,6 +65,19 @@ impl Chunk {
             hash: HashKind::default().hash(&data),
             hash_kind: HashKind::default(),
             inline: Some(data),
+            pad_offset: 0,
+        }
+    }
+
+    /// A chunk with a pad of its own.
+    pub fn in_pad(pad: PadRef, len: u32, hash: [u8; 32], hash_kind: HashKind) -> Self {
+        Chunk {
+            pad: Some(pad),
+            len,
+            hash,
+            hash_kind,
+            inline: None,
+            pad_offset: 0,
         }
     }
 
@@ -156,12 +174,11 @@ pub mod v1 {
     impl From<Entry> for super::Entry {
         fn from(e: Entry) -> Self {
             super::Entry {
-                chunks: super::ChunkMap::from_ordered(e.chunks.into_iter().map(|c| super::Chunk {
-                    pad: c.pad,
-                    len: c.len,
-                    hash: c.hash,
-                    hash_kind: crate::codec::HashKind::Sha256,
-                    inline: None,
+                chunks: super::ChunkMap::from_ordered(e.chunks.into_iter().map(|c| match c.pad {
+                    Some(pad) => {
+                        super::Chunk::in_pad(pad, c.len, c.hash, crate::codec::HashKind::Sha256)
+                    }
+                    None => super::Chunk::hole(c.len),
                 })),
                 size: e.size,
                 meta: e.meta,
@@ -176,9 +193,30 @@ pub mod v1 {
 pub mod v2 {
     use serde::Deserialize;
 
+    use crate::codec::HashKind;
+
+    #[derive(Deserialize)]
+    pub struct Chunk {
+        pad: Option<super::PadRef>,
+        len: u32,
+        hash: [u8; 32],
+        hash_kind: HashKind,
+        inline: Option<Vec<u8>>,
+    }
+
+    impl From<Chunk> for super::Chunk {
+        fn from(c: Chunk) -> Self {
+            match (c.pad, c.inline) {
+                (Some(pad), _) => super::Chunk::in_pad(pad, c.len, c.hash, c.hash_kind),
+                (None, Some(data)) => super::Chunk::inline(data),
+                (None, None) => super::Chunk::hole(c.len),
+            }
+        }
+    }
+
     #[derive(Deserialize)]
     pub struct Entry {
-        chunks: Vec<super::Chunk>,
+        chunks: Vec<Chunk>,
         size: u64,
         meta: super::Meta,
     }
@@ -186,7 +224,7 @@ pub mod v2 {
     impl From<Entry> for super::Entry {
         fn from(e: Entry) -> Self {
             super::Entry {
-                chunks: super::ChunkMap::from_ordered(e.chunks),
+                chunks: super::ChunkMap::from_ordered(e.chunks.into_iter().map(Into::into)),
                 size: e.size,
                 meta: e.meta,
                 link: None,
@@ -441,13 +479,12 @@ mod tests {
 
     fn entry(n: u8) -> Entry {
         Entry {
-            chunks: ChunkMap::from_ordered([Chunk {
-                pad: Some(PadRef::fresh()),
-                len: 1,
-                hash: [n; 32],
-                hash_kind: HashKind::default(),
-                inline: None,
-            }]),
+            chunks: ChunkMap::from_ordered([Chunk::in_pad(
+                PadRef::fresh(),
+                1,
+                [n; 32],
+                HashKind::default(),
+            )]),
             size: 1,
             meta: Meta::default(),
             link: None,

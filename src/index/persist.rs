@@ -98,13 +98,12 @@ mod tests {
         let read = decode_page(&bytes).unwrap();
         assert_eq!(
             read["old"].chunks,
-            ChunkMap::from_ordered([Chunk {
-                pad: Some(pad),
-                len: 5,
-                hash: [7; 32],
-                hash_kind: crate::codec::HashKind::Sha256,
-                inline: None,
-            }])
+            ChunkMap::from_ordered([Chunk::in_pad(
+                pad,
+                5,
+                [7; 32],
+                crate::codec::HashKind::Sha256
+            )])
         );
 
         // And a page of today's format round-trips, inline bytes included.
@@ -121,10 +120,32 @@ mod tests {
         assert_eq!(decode_page(&encode_page(&today).unwrap()).unwrap(), today);
     }
 
+    /// A chunk as format version 2 wrote it.
+    #[derive(Serialize)]
+    struct ChunkV2 {
+        pad: Option<PadRef>,
+        len: u32,
+        hash: [u8; 32],
+        hash_kind: crate::codec::HashKind,
+        inline: Option<Vec<u8>>,
+    }
+
+    impl ChunkV2 {
+        fn hole(len: u32) -> Self {
+            ChunkV2 {
+                pad: None,
+                len,
+                hash: [0; 32],
+                hash_kind: crate::codec::HashKind::Blake3,
+                inline: None,
+            }
+        }
+    }
+
     /// A page as format version 2 wrote it: every chunk of a file listed, holes included.
     #[derive(Serialize)]
     struct EntryV2 {
-        chunks: Vec<Chunk>,
+        chunks: Vec<ChunkV2>,
         size: u64,
         meta: Meta,
     }
@@ -137,8 +158,16 @@ mod tests {
         let size = 1u64 << 40;
         let count = size.div_ceil(chunk);
         let data = Chunk::inline(b"end".to_vec());
-        let mut chunks: Vec<Chunk> = (0..count - 1).map(|_| Chunk::hole(chunk as u32)).collect();
-        chunks.push(data.clone());
+        let mut chunks: Vec<ChunkV2> = (0..count - 1)
+            .map(|_| ChunkV2::hole(chunk as u32))
+            .collect();
+        chunks.push(ChunkV2 {
+            pad: None,
+            len: 3,
+            hash: data.hash,
+            hash_kind: data.hash_kind,
+            inline: Some(b"end".to_vec()),
+        });
         let mut page = BTreeMap::new();
         page.insert(
             "disk.img".to_string(),
