@@ -19,6 +19,7 @@ use crate::index::{Chunk, Entry, Index, Meta, PadRef};
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
 
+mod activity;
 pub mod blocks;
 pub mod cache;
 mod commit;
@@ -29,6 +30,7 @@ pub mod pads;
 pub mod page_cache;
 mod recover;
 
+pub use activity::Activity;
 use blocks::{hash_blocks, BlocksCache, PadBlocks};
 use cache::ChunkCache;
 pub use error::{Error, Result};
@@ -118,6 +120,8 @@ struct Inner {
     journal: OnceLock<Journal>,
     /// Where this open saved changes it found it could not replay.
     recovered: OnceLock<PathBuf>,
+    /// When this mount's last commit landed (see `activity.rs`).
+    last_commit: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -183,6 +187,7 @@ impl Engine {
                 chunk_size,
                 journal: OnceLock::new(),
                 recovered: OnceLock::new(),
+                last_commit: Default::default(),
             }),
         };
         if fresh {
