@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real Autonomi network on this machine, offline: anvil with the payment contracts
-# (src/bin/evm-testnet.rs) and NODES antnode 0.4.17 processes on 127.0.0.1.
+# (examples/evm-testnet.rs) and NODES antnode 0.4.17 processes on 127.0.0.1.
 #
 #   scripts/local-network.sh start    # idempotent: does nothing if the network is already up
 #   scripts/local-network.sh status   # exit 0 if every process is up, 1 otherwise
@@ -83,14 +83,15 @@ ensure_antnode() {
 }
 
 build_evm_testnet() {
-    EVM_TESTNET=$CARGO_TARGET_DIR/debug/evm-testnet
-    # It is a target of the main package, so building it builds the library too: skip that
-    # when the binary is newer than its source and the lock file.
-    if [[ -x $EVM_TESTNET && $EVM_TESTNET -nt $REPO/src/bin/evm-testnet.rs && $EVM_TESTNET -nt $REPO/Cargo.lock ]]; then
+    EVM_TESTNET=$CARGO_TARGET_DIR/debug/examples/evm-testnet
+    # An example of the main package (so `cargo install` leaves it off the user's PATH);
+    # building it builds the library too: skip that when the binary is newer than its source
+    # and the lock file.
+    if [[ -x $EVM_TESTNET && $EVM_TESTNET -nt $REPO/examples/evm-testnet.rs && $EVM_TESTNET -nt $REPO/Cargo.lock ]]; then
         return
     fi
     log "building evm-testnet"
-    (cd "$REPO" && nice -n 10 cargo build --quiet --bin evm-testnet)
+    (cd "$REPO" && nice -n 10 cargo build --quiet --example evm-testnet)
     [[ -x $EVM_TESTNET ]] || die "no evm-testnet binary at $EVM_TESTNET"
 }
 

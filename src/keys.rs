@@ -11,6 +11,8 @@ use std::path::Path;
 
 use blsttc::{PublicKey, SecretKey};
 
+use crate::key_seal::PassphraseSource;
+
 /// Per-pad seed: random for data and index-page pads, so pads of different users or machines
 /// never collide.
 pub type PadSeed = [u8; 16];
@@ -35,6 +37,8 @@ pub enum KeyError {
     },
     #[error("key file {path} does not hold a hex-encoded BLS secret key")]
     Malformed { path: String },
+    #[error("cannot open key file {path}: {reason}")]
+    Passphrase { path: String, reason: String },
 }
 
 impl MasterKey {
@@ -64,11 +68,23 @@ impl MasterKey {
         self.0.to_hex()
     }
 
-    /// Reads a key file (hex, surrounding white space ignored).
+    /// Reads a key file (hex, surrounding white space ignored); a passphrase-sealed one is
+    /// asked the passphrase for on the terminal.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
+        Self::load_with(path, &PassphraseSource::Prompt)
+    }
+
+    /// Reads a key file, sealed with a passphrase (from `passphrase`) or not.
+    pub fn load_with(path: &Path, passphrase: &PassphraseSource) -> Result<Self, KeyError> {
         let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
             path: path.display().to_string(),
             source,
+        })?;
+        let text = crate::key_seal::open_key_file(text, path, passphrase).map_err(|reason| {
+            KeyError::Passphrase {
+                path: path.display().to_string(),
+                reason,
+            }
         })?;
         SecretKey::from_hex(text.trim())
             .map(MasterKey)
@@ -100,8 +116,16 @@ impl MasterKey {
 
     /// Loads the key at `path`, or creates and saves a new one if there is no file there.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        Self::load_or_create_with(path, &PassphraseSource::Prompt)
+    }
+
+    /// [`MasterKey::load_or_create`], with the passphrase of a sealed key file from `passphrase`.
+    pub fn load_or_create_with(
+        path: &Path,
+        passphrase: &PassphraseSource,
+    ) -> Result<(Self, bool), KeyError> {
         if path.exists() {
-            return Ok((Self::load(path)?, false));
+            return Ok((Self::load_with(path, passphrase)?, false));
         }
         let key = Self::generate();
         key.save_new(path)?;

@@ -5,10 +5,14 @@
 
 pub mod buffers;
 pub mod codec;
+pub mod control;
 pub mod engine;
 pub mod fs;
 pub mod index;
+pub mod key_backup;
+pub mod key_seal;
 pub mod keys;
 pub mod mount;
 pub mod seal;
+pub mod service;
 pub mod store;

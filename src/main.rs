@@ -1,144 +1,21 @@
-//! `mutant-mount MOUNTPOINT`: mount a folder whose files live encrypted in scratchpads.
+//! `mutant-mount MOUNTPOINT`: mount a folder whose files live encrypted in scratchpads; the
+//! subcommands manage what is around a mount (see `cli/`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use cli::args::{Cli, MountArgs};
+use mutant_mount::key_seal::{self, PassphraseSource};
 use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
 use mutant_mount::store::network::{NetworkConfig, NetworkKind, WalletSource, SECRET_KEY_ENV};
-use mutant_mount::store::SimConfig;
-
-/// Mount a folder whose files are stored encrypted in Autonomi scratchpads.
-///
-/// With no --network, pads live in a local store on this disk (the same encrypted, signed bytes
-/// the network would hold). With --network, they live on the Autonomi network: creating a pad is
-/// paid once from an EVM wallet, updates are free. The first run creates a master key: keep a
-/// copy of it, it is the only way to your files.
-#[derive(Parser, Debug)]
-#[command(version, about, long_about, after_help = EXAMPLES)]
-struct Args {
-    /// Empty directory to mount on
-    #[arg(required_unless_present = "estimate")]
-    mountpoint: Option<PathBuf>,
-
-    /// Store the pads on the Autonomi network instead of this disk: "local" (a network on this
-    /// machine, e.g. scripts/local-network.sh), "testnet" or "main" (the public network, paying
-    /// on Arbitrum One). Peers come from ANT_PEERS (comma-separated multiaddrs; needed for
-    /// local and testnet), the EVM network from EVM_NETWORK (e.g. local,
-    /// arbitrum-sepolia-test). Creating a pad costs tokens from the wallet (see
-    /// --wallet-key-file); updates are free
-    #[arg(long, value_name = "NETWORK")]
-    network: Option<NetworkKind>,
-
-    /// File holding the EVM wallet's private key (hex; keep it mode 0600) that pays for new pads
-    /// on the network [default: the SECRET_KEY environment variable]. The key is never taken
-    /// as a command-line value, which every user could see in ps
-    #[arg(long, value_name = "FILE", requires = "network")]
-    wallet_key_file: Option<PathBuf>,
-
-    /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
-    /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
-    estimate: Option<u64>,
-
-    /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// Directory of the local pad store [default: DATA_DIR/store]
-    #[arg(long, value_name = "DIR")]
-    store_dir: Option<PathBuf>,
-
-    /// Master key file (hex BLS secret key; created with mode 0600 if missing) [default: DATA_DIR/master.key]
-    #[arg(long, value_name = "FILE")]
-    key_file: Option<PathBuf>,
-
-    /// Memory for cached file chunks, in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    cache_size: usize,
-
-    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    write_buffer: usize,
-
-    /// Stay in the foreground (logs go to stderr); otherwise run in the background once mounted
-    #[arg(short, long)]
-    foreground: bool,
-
-    /// Mount read-only
-    #[arg(long)]
-    read_only: bool,
-
-    /// Let other users access the mount (root may always do this; others need user_allow_other in /etc/fuse.conf)
-    #[arg(long)]
-    allow_other: bool,
-
-    /// Mount options, mount(8) style: ro, rw, allow_other, allow_root, nonempty, default_permissions
-    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
-    options: Vec<String>,
-
-    /// Start an empty file system when the store has no index for this key
-    #[arg(long)]
-    new_index: bool,
-
-    /// Chunk size in bytes for a new file system (4096 up to 4190208, a multiple of 4096)
-    #[arg(long, value_name = "BYTES", value_parser = parse_chunk_size)]
-    chunk_size: Option<u32>,
-
-    /// Make the store slow and unreliable, for tests and benchmarks, e.g.
-    /// "get=20ms+200ms,put=60ms+700ms,concurrency=16,errors=0.01,seed=7" ("local-network" is a preset)
-    #[arg(long, value_name = "PROFILE")]
-    simulate: Option<SimConfig>,
-
-    /// FUSE worker threads
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
-
-    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
-    #[arg(long, default_value = "info")]
-    log_level: String,
-}
-
-const EXAMPLES: &str = "Examples:
-  mutant-mount ~/mnt                 mount in the background, local store
-  mutant-mount -f ~/mnt              stay in the foreground (Ctrl-C unmounts)
-  fusermount3 -u ~/mnt               unmount (pending changes are committed first)
-
-  On the Autonomi network (the wallet pays for new pads; the log reports the cost at unmount):
-  SECRET_KEY=0x... mutant-mount --network main ~/mnt
-  mutant-mount --network main --estimate 2G       price of 2 GiB before paying anything
-  On a local test network (scripts/local-network.sh start):
-  . ~/.cache/mutant-mount/localnet/env && mutant-mount --network local \\
-      --wallet-key-file ~/.cache/mutant-mount/localnet/wallet.key ~/mnt";
-
-/// A byte count, with an optional binary suffix: 1048576, 512K, 500M, 2G, 1T.
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                'B' => 0,
-                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| format!("not a byte count: {s:?} (e.g. 1048576, 500M, 2G)"))
-}
+use zeroize::Zeroizing;
 
 /// The network settings from the arguments and the environment.
-fn network_config(args: &Args, kind: NetworkKind) -> Result<NetworkConfig, String> {
+fn network_config(args: &MountArgs, kind: NetworkKind) -> Result<NetworkConfig, String> {
     let mut net = NetworkConfig::new(kind);
     // The autonomi client reads ANT_PEERS itself; check it here for a clear message.
     if let Ok(peers) = std::env::var("ANT_PEERS") {
@@ -152,19 +29,15 @@ fn network_config(args: &Args, kind: NetworkKind) -> Result<NetworkConfig, Strin
     Ok(net)
 }
 
-fn parse_chunk_size(s: &str) -> Result<u32, String> {
-    let max = mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
-    match s.parse::<u32>() {
-        Ok(n) if (4096..=max).contains(&n) && n.is_multiple_of(4096) => Ok(n),
-        _ => Err(format!("must be a multiple of 4096 between 4096 and {max}")),
-    }
-}
-
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // The autonomi client's driver logs late answers to finished queries as errors: noise.
+        // fuser's session warns "Failed to umount filesystem" after every unmount made from
+        // outside (fusermount -u, umount): its check whether the mount is still there reads
+        // the device's state backwards, and the second unmount it then tries fails. Its
+        // errors still show.
         tracing_subscriber::EnvFilter::new(format!(
-            "mutant_mount={level},warn,autonomi::networking::driver=off"
+            "mutant_mount={level},warn,autonomi::networking::driver=off,fuser::session=error"
         ))
     });
     tracing_subscriber::fmt()
@@ -174,14 +47,14 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn config(args: &Args) -> Result<MountConfig, String> {
+fn config(args: &MountArgs) -> Result<MountConfig, String> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let store = match args.network {
         None => StoreChoice::Local,
         Some(kind) => StoreChoice::Network(network_config(args, kind)?),
     };
     let mut cfg = MountConfig {
-        mountpoint: args.mountpoint.clone().unwrap_or_default(),
+        mountpoint: args.mountpoint().cloned().unwrap_or_default(),
         store,
         store_dir: args
             .store_dir
@@ -191,6 +64,7 @@ fn config(args: &Args) -> Result<MountConfig, String> {
             .key_file
             .clone()
             .unwrap_or_else(|| data_dir.join("master.key")),
+        passphrase: args.passphrase.source(),
         cache_bytes: args.cache_size << 20,
         write_buffer_bytes: (args.write_buffer.max(1)) << 20,
         read_only: args.read_only,
@@ -202,27 +76,57 @@ fn config(args: &Args) -> Result<MountConfig, String> {
         create_index: args.new_index,
         chunk_size: args.chunk_size,
     };
-    for opt in args
-        .options
-        .iter()
-        .map(|o| o.trim())
-        .filter(|o| !o.is_empty())
-    {
+    for opt in args.options.iter().map(|o| o.trim()) {
         match opt {
-            "ro" => cfg.read_only = true,
-            "rw" => cfg.read_only = false,
-            "allow_other" => cfg.allow_other = true,
             "allow_root" => cfg.allow_root = true,
             "nonempty" => cfg.allow_non_empty = true,
-            "default_permissions" | "noatime" | "nosuid" | "nodev" => {}
-            other => return Err(format!("unknown mount option '{other}' (see --help)")),
+            _ => {}
         }
     }
     Ok(cfg)
 }
 
+/// Creates the master key on the first mount, and says on the terminal, before the mount goes
+/// to the background, where it is and that it must be backed up. Returns whether it was created.
+fn create_key_if_missing(cfg: &MountConfig) -> Result<bool, String> {
+    if cfg.key_file.exists() {
+        return Ok(false);
+    }
+    let (key, created) =
+        mutant_mount::keys::MasterKey::load_or_create(&cfg.key_file).map_err(|e| e.to_string())?;
+    if created {
+        eprintln!(
+            "mutant-mount: created a new master key in {} (fingerprint {}).\n\
+             It is the only way to your files: back it up now, e.g. print it with\n  \
+             mutant-mount key export --key-file {}\n\
+             and keep the copy somewhere safe and offline.",
+            cfg.key_file.display(),
+            mutant_mount::key_backup::fingerprint(&key),
+            cfg.key_file.display()
+        );
+    }
+    Ok(created)
+}
+
+/// For a sealed key file, the passphrase, asked for on the terminal and checked.
+fn ask_passphrase_if_sealed(
+    key_file: &std::path::Path,
+) -> Result<Option<Zeroizing<String>>, String> {
+    let Ok(text) = std::fs::read_to_string(key_file).map(Zeroizing::new) else {
+        return Ok(None);
+    };
+    if !key_seal::is_sealed(&text) {
+        return Ok(None);
+    }
+    let pass = PassphraseSource::Prompt.read(&format!("the key file {}", key_file.display()))?;
+    key_seal::unseal(&text, pass.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(Some(pass))
+}
+
 /// Runs the mount as a child in the foreground, and returns once it is mounted (or has failed).
-fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
+/// `args` are the arguments the child gets, before `--foreground`; `passphrase`, if any, is
+/// written to its standard input.
+fn daemonize(args: &[String], cfg: &MountConfig, passphrase: Option<&str>) -> Result<(), String> {
     let log_path = cfg
         .key_file
         .parent()
@@ -238,13 +142,22 @@ fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe)
-        .args(&args[1..])
+        .args(args)
         .arg("--foreground")
-        .stdin(std::process::Stdio::null())
+        .stdin(match passphrase {
+            Some(_) => std::process::Stdio::piped(),
+            None => std::process::Stdio::null(),
+        })
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start the mount process: {e}"))?;
+    if let (Some(pass), Some(mut stdin)) = (passphrase, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(format!("{pass}\n").as_bytes())
+            .map_err(|e| format!("cannot hand the passphrase to the mount process: {e}"))?;
+    }
     let mountpoint = std::fs::canonicalize(&cfg.mountpoint).map_err(|e| e.to_string())?;
     // Joining the network may take a while (the mount gives up after 120 s).
     let limit = match cfg.store {
@@ -299,10 +212,21 @@ fn bound_allocator() {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(command) => cli::run(command),
+        None => mount(cli.mount),
+    }
+}
+
+fn mount(mut args: MountArgs) -> ExitCode {
     bound_allocator();
     let raw: Vec<String> = std::env::args().collect();
-    let args = Args::parse();
-    let cfg = match config(&args) {
+    if let Err(e) = cli::mount_options::apply(&mut args) {
+        eprintln!("mutant-mount: {e}");
+        return ExitCode::from(2);
+    }
+    let mut cfg = match config(&args) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("mutant-mount: {e}");
@@ -312,7 +236,8 @@ fn main() -> ExitCode {
     if let Some(bytes) = args.estimate {
         init_logging(&args.log_level);
         let StoreChoice::Network(net) = cfg.store else {
-            unreachable!("clap requires --network with --estimate")
+            eprintln!("mutant-mount: an estimate needs a network (network=NETWORK)");
+            return ExitCode::from(2);
         };
         let chunk = args
             .chunk_size
@@ -328,12 +253,40 @@ fn main() -> ExitCode {
             }
         };
     }
-    if !args.foreground {
-        if let Err(e) = mutant_mount::mount::preflight(&cfg) {
+    if let Err(e) = mutant_mount::mount::preflight(&cfg) {
+        eprintln!("mutant-mount: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut child_args = raw[1..].to_vec();
+    match create_key_if_missing(&cfg) {
+        Ok(false) => {}
+        Ok(true) => {
+            // A new key has no index anywhere yet: start an empty file system.
+            cfg.create_index = true;
+            child_args.push("--new-index".into());
+        }
+        Err(e) => {
             eprintln!("mutant-mount: {e}");
             return ExitCode::FAILURE;
         }
-        return match daemonize(&raw, &cfg) {
+    }
+    // The background process has no terminal: a passphrase asked for here is handed to it.
+    let mut handoff = None;
+    if !args.foreground && matches!(cfg.passphrase, PassphraseSource::Prompt) {
+        match ask_passphrase_if_sealed(&cfg.key_file) {
+            Ok(None) => {}
+            Ok(Some(pass)) => {
+                child_args.push("--passphrase-stdin".into());
+                handoff = Some(pass);
+            }
+            Err(e) => {
+                eprintln!("mutant-mount: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !args.foreground {
+        return match daemonize(&child_args, &cfg, handoff.as_deref().map(|p| p.as_str())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mutant-mount: {e}");

@@ -12,8 +12,8 @@ use crate::fs::{FsConfig, FsCore};
 use crate::keys::MasterKey;
 use crate::store::network::{NetworkConfig, NetworkStore};
 use crate::store::{
-    CountingStore, LocalStore, PadStore, RetryPolicy, RetryingStore, SimConfig, SimStore,
-    StoreError, StoreStats,
+    CountingStore, HealthStats, HealthStore, LocalStore, PadStore, RetryPolicy, RetryingStore,
+    SimConfig, SimStore, StoreError, StoreStats,
 };
 
 /// Where the pads live.
@@ -40,6 +40,8 @@ pub struct MountConfig {
     /// The local store's directory (unused on the network).
     pub store_dir: PathBuf,
     pub key_file: PathBuf,
+    /// Where the passphrase of a sealed key file comes from.
+    pub passphrase: crate::key_seal::PassphraseSource,
     pub cache_bytes: usize,
     pub write_buffer_bytes: usize,
     pub read_only: bool,
@@ -117,7 +119,8 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 /// Opens the key, or creates one (the first run); a new key gets a new index.
 fn open_key(cfg: &MountConfig) -> Result<(MasterKey, bool), StartError> {
-    MasterKey::load_or_create(&cfg.key_file).map_err(|e| StartError(e.to_string()))
+    MasterKey::load_or_create_with(&cfg.key_file, &cfg.passphrase)
+        .map_err(|e| StartError(e.to_string()))
 }
 
 /// The local store, checked to belong to this key (a store records its owner's public key).
@@ -145,6 +148,11 @@ pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, Start
 pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     preflight(&cfg)?;
     let (key, new_key) = open_key(&cfg)?;
+    let fingerprint = crate::key_backup::fingerprint(&key);
+    tracing::info!(
+        "master key {} (fingerprint {fingerprint})",
+        cfg.key_file.display()
+    );
     if new_key {
         tracing::info!(
             "created a new master key in {}: back it up, it is the only way to your files",
@@ -162,7 +170,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             NETWORK_PARALLELISM,
         ),
     };
-    let (store, store_stats) = match &network {
+    let (store, store_stats, health) = match &network {
         None => wrap(
             open_local_store(&cfg.store_dir, &key)?,
             cfg.simulate.clone(),
@@ -261,10 +269,20 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             }
         });
     }
+    let _control = serve_control(
+        &cfg,
+        &rt,
+        &core,
+        fingerprint,
+        store_stats.clone(),
+        health,
+        &network,
+    );
     let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
         .map_err(|e| StartError(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
     tracing::info!("mounted on {}", cfg.mountpoint.display());
+    crate::service::ready(&cfg.mountpoint);
 
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
@@ -281,6 +299,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     });
 
     let served = session.run();
+    crate::service::stopping();
     committer.abort();
     let synced = rt.block_on(core.sync_all());
     tracing::info!("store operations: {store_stats}");
@@ -317,23 +336,75 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The store with the retry layer, the simulation under it if asked for, and counters of the
-/// operations that reached the store (the simulation keeps its own, under its faults).
+/// The store with the retry layer, the simulation under it if asked for, counters of the
+/// operations that reached the store (the simulation keeps its own, under its faults), and
+/// counters of failures under and above the retries.
 fn wrap<S: PadStore + 'static>(
     inner: S,
     simulate: Option<SimConfig>,
     policy: RetryPolicy,
-) -> (Arc<dyn PadStore>, Arc<StoreStats>) {
+) -> (Arc<dyn PadStore>, Arc<StoreStats>, StoreHealth) {
+    let health = StoreHealth::default();
+    let retried = |store: Arc<dyn PadStore>| -> Arc<dyn PadStore> {
+        let counted = HealthStore::new(store, health.attempts.clone());
+        Arc::new(HealthStore::new(
+            RetryingStore::new(counted, policy),
+            health.failures.clone(),
+        ))
+    };
     match simulate {
         Some(sim) => {
             let sim = SimStore::new(inner, sim);
             let stats = sim.stats.clone();
-            (Arc::new(RetryingStore::new(sim, policy)), stats)
+            (retried(Arc::new(sim)), stats, health)
         }
         None => {
             let counting = CountingStore::new(inner);
             let stats = counting.stats();
-            (Arc::new(RetryingStore::new(counting, policy)), stats)
+            (retried(Arc::new(counting)), stats, health)
+        }
+    }
+}
+
+/// Store failures for `mutant-mount status`: every failed attempt, and those that failed for good.
+#[derive(Default)]
+struct StoreHealth {
+    attempts: Arc<HealthStats>,
+    failures: Arc<HealthStats>,
+}
+
+/// Listens for `mutant-mount status` and `sync`. A mount without one still works: the failure
+/// is logged, not fatal.
+fn serve_control(
+    cfg: &MountConfig,
+    rt: &tokio::runtime::Runtime,
+    core: &Arc<FsCore>,
+    fingerprint: String,
+    store_stats: Arc<StoreStats>,
+    health: StoreHealth,
+    network: &Option<Arc<NetworkStore>>,
+) -> Option<crate::control::server::ControlSocket> {
+    let sources = crate::control::server::Sources {
+        core: core.clone(),
+        mountpoint: std::fs::canonicalize(&cfg.mountpoint).unwrap_or(cfg.mountpoint.clone()),
+        store: match &cfg.store {
+            StoreChoice::Local => format!("local ({})", cfg.store_dir.display()),
+            StoreChoice::Network(net) => format!("network {}", net.network),
+        },
+        key_fingerprint: fingerprint,
+        read_only: cfg.read_only,
+        store_stats,
+        attempts: health.attempts,
+        failures: health.failures,
+        tokens_spent: network.clone().map(|n| {
+            Box::new(move || n.total_cost().to_string()) as Box<dyn Fn() -> String + Send + Sync>
+        }),
+    };
+    match crate::control::server::serve(rt.handle(), sources) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::warn!("no control socket (status and sync will not reach this mount): {e}");
+            None
         }
     }
 }

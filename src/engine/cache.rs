@@ -1,6 +1,7 @@
 //! An LRU cache of verified chunk plaintexts, bounded in bytes. Entries are keyed by pad seed and
 //! content hash, so a rewritten pad can never be served stale.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use autonomi::Bytes;
@@ -13,6 +14,9 @@ type Key = (PadSeed, [u8; 32]);
 pub struct ChunkCache {
     inner: Mutex<Inner>,
     capacity_bytes: usize,
+    /// Lookups answered and not, for `mutant-mount status`.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Inner {
@@ -28,11 +32,28 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     pub fn get(&self, seed: &PadSeed, hash: &[u8; 32]) -> Option<Bytes> {
-        self.inner.lock().unwrap().lru.get(&(*seed, *hash)).cloned()
+        let found = self.inner.lock().unwrap().lru.get(&(*seed, *hash)).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Lookups that found their chunk, and lookups that did not, so far.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     pub fn contains(&self, seed: &PadSeed, hash: &[u8; 32]) -> bool {

@@ -321,6 +321,7 @@ impl Engine {
     /// Drops the changes a landed commit covers from the journal. A failure only costs a
     /// longer replay: the journal's commit record tells the next open they are in the store.
     fn journal_committed(&self, upto: u64, root_hash: [u8; 32]) {
+        *self.inner.last_commit.lock().unwrap() = Some(std::time::SystemTime::now());
         if let Some(journal) = self.inner.journal.get() {
             if let Err(e) = journal.committed(upto, root_hash) {
                 tracing::warn!("could not trim the journal after a commit: {e}");

@@ -22,6 +22,7 @@ use crate::index::{
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
 
+mod activity;
 pub mod blocks;
 pub mod cache;
 mod commit;
@@ -32,6 +33,7 @@ pub mod pads;
 pub mod page_cache;
 mod recover;
 
+pub use activity::Activity;
 use blocks::{hash_blocks, BlocksCache, PadBlocks};
 use cache::ChunkCache;
 pub use error::{Error, Result};
@@ -121,6 +123,8 @@ struct Inner {
     journal: OnceLock<Journal>,
     /// Where this open saved changes it found it could not replay.
     recovered: OnceLock<PathBuf>,
+    /// When this mount's last commit landed (see `activity.rs`).
+    last_commit: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -186,6 +190,7 @@ impl Engine {
                 chunk_size,
                 journal: OnceLock::new(),
                 recovered: OnceLock::new(),
+                last_commit: Default::default(),
             }),
         };
         if fresh {

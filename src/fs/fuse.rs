@@ -9,11 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use super::core::{Attr, Caller, Errno, FsCore, SetAttr, SetTime};
 use crate::index::{FileKind, Timestamp};
@@ -122,8 +123,21 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl FuseAdapter {
-    fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
-        self.rt.block_on(f)
+    /// Runs one request's call on the core, inside a debug-level span that names the
+    /// operation and the inode or handle it is about, so every log line the call makes is
+    /// attributed to its request.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        node: Option<u64>,
+        f: impl std::future::Future<Output = Result<T, Errno>>,
+    ) -> Result<T, Errno> {
+        let span = tracing::debug_span!("fuse", op, node);
+        let result = self.rt.block_on(f.instrument(span.clone()));
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::debug!(errno = e.0, "failed"));
+        }
+        result
     }
 
     fn reply_entry(&self, reply: ReplyEntry, result: Result<Attr, Errno>) {
@@ -168,12 +182,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = name_str(name).and_then(|name| self.run(self.core.lookup(parent.0, name)));
+        let result = name_str(name)
+            .and_then(|name| self.run("lookup", Some(parent.0), self.core.lookup(parent.0, name)));
         self.reply_entry(reply, result);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run(self.core.getattr(ino.0)) {
+        match self.run("getattr", Some(ino.0), self.core.getattr(ino.0)) {
             Ok(attr) => reply.attr(&TTL, &to_fuse(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -205,14 +220,14 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        match self.run(self.core.setattr(ino.0, set)) {
+        match self.run("setattr", Some(ino.0), self.core.setattr(ino.0, set)) {
             Ok(attr) => reply.attr(&TTL, &to_fuse(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run(self.core.readlink(ino.0)) {
+        match self.run("readlink", Some(ino.0), self.core.readlink(ino.0)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
         }
@@ -229,8 +244,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        let result = name_str(name)
-            .and_then(|name| self.run(self.core.mknod(parent.0, name, mode, rdev, caller(req))));
+        let result = name_str(name).and_then(|name| {
+            self.run(
+                "mknod",
+                Some(parent.0),
+                self.core.mknod(parent.0, name, mode, rdev, caller(req)),
+            )
+        });
         self.reply_entry(reply, result);
     }
 
@@ -243,18 +263,25 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = name_str(name)
-            .and_then(|name| self.run(self.core.mkdir(parent.0, name, mode & !umask, caller(req))));
+        let result = name_str(name).and_then(|name| {
+            self.run(
+                "mkdir",
+                Some(parent.0),
+                self.core.mkdir(parent.0, name, mode & !umask, caller(req)),
+            )
+        });
         self.reply_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = name_str(name).and_then(|name| self.run(self.core.unlink(parent.0, name)));
+        let result = name_str(name)
+            .and_then(|name| self.run("unlink", Some(parent.0), self.core.unlink(parent.0, name)));
         reply_empty(reply, result);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = name_str(name).and_then(|name| self.run(self.core.rmdir(parent.0, name)));
+        let result = name_str(name)
+            .and_then(|name| self.run("rmdir", Some(parent.0), self.core.rmdir(parent.0, name)));
         reply_empty(reply, result);
     }
 
@@ -268,6 +295,8 @@ impl Filesystem for FuseAdapter {
     ) {
         let result = name_str(link_name).and_then(|name| {
             self.run(
+                "symlink",
+                Some(parent.0),
                 self.core
                     .symlink(parent.0, name, target.as_os_str().as_bytes(), caller(req)),
             )
@@ -288,6 +317,8 @@ impl Filesystem for FuseAdapter {
         let result = name_str(name).and_then(|name| {
             let newname = name_str(newname)?;
             self.run(
+                "rename",
+                Some(parent.0),
                 self.core
                     .rename(parent.0, name, newparent.0, newname, flags.bits()),
             )
@@ -303,13 +334,14 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result =
-            name_str(newname).and_then(|name| self.run(self.core.link(ino.0, newparent.0, name)));
+        let result = name_str(newname).and_then(|name| {
+            self.run("link", Some(ino.0), self.core.link(ino.0, newparent.0, name))
+        });
         self.reply_entry(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.run(self.core.open(ino.0, flags.0)) {
+        match self.run("open", Some(ino.0), self.core.open(ino.0, flags.0)) {
             // Every change to a file's bytes passes through this mount, so what the kernel
             // cached for an earlier open is still right: a warm read is a page-cache hit
             // rather than a decrypted pad.
@@ -329,7 +361,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.run(self.core.read(fh.0, offset, size)) {
+        match self.run("read", Some(fh.0), self.core.read(fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -347,7 +379,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run(self.core.write(fh.0, offset, data)) {
+        match self.run("write", Some(fh.0), self.core.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -361,7 +393,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.run(self.core.flush(fh.0)));
+        reply_empty(reply, self.run("flush", Some(fh.0), self.core.flush(fh.0)));
     }
 
     fn release(
@@ -374,7 +406,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.run(self.core.release(fh.0)));
+        reply_empty(
+            reply,
+            self.run("release", Some(fh.0), self.core.release(fh.0)),
+        );
     }
 
     fn fsync(
@@ -385,7 +420,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.run(self.core.fsync(fh.0)));
+        reply_empty(reply, self.run("fsync", Some(fh.0), self.core.fsync(fh.0)));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -400,7 +435,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.run(self.core.readdir(ino.0, offset, READDIR_BATCH)) {
+        match self.run(
+            "readdir",
+            Some(ino.0),
+            self.core.readdir(ino.0, offset, READDIR_BATCH),
+        ) {
             Ok(entries) => {
                 for (next, entry) in entries {
                     if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
@@ -421,7 +460,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.run(self.core.readdir_plus(ino.0, offset, READDIRPLUS_BATCH)) {
+        match self.run(
+            "readdirplus",
+            Some(ino.0),
+            self.core.readdir_plus(ino.0, offset, READDIRPLUS_BATCH),
+        ) {
             Ok(entries) => {
                 for (next, name, attr) in entries {
                     let ino = INodeNo(attr.ino);
@@ -438,16 +481,19 @@ impl Filesystem for FuseAdapter {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.run(self.core.sync_all()));
+        reply_empty(
+            reply,
+            self.run("fsyncdir", Some(ino.0), self.core.sync_all()),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.run(self.core.statfs()) {
+        match self.run("statfs", None, self.core.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
@@ -465,7 +511,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let result = self.run(self.core.setxattr(ino.0, name.as_bytes(), value, flags));
+        let result = self.run(
+            "setxattr",
+            Some(ino.0),
+            self.core.setxattr(ino.0, name.as_bytes(), value, flags),
+        );
         reply_empty(reply, result);
     }
 
@@ -473,18 +523,30 @@ impl Filesystem for FuseAdapter {
         reply_xattr(
             reply,
             size,
-            self.run(self.core.getxattr(ino.0, name.as_bytes())),
+            self.run(
+                "getxattr",
+                Some(ino.0),
+                self.core.getxattr(ino.0, name.as_bytes()),
+            ),
         );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.run(self.core.listxattr(ino.0)));
+        reply_xattr(
+            reply,
+            size,
+            self.run("listxattr", Some(ino.0), self.core.listxattr(ino.0)),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply_empty(
             reply,
-            self.run(self.core.removexattr(ino.0, name.as_bytes())),
+            self.run(
+                "removexattr",
+                Some(ino.0),
+                self.core.removexattr(ino.0, name.as_bytes()),
+            ),
         );
     }
 
@@ -500,6 +562,8 @@ impl Filesystem for FuseAdapter {
     ) {
         let result = name_str(name).and_then(|name| {
             self.run(
+                "create",
+                Some(parent.0),
                 self.core
                     .create(parent.0, name, mode & !umask, flags, caller(req)),
             )
@@ -527,6 +591,29 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply.error(fuser::Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    /// No ioctl is supported. Programs probe with them routinely (terminal checks,
+    /// FS_IOC_GETFLAGS from `lsattr` and file managers), so the answer is the usual ENOTTY,
+    /// logged only at debug level.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::debug!(
+            op = "ioctl",
+            node = ino.0,
+            cmd = format_args!("{cmd:#x}"),
+            "not supported"
+        );
+        reply.error(fuser::Errno::from_i32(libc::ENOTTY));
     }
 }
 

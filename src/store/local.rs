@@ -158,8 +158,7 @@ fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
 /// Creates `path` holding `parts` one after the other, not yet synced. A chunk-sized file is
 /// written past the page cache (O_DIRECT) where the file system has it: its pages would only
 /// hold a second copy of a pad that the chunk cache has, and once they filled the page cache,
-/// writeback throttled the writer (the third of three 1 GiB files in a row: 194 MiB/s, against
-/// 440-500 written direct).
+/// writeback throttled long sequential writes (docs/benchmarks.md has the figures).
 fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<fs::File> {
     let len = parts.iter().map(|part| part.len()).sum();
     if len >= DIRECT_MIN {

@@ -7,12 +7,14 @@ use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
 
+pub mod health;
 pub mod local;
 pub mod network;
 pub mod retry;
 pub mod sim;
 pub mod stats;
 
+pub use health::{HealthStats, HealthStore};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryingStore};
 pub use sim::{SimConfig, SimStore};

@@ -46,7 +46,7 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The local Autonomi network as measured (see the README's benchmark section).
+    /// The local Autonomi network as measured (see docs/benchmarks.md).
     pub fn local_network() -> Self {
         SimConfig {
             get_latency: Duration::from_millis(20),

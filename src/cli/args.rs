@@ -1,0 +1,299 @@
+//! The command line: `mutant-mount [OPTIONS] MOUNTPOINT` mounts (as it always has), and
+//! subcommands manage what is around a mount.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use mutant_mount::store::network::NetworkKind;
+use mutant_mount::store::SimConfig;
+
+/// Mount a folder whose files are stored encrypted in Autonomi scratchpads.
+///
+/// With no --network, pads live in a local store on this disk (the same encrypted, signed bytes
+/// the network would hold). With --network, they live on the Autonomi network: creating a pad is
+/// paid once from an EVM wallet, updates are free. The first run creates a master key: keep a
+/// copy of it (`mutant-mount key export`), it is the only way to your files.
+#[derive(Parser, Debug)]
+#[command(
+    name = "mutant-mount",
+    version,
+    about,
+    long_about,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub mount: MountArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Back up, restore or identify the master key
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show what running mounts are doing: uncommitted changes, uploads, last commit, pads and
+    /// tokens this session, cache, store errors (all mounts of yours without MOUNTPOINT)
+    Status {
+        mountpoint: Option<PathBuf>,
+        /// Print JSON, for scripts and monitoring
+        #[arg(long)]
+        json: bool,
+        /// Refresh every two seconds until interrupted
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Commit everything pending on a mount now and wait for it; exits non-zero if that fails
+    Sync { mountpoint: PathBuf },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on standard output
+    Man,
+}
+
+/// Where the key is: the same defaults as the mount's.
+#[derive(Args, Debug, Clone)]
+pub struct KeyLocation {
+    /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Master key file [default: DATA_DIR/master.key]
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// Where the passphrase of a sealed key file comes from (asked for on a terminal otherwise).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PassphraseArgs {
+    /// Read the key file's passphrase from the first line of FILE (for unattended mounts)
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_command")]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// Run CMD with sh and take the key file's passphrase from the first line it prints
+    #[arg(long, value_name = "CMD")]
+    pub passphrase_command: Option<String>,
+
+    /// Read the passphrase from standard input (how a mount hands it to its background process)
+    #[arg(long, hide = true)]
+    pub passphrase_stdin: bool,
+}
+
+impl PassphraseArgs {
+    pub fn source(&self) -> mutant_mount::key_seal::PassphraseSource {
+        use mutant_mount::key_seal::PassphraseSource;
+        match (&self.passphrase_file, &self.passphrase_command) {
+            (Some(file), _) => PassphraseSource::File(file.clone()),
+            (None, Some(cmd)) => PassphraseSource::Command(cmd.clone()),
+            _ if self.passphrase_stdin => PassphraseSource::Stdin,
+            _ => PassphraseSource::Prompt,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Print a backup of the master key to write down or print: four checked lines and a checksum
+    Export {
+        #[command(flatten)]
+        location: KeyLocation,
+    },
+    /// Restore the master key from a backup made by `key export` (from FILE, or standard input)
+    Import {
+        #[command(flatten)]
+        location: KeyLocation,
+        /// The backup text [default: standard input]
+        file: Option<PathBuf>,
+    },
+    /// Print the key's fingerprint: a short name for it, safe to share, the same on every machine
+    Fingerprint {
+        #[command(flatten)]
+        location: KeyLocation,
+    },
+    /// Protect the key file with a passphrase (argon2id and an AEAD), change it, or remove it
+    Passphrase {
+        #[command(flatten)]
+        location: KeyLocation,
+        /// Read the new passphrase from the first line of FILE [default: asked twice on the terminal]
+        #[arg(long, value_name = "FILE", conflicts_with = "remove")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Store the key without a passphrase again
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Empty directory to mount on. Given two paths (as mount(8) and fstab do: SOURCE
+    /// MOUNTPOINT), the first names the file system and is otherwise ignored
+    #[arg(
+        value_name = "MOUNTPOINT",
+        num_args = 1..=2,
+        required_unless_present = "estimate"
+    )]
+    pub paths: Vec<PathBuf>,
+
+    /// Store the pads on the Autonomi network instead of this disk: "local" (a network on this
+    /// machine, e.g. scripts/local-network.sh), "testnet" or "main" (the public network, paying
+    /// on Arbitrum One). Peers come from ANT_PEERS (comma-separated multiaddrs; needed for
+    /// local and testnet), the EVM network from EVM_NETWORK (e.g. local,
+    /// arbitrum-sepolia-test). Creating a pad costs tokens from the wallet (see
+    /// --wallet-key-file); updates are free
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<NetworkKind>,
+
+    /// File holding the EVM wallet's private key (hex; keep it mode 0600) that pays for new pads
+    /// on the network [default: the SECRET_KEY environment variable]. The key is never taken
+    /// as a command-line value, which every user could see in ps
+    #[arg(long, value_name = "FILE", requires = "network")]
+    pub wallet_key_file: Option<PathBuf>,
+
+    /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
+    /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
+    pub estimate: Option<u64>,
+
+    /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory of the local pad store [default: DATA_DIR/store]
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+
+    /// Master key file (hex BLS secret key, or one sealed with `key passphrase`; created with
+    /// mode 0600 if missing) [default: DATA_DIR/master.key]
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+
+    /// Memory for cached file chunks, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub cache_size: usize,
+
+    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub write_buffer: usize,
+
+    /// Stay in the foreground (logs go to stderr); otherwise run in the background once mounted
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Let other users access the mount (root may always do this; others need user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Mount options, mount(8) style: ro, rw, allow_other, allow_root, nonempty,
+    /// default_permissions, and any long option as NAME=VALUE (data_dir=DIR, key_file=FILE,
+    /// store_dir=DIR, cache_size=MIB, network=NETWORK, wallet_key_file=FILE, log_level=LEVEL,
+    /// ...). Options fstab and systemd add (_netdev, nofail, noauto, user, defaults,
+    /// x-systemd.*, suid, dev, exec and their negations) are accepted and ignored
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+
+    /// File system type, as mount(8) passes it to a mount helper (fuse.mutant-mount)
+    #[arg(short = 't', value_name = "TYPE", hide = true)]
+    pub fs_type: Option<String>,
+
+    /// mount(8)'s helper flags (no mtab, sloppy, verbose): accepted and ignored
+    #[arg(short = 'n', hide = true)]
+    pub no_mtab: bool,
+    #[arg(short = 's', hide = true)]
+    pub sloppy: bool,
+    #[arg(short = 'v', hide = true)]
+    pub verbose: bool,
+
+    /// Start an empty file system when the store has no index for this key
+    #[arg(long)]
+    pub new_index: bool,
+
+    /// Chunk size in bytes for a new file system (4096 up to 4190208, a multiple of 4096)
+    #[arg(long, value_name = "BYTES", value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u32>,
+
+    /// Make the store slow and unreliable, for tests and benchmarks, e.g.
+    /// "get=20ms+200ms,put=60ms+700ms,concurrency=16,errors=0.01,seed=7" ("local-network" is a preset)
+    #[arg(long, value_name = "PROFILE")]
+    pub simulate: Option<SimConfig>,
+
+    /// FUSE worker threads
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl MountArgs {
+    /// The mount point: the last path (mount(8) passes SOURCE first).
+    pub fn mountpoint(&self) -> Option<&PathBuf> {
+        self.paths.last()
+    }
+}
+
+const EXAMPLES: &str = "Examples:
+  mutant-mount ~/mnt                 mount in the background, local store
+  mutant-mount -f ~/mnt              stay in the foreground (Ctrl-C unmounts)
+  fusermount3 -u ~/mnt               unmount (pending changes are committed first)
+  mutant-mount key export            print a backup of the master key
+
+  From /etc/fstab (the binary on root's PATH, e.g. /usr/local/bin):
+  mutant /mnt/files fuse.mutant-mount data_dir=/var/lib/mutant,allow_other,_netdev 0 0
+
+  On the Autonomi network (the wallet pays for new pads; the log reports the cost at unmount):
+  SECRET_KEY=0x... mutant-mount --network main ~/mnt
+  mutant-mount --network main --estimate 2G       price of 2 GiB before paying anything
+  On a local test network (scripts/local-network.sh start):
+  . ~/.cache/mutant-mount/localnet/env && mutant-mount --network local \\
+      --wallet-key-file ~/.cache/mutant-mount/localnet/wallet.key ~/mnt";
+
+/// A byte count, with an optional binary suffix: 1048576, 512K, 500M, 2G, 1T.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'B' => 0,
+                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("not a byte count: {s:?} (e.g. 1048576, 500M, 2G)"))
+}
+
+pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let max = mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
+    match s.parse::<u32>() {
+        Ok(n) if (4096..=max).contains(&n) && n.is_multiple_of(4096) => Ok(n),
+        _ => Err(format!("must be a multiple of 4096 between 4096 and {max}")),
+    }
+}
