@@ -1,12 +1,15 @@
 //! `mutant-mount MOUNTPOINT`: mount a folder whose files live encrypted in scratchpads.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
-use mutant_mount::store::network::{NetworkConfig, NetworkKind, WalletSource, SECRET_KEY_ENV};
+use mutant_mount::store::network::{
+    take_env_wallet_key, NetworkConfig, NetworkKind, WalletKey, WalletSource, SECRET_KEY_ENV,
+};
 use mutant_mount::store::SimConfig;
 
 /// Mount a folder whose files are stored encrypted in Autonomi scratchpads.
@@ -98,6 +101,34 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
     #[arg(long, default_value = "info")]
     log_level: String,
+
+    /// Replay what can be read of a journal that has a damaged change in the middle (the
+    /// damaged part is dropped); without it such a journal is refused and left untouched
+    #[arg(long)]
+    discard_damaged_journal: bool,
+
+    /// Mount even if the store serves an older index than this machine has seen (a restored
+    /// or stale copy): newer changes are then lost for good at the next commit
+    #[arg(long)]
+    accept_rollback: bool,
+}
+
+/// Set on the background mount process, whose parent writes the wallet key to its stdin: the
+/// key never travels in an environment, which other processes of the user can read.
+const WALLET_ON_STDIN: &str = "MUTANT_MOUNT_WALLET_ON_STDIN";
+
+/// The wallet key given in `SECRET_KEY` (or by the parent of a background mount), taken out of
+/// the environment. Runs before any thread starts.
+fn take_wallet_key() -> Option<WalletKey> {
+    if std::env::var_os(WALLET_ON_STDIN).is_some() {
+        std::env::remove_var(WALLET_ON_STDIN);
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).ok()?;
+        let key = WalletKey::new(line.trim().to_string());
+        zeroize::Zeroize::zeroize(&mut line);
+        return Some(key);
+    }
+    take_env_wallet_key()
 }
 
 const EXAMPLES: &str = "Examples:
@@ -138,7 +169,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// The network settings from the arguments and the environment.
-fn network_config(args: &Args, kind: NetworkKind) -> Result<NetworkConfig, String> {
+fn network_config(
+    args: &Args,
+    kind: NetworkKind,
+    wallet: Option<WalletKey>,
+) -> Result<NetworkConfig, String> {
     let mut net = NetworkConfig::new(kind);
     // The autonomi client reads ANT_PEERS itself; check it here for a clear message.
     if let Ok(peers) = std::env::var("ANT_PEERS") {
@@ -147,7 +182,10 @@ fn network_config(args: &Args, kind: NetworkKind) -> Result<NetworkConfig, Strin
     net.wallet = match &args.wallet_key_file {
         Some(file) => WalletSource::File(file.clone()),
         None if args.estimate.is_some() => WalletSource::None,
-        None => WalletSource::Env(SECRET_KEY_ENV.to_string()),
+        None => match wallet {
+            Some(key) => WalletSource::Key(key),
+            None => WalletSource::Env(SECRET_KEY_ENV.to_string()),
+        },
     };
     Ok(net)
 }
@@ -174,11 +212,11 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn config(args: &Args) -> Result<MountConfig, String> {
+fn config(args: &Args, wallet: Option<WalletKey>) -> Result<MountConfig, String> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let store = match args.network {
         None => StoreChoice::Local,
-        Some(kind) => StoreChoice::Network(network_config(args, kind)?),
+        Some(kind) => StoreChoice::Network(network_config(args, kind, wallet)?),
     };
     let mut cfg = MountConfig {
         mountpoint: args.mountpoint.clone().unwrap_or_default(),
@@ -201,6 +239,8 @@ fn config(args: &Args) -> Result<MountConfig, String> {
         threads: args.threads,
         create_index: args.new_index,
         chunk_size: args.chunk_size,
+        discard_damaged_journal: args.discard_damaged_journal,
+        accept_rollback: args.accept_rollback,
     };
     for opt in args
         .options
@@ -222,7 +262,7 @@ fn config(args: &Args) -> Result<MountConfig, String> {
 }
 
 /// Runs the mount as a child in the foreground, and returns once it is mounted (or has failed).
-fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
+fn daemonize(args: &[String], cfg: &MountConfig, wallet: Option<&WalletKey>) -> Result<(), String> {
     let log_path = cfg
         .key_file
         .parent()
@@ -234,17 +274,31 @@ fn daemonize(args: &[String], cfg: &MountConfig) -> Result<(), String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .args(&args[1..])
         .arg("--foreground")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
+        .stderr(log);
+    if wallet.is_some() {
+        command
+            .env(WALLET_ON_STDIN, "1")
+            .stdin(std::process::Stdio::piped());
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the mount process: {e}"))?;
+    if let (Some(key), Some(mut stdin)) = (wallet, child.stdin.take()) {
+        use std::io::Write;
+        stdin
+            .write_all(format!("{}\n", key.expose()).as_bytes())
+            .map_err(|e| format!("cannot hand the wallet key to the mount process: {e}"))?;
+    }
     let mountpoint = std::fs::canonicalize(&cfg.mountpoint).map_err(|e| e.to_string())?;
     // Joining the network may take a while (the mount gives up after 120 s).
     let limit = match cfg.store {
@@ -300,9 +354,10 @@ fn bound_allocator() {
 
 fn main() -> ExitCode {
     bound_allocator();
+    let wallet = take_wallet_key();
     let raw: Vec<String> = std::env::args().collect();
     let args = Args::parse();
-    let cfg = match config(&args) {
+    let cfg = match config(&args, wallet.clone()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("mutant-mount: {e}");
@@ -333,7 +388,7 @@ fn main() -> ExitCode {
             eprintln!("mutant-mount: {e}");
             return ExitCode::FAILURE;
         }
-        return match daemonize(&raw, &cfg) {
+        return match daemonize(&raw, &cfg, wallet.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mutant-mount: {e}");

@@ -154,8 +154,13 @@ impl FsCore {
                 Some((k, e.meta.kind))
             }
         }));
-        for key in &stray {
-            tracing::warn!("index key {key:?} has no parent directory; it is not shown");
+        if !stray.is_empty() {
+            // Names stay out of logs at the default level.
+            tracing::warn!(
+                "{} index keys have no parent directory; they are not shown",
+                stray.len()
+            );
+            tracing::debug!("keys without a parent directory: {stray:?}");
         }
         if !cfg.read_only {
             for key in orphans {
@@ -215,8 +220,8 @@ impl FsCore {
                         Ok(()) => {}
                         Err(EngineError::Conflict) => {
                             tracing::error!(
-                                "{}; changes made here are kept in the journal and saved as \
-                                 files at unmount",
+                                "{}; changes made here are kept in the journal and recovered \
+                                 into lost+found/ at unmount",
                                 EngineError::Conflict
                             );
                             return;
