@@ -39,6 +39,11 @@ pub enum KeyError {
     Malformed { path: String },
     #[error("cannot open key file {path}: {reason}")]
     Passphrase { path: String, reason: String },
+    #[error(
+        "key file {path} can be read by other users (mode {mode:o}): the key opens every file; \
+         make it yours alone with: chmod 600 {path}"
+    )]
+    Exposed { path: String, mode: u32 },
 }
 
 impl MasterKey {
@@ -64,6 +69,11 @@ impl MasterKey {
         self.0.public_key()
     }
 
+    /// The secret scalar's bytes, from which the local-state keys derive (`at_rest.rs`).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     pub fn to_hex(&self) -> String {
         self.0.to_hex()
     }
@@ -74,23 +84,38 @@ impl MasterKey {
         Self::load_with(path, &PassphraseSource::Prompt)
     }
 
-    /// Reads a key file, sealed with a passphrase (from `passphrase`) or not.
+    /// Reads a key file, sealed with a passphrase (from `passphrase`) or not. A file that
+    /// group or others may read is refused: another user could have copied it.
     pub fn load_with(path: &Path, passphrase: &PassphraseSource) -> Result<Self, KeyError> {
+        let shown = || path.display().to_string();
         let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
+            path: shown(),
             source,
         })?;
         let text = crate::key_seal::open_key_file(text, path, passphrase).map_err(|reason| {
             KeyError::Passphrase {
-                path: path.display().to_string(),
+                path: shown(),
                 reason,
             }
         })?;
-        SecretKey::from_hex(text.trim())
+        let key = SecretKey::from_hex(text.trim())
             .map(MasterKey)
-            .map_err(|_| KeyError::Malformed {
-                path: path.display().to_string(),
-            })
+            .map_err(|_| KeyError::Malformed { path: shown() })?;
+        let mode = fs::metadata(path)
+            .map_err(|source| KeyError::Read {
+                path: shown(),
+                source,
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Exposed {
+                path: shown(),
+                mode,
+            });
+        }
+        Ok(key)
     }
 
     /// Writes the key with mode 0600, never replacing an existing file.
@@ -100,8 +125,12 @@ impl MasterKey {
             source,
         };
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(err)?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
         }
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -173,6 +202,24 @@ mod tests {
         assert!(!created);
         assert_eq!(key.to_hex(), again.to_hex());
         assert!(key.save_new(&path).is_err());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        MasterKey::generate().save_new(&path).unwrap();
+        for mode in [0o640, 0o604, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = MasterKey::load(&path).err().expect("refused");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(MasterKey::load(&path).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Data flows one way: the FUSE adapter -> the file-system core -> the engine (index, pad
 //! manager) -> the storage layer. Nothing below the engine knows of FUSE.
 
+pub mod at_rest;
 pub mod buffers;
 pub mod codec;
 pub mod control;

@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,11 +12,36 @@ use clap::Parser;
 use cli::args::{Cli, MountArgs};
 use mutant_mount::key_seal::{self, PassphraseSource};
 use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
-use mutant_mount::store::network::{NetworkConfig, NetworkKind, WalletSource, SECRET_KEY_ENV};
+use mutant_mount::store::network::{
+    take_env_wallet_key, NetworkConfig, NetworkKind, WalletKey, WalletSource, SECRET_KEY_ENV,
+};
 use zeroize::Zeroizing;
 
+/// Set on the background mount process, whose parent writes the wallet key to its stdin (before
+/// any passphrase): the key never travels in an environment, which other processes of the user
+/// can read.
+const WALLET_ON_STDIN: &str = "MUTANT_MOUNT_WALLET_ON_STDIN";
+
+/// The wallet key given in `SECRET_KEY` (or by the parent of a background mount), taken out of
+/// the environment. Runs before any thread starts.
+fn take_wallet_key() -> Option<WalletKey> {
+    if std::env::var_os(WALLET_ON_STDIN).is_some() {
+        std::env::remove_var(WALLET_ON_STDIN);
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).ok()?;
+        let key = WalletKey::new(line.trim().to_string());
+        zeroize::Zeroize::zeroize(&mut line);
+        return Some(key);
+    }
+    take_env_wallet_key()
+}
+
 /// The network settings from the arguments and the environment.
-fn network_config(args: &MountArgs, kind: NetworkKind) -> Result<NetworkConfig, String> {
+fn network_config(
+    args: &MountArgs,
+    kind: NetworkKind,
+    wallet: Option<WalletKey>,
+) -> Result<NetworkConfig, String> {
     let mut net = NetworkConfig::new(kind);
     // The autonomi client reads ANT_PEERS itself; check it here for a clear message.
     if let Ok(peers) = std::env::var("ANT_PEERS") {
@@ -24,7 +50,10 @@ fn network_config(args: &MountArgs, kind: NetworkKind) -> Result<NetworkConfig, 
     net.wallet = match &args.wallet_key_file {
         Some(file) => WalletSource::File(file.clone()),
         None if args.estimate.is_some() => WalletSource::None,
-        None => WalletSource::Env(SECRET_KEY_ENV.to_string()),
+        None => match wallet {
+            Some(key) => WalletSource::Key(key),
+            None => WalletSource::Env(SECRET_KEY_ENV.to_string()),
+        },
     };
     Ok(net)
 }
@@ -47,11 +76,11 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn config(args: &MountArgs) -> Result<MountConfig, String> {
+fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, String> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let store = match args.network {
         None => StoreChoice::Local,
-        Some(kind) => StoreChoice::Network(network_config(args, kind)?),
+        Some(kind) => StoreChoice::Network(network_config(args, kind, wallet)?),
     };
     let mut cfg = MountConfig {
         mountpoint: args.mountpoint().cloned().unwrap_or_default(),
@@ -75,6 +104,8 @@ fn config(args: &MountArgs) -> Result<MountConfig, String> {
         threads: args.threads,
         create_index: args.new_index,
         chunk_size: args.chunk_size,
+        discard_damaged_journal: args.discard_damaged_journal,
+        accept_rollback: args.accept_rollback,
     };
     for opt in args.options.iter().map(|o| o.trim()) {
         match opt {
@@ -92,6 +123,7 @@ fn create_key_if_missing(cfg: &MountConfig) -> Result<bool, String> {
     if cfg.key_file.exists() {
         return Ok(false);
     }
+    mutant_mount::mount::check_new_key_allowed(cfg).map_err(|e| e.to_string())?;
     let (key, created) =
         mutant_mount::keys::MasterKey::load_or_create(&cfg.key_file).map_err(|e| e.to_string())?;
     if created {
@@ -125,8 +157,13 @@ fn ask_passphrase_if_sealed(
 
 /// Runs the mount as a child in the foreground, and returns once it is mounted (or has failed).
 /// `args` are the arguments the child gets, before `--foreground`; `passphrase`, if any, is
-/// written to its standard input.
-fn daemonize(args: &[String], cfg: &MountConfig, passphrase: Option<&str>) -> Result<(), String> {
+/// written to its standard input, after the wallet key if there is one.
+fn daemonize(
+    args: &[String],
+    cfg: &MountConfig,
+    passphrase: Option<&str>,
+    wallet: Option<&WalletKey>,
+) -> Result<(), String> {
     let log_path = cfg
         .key_file
         .parent()
@@ -138,25 +175,38 @@ fn daemonize(args: &[String], cfg: &MountConfig, passphrase: Option<&str>) -> Re
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .args(args)
         .arg("--foreground")
-        .stdin(match passphrase {
-            Some(_) => std::process::Stdio::piped(),
-            None => std::process::Stdio::null(),
+        .stdin(match passphrase.is_some() || wallet.is_some() {
+            true => std::process::Stdio::piped(),
+            false => std::process::Stdio::null(),
         })
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
+        .stderr(log);
+    if wallet.is_some() {
+        command.env(WALLET_ON_STDIN, "1");
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the mount process: {e}"))?;
-    if let (Some(pass), Some(mut stdin)) = (passphrase, child.stdin.take()) {
+    if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
-        stdin
-            .write_all(format!("{pass}\n").as_bytes())
-            .map_err(|e| format!("cannot hand the passphrase to the mount process: {e}"))?;
+        if let Some(key) = wallet {
+            stdin
+                .write_all(format!("{}\n", key.expose()).as_bytes())
+                .map_err(|e| format!("cannot hand the wallet key to the mount process: {e}"))?;
+        }
+        if let Some(pass) = passphrase {
+            stdin
+                .write_all(format!("{pass}\n").as_bytes())
+                .map_err(|e| format!("cannot hand the passphrase to the mount process: {e}"))?;
+        }
     }
     let mountpoint = std::fs::canonicalize(&cfg.mountpoint).map_err(|e| e.to_string())?;
     // Joining the network may take a while (the mount gives up after 120 s).
@@ -221,12 +271,18 @@ fn main() -> ExitCode {
 
 fn mount(mut args: MountArgs) -> ExitCode {
     bound_allocator();
+    // Everything this process creates (key, store, journal, caches, logs) is the user's alone,
+    // whatever umask it was started with; files made through the mount get the modes their
+    // requests carry.
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let raw: Vec<String> = std::env::args().collect();
     if let Err(e) = cli::mount_options::apply(&mut args) {
         eprintln!("mutant-mount: {e}");
         return ExitCode::from(2);
     }
-    let mut cfg = match config(&args) {
+    let wallet = take_wallet_key();
+    let mut cfg = match config(&args, wallet.clone()) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("mutant-mount: {e}");
@@ -286,7 +342,8 @@ fn mount(mut args: MountArgs) -> ExitCode {
         }
     }
     if !args.foreground {
-        return match daemonize(&child_args, &cfg, handoff.as_deref().map(|p| p.as_str())) {
+        let passphrase = handoff.as_deref().map(|p| p.as_str());
+        return match daemonize(&child_args, &cfg, passphrase, wallet.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mutant-mount: {e}");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::engine::root_record::RootRecordPlace;
 use crate::engine::{Engine, EngineOptions};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, FsCore};
@@ -53,6 +54,10 @@ pub struct MountConfig {
     pub create_index: bool,
     /// Chunk size of a new index (an existing one keeps its own).
     pub chunk_size: Option<u32>,
+    /// Replay what can be read of a damaged journal rather than refusing to start.
+    pub discard_damaged_journal: bool,
+    /// Mount a root older than the newest this machine has seen.
+    pub accept_rollback: bool,
 }
 
 /// A failure to start, as the user should read it.
@@ -117,11 +122,50 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Opens the key, or creates one (the first run); a new key gets a new index.
+/// Opens the key, or creates one (the first run); a new key gets a new index. A missing key
+/// file where this data dir or store already serves a key is a mistyped or lost path, never a
+/// reason for a new key beside the old one's files.
 fn open_key(cfg: &MountConfig) -> Result<(MasterKey, bool), StartError> {
+    check_new_key_allowed(cfg)?;
     MasterKey::load_or_create_with(&cfg.key_file, &cfg.passphrase)
         .map_err(|e| StartError(e.to_string()))
 }
+
+/// A missing key file is made only where no key was used before: a mistyped or lost
+/// `--key-file` must not start a new key beside a store of another.
+pub fn check_new_key_allowed(cfg: &MountConfig) -> Result<(), StartError> {
+    if !cfg.key_file.exists() {
+        if let Some(used) = used_by_a_key(cfg) {
+            return fail(format!(
+                "no master key in {}, the key file that was expected, but {} already belongs to \
+                 a master key: give that key with --key-file (or put it back in {0}); a new key \
+                 is made only where no key was used before",
+                cfg.key_file.display(),
+                used
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What shows that a key was used here already: a local store with an owner, or the local
+/// state a mount keeps beside its key.
+fn used_by_a_key(cfg: &MountConfig) -> Option<String> {
+    let non_empty = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if matches!(cfg.store, StoreChoice::Local) && cfg.store_dir.join("owner").exists() {
+        return Some(format!("the store at {}", cfg.store_dir.display()));
+    }
+    let data = cfg.key_file.parent()?;
+    [INDEX_CACHE_DIR, ROOT_RECORD_DIR]
+        .iter()
+        .map(|name| data.join(name))
+        .find(|dir| non_empty(dir))
+        .map(|dir| format!("the local state in {}", dir.display()))
+}
+
+/// Beside the key file: sealed copies of index pages, and the newest root seen per store.
+const INDEX_CACHE_DIR: &str = "index-cache";
+const ROOT_RECORD_DIR: &str = "roots";
 
 /// The local store, checked to belong to this key (a store records its owner's public key).
 pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, StartError> {
@@ -137,7 +181,14 @@ pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, Start
             "the one given"
         )),
         Err(_) => {
-            std::fs::write(&owner_file, format!("{mine}\n"))
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&owner_file)
+                .and_then(|mut f| f.write_all(format!("{mine}\n").as_bytes()))
                 .map_err(|e| StartError(format!("cannot write {}: {e}", owner_file.display())))?;
             Ok(store)
         }
@@ -146,6 +197,11 @@ pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, Start
 
 /// Mounts and serves until unmounted (by `fusermount3 -u`, `umount`, SIGINT or SIGTERM).
 pub fn run(cfg: MountConfig) -> Result<(), StartError> {
+    // Everything this process creates (key, store, journal, caches, records) is the user's
+    // alone, whatever umask it was started with. Files made through the mount are not
+    // affected: their modes come with each request.
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     preflight(&cfg)?;
     let (key, new_key) = open_key(&cfg)?;
     let fingerprint = crate::key_backup::fingerprint(&key);
@@ -192,7 +248,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             .unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
         parallelism,
         // Local copies of index pages, beside the key; the store keeps them all too.
-        index_cache_dir: cfg.key_file.parent().map(|dir| dir.join("index-cache")),
+        index_cache_dir: cfg.key_file.parent().map(|dir| dir.join(INDEX_CACHE_DIR)),
         // Changes not yet committed, per store; a read-only mount makes none.
         journal_dir: (!cfg.read_only).then(|| match &cfg.store {
             StoreChoice::Local => cfg.store_dir.join("journal"),
@@ -201,6 +257,21 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
                 data.join(format!("journal-{}", net.network))
             }
         }),
+        lock_wait: crate::engine::journal::LOCK_WAIT,
+        discard_damaged_journal: cfg.discard_damaged_journal,
+        root_record: cfg.key_file.parent().map(|dir| RootRecordPlace {
+            dir: dir.join(ROOT_RECORD_DIR),
+            store_id: match &cfg.store {
+                StoreChoice::Local => format!(
+                    "local:{}",
+                    std::fs::canonicalize(&cfg.store_dir)
+                        .unwrap_or_else(|_| cfg.store_dir.clone())
+                        .display()
+                ),
+                StoreChoice::Network(net) => format!("network:{}", net.network),
+            },
+        }),
+        accept_rollback: cfg.accept_rollback,
         ..Default::default()
     };
     let fs_cfg = FsConfig {
@@ -222,6 +293,9 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
                 },
                 cfg.key_file.display()
             )),
+            e @ (crate::engine::Error::Rollback(_) | crate::engine::Error::JournalDamaged(_)) => {
+                StartError(e.to_string())
+            }
             e => StartError(format!("cannot open the index: {e}")),
         })?;
         FsCore::start(engine, fs_cfg)
@@ -314,8 +388,8 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             return match rt.block_on(core.engine().save_uncommitted()) {
                 Ok(Some(dir)) => fail(format!(
                     "the index in the store was changed by another mount of the same key: this \
-                     mount's last changes could not be written there; they are saved in {}",
-                    dir.display()
+                     mount's last changes could not be written over it; they are saved in the \
+                     file system, under {dir}"
                 )),
                 Ok(None) => fail(
                     "the index in the store was changed by another mount of the same key; this \

@@ -89,5 +89,29 @@ fn a_store_of_another_key_is_refused() {
         mnt.to_str().unwrap(),
     ]);
     assert_eq!(code, 1);
+    // A missing key file where a store exists is a mistake, never a reason for a new key.
+    assert!(
+        text.contains(&format!(
+            "no master key in {}, the key file that was expected",
+            other_key.display()
+        )),
+        "{text}"
+    );
+    assert!(!other_key.exists(), "no new key was made");
+
+    // A key that exists but is another one's is refused by the store.
+    let other = dir.path().join("keys/other.key");
+    mutant_mount::keys::MasterKey::generate()
+        .save_new(&other)
+        .unwrap();
+    let (code, text) = run(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-file",
+        other.to_str().unwrap(),
+        "-f",
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
     assert!(text.contains("belongs to another master key"), "{text}");
 }

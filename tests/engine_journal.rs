@@ -138,7 +138,7 @@ async fn run(ops: Vec<Op>, crash_after: u64, seed: u64) -> Result<(), TestCaseEr
     )
     .await
     .expect("reopen with the journal");
-    prop_assert_eq!(reopened.recovered_dir(), None);
+    prop_assert_eq!(reopened.recovered_at(), None);
     prop_assert_eq!(&contents(&reopened).await, &model);
     let accounted = reopened.check_accounting().await;
     prop_assert!(accounted.is_ok(), "accounting after replay: {accounted:?}");
@@ -177,7 +177,8 @@ proptest! {
 }
 
 /// Two engines on one store and key: A commits first; B's commit is refused, and B's changes
-/// are saved as files, at once (`save_uncommitted`) or by the next open of B's journal.
+/// are recovered into the file system under `lost+found/`, on top of A's index, at once
+/// (`save_uncommitted`) or by the next open of B's journal; the local disk gets no copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_commit_keeps_the_changes_recoverable() {
     for killed in [false, true] {
@@ -189,6 +190,7 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
             .await
             .unwrap();
         a.store("shared", b"v1", Meta::file()).await.unwrap();
+        a.store("dir/kept", b"A's", Meta::file()).await.unwrap();
         a.commit().await.unwrap();
         let b = Engine::open(store.clone(), master.clone(), options(journal_b.path()))
             .await
@@ -217,7 +219,7 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
             assert_eq!(b2.entry("dir/from-b").await, None);
             assert_eq!(b2.fetch("from-a").await.unwrap(), b"written by A");
             assert!(!b2.has_uncommitted().await);
-            b2.recovered_dir().expect("saved at open").to_path_buf()
+            b2.recovered_at().expect("recovered at open").to_string()
         } else {
             let saved = b
                 .save_uncommitted()
@@ -229,13 +231,28 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
             let b2 = Engine::open(store.clone(), master.clone(), options(journal_b.path()))
                 .await
                 .unwrap();
-            assert_eq!(b2.recovered_dir(), None);
+            assert_eq!(b2.recovered_at(), None);
             saved
         };
-        // ...but every change is in the saved copy.
-        assert_eq!(std::fs::read(saved.join("files/dir/from-b")).unwrap(), long);
-        assert_eq!(std::fs::read(saved.join("files/empty")).unwrap(), b"");
-        let changes = std::fs::read_to_string(saved.join("CHANGES.txt")).unwrap();
+        assert!(saved.starts_with("lost+found/"), "{saved}");
+        // ...but every change is in the recovered copy, committed on top of A's index.
+        let c = Engine::open(
+            store.clone(),
+            master.clone(),
+            EngineOptions {
+                journal_dir: None,
+                ..options(journal_b.path())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.fetch(&format!("{saved}/dir/from-b")).await.unwrap(), long);
+        assert_eq!(c.fetch(&format!("{saved}/empty")).await.unwrap(), b"");
+        assert_eq!(c.fetch("from-a").await.unwrap(), b"written by A");
+        assert_eq!(c.fetch("dir/kept").await.unwrap(), b"A's");
+        assert_eq!(c.fetch("shared").await.unwrap(), b"v1");
+        let changes =
+            String::from_utf8(c.fetch(&format!("{saved}/CHANGES.txt")).await.unwrap()).unwrap();
         assert!(
             changes.contains("wrote dir/from-b (1000 bytes)"),
             "{changes}"
@@ -244,8 +261,16 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
             changes.contains("renamed shared -> renamed-by-b"),
             "{changes}"
         );
+        c.check_accounting().await.unwrap();
+        c.verify_all().await.unwrap();
+        // Nothing of it on local disk: no recovered copies beside the journal.
+        let local: Vec<_> = std::fs::read_dir(journal_b.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(!local.iter().any(|n| n == "recovered"), "{local:?}");
 
-        // A's index is intact.
+        // A's journal is locked while A is open.
         let check = Engine::open(store, master, options(journal_a.path()))
             .await
             .err();
@@ -301,6 +326,7 @@ mod v2 {
 #[tokio::test]
 async fn a_journal_that_bricked_format_version_2_replays_and_commits() {
     use mutant_mount::codec::{self, HashKind, Kind};
+    use mutant_mount::engine::pads::PadIo;
     let store_dir = tempfile::tempdir().unwrap();
     let journal_dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
@@ -316,12 +342,21 @@ async fn a_journal_that_bricked_format_version_2_replays_and_commits() {
     engine.commit().await.unwrap();
     drop(engine);
 
-    // The journal as the old program left it: its base record (unchanged across versions),
-    // then the change no commit could write.
+    // The journal as the old program left it, unsealed: a base record naming the stored
+    // root, then the change no commit could write.
+    let io = PadIo::new(local(store_dir.path()), key.clone());
+    let (root, _) = io.read_with_key(key.root_key(), None).await.unwrap();
+    let frame = |record: &v2::Record| {
+        let mut bytes = codec::encode(Kind::JournalRecord, record).unwrap();
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let mut out = (bytes.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&bytes);
+        out
+    };
     let path = journal_dir.path().join("journal");
-    let old = std::fs::read(&path).unwrap();
-    let base_len = u32::from_le_bytes(old[..4].try_into().unwrap()) as usize;
-    let mut journal = old[..4 + base_len].to_vec();
+    let mut journal = frame(&v2::Record::Base {
+        root_hash: codec::sha256(&root),
+    });
     let size = 500u64 << 30;
     let hole = || v2::Chunk {
         pad: None,
@@ -341,15 +376,13 @@ async fn a_journal_that_bricked_format_version_2_replays_and_commits() {
             },
         },
     };
-    let mut bytes = codec::encode(Kind::JournalRecord, &record).unwrap();
-    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    let op = frame(&record);
     assert!(
-        bytes.len() > 4 << 20,
+        op.len() > 4 << 20,
         "the entry outgrew a pad: {} bytes",
-        bytes.len()
+        op.len()
     );
-    journal.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    journal.extend_from_slice(&bytes);
+    journal.extend_from_slice(&op);
     std::fs::write(&path, journal).unwrap();
 
     let engine = Engine::open(local(store_dir.path()), key.clone(), opts())
@@ -367,4 +400,311 @@ async fn a_journal_that_bricked_format_version_2_replays_and_commits() {
         engine.fetch_range("disk.img", 1 << 30, 4).await.unwrap(),
         [0; 4]
     );
+}
+
+/// B journals `changes` against A's first index and is killed; A commits meanwhile. Returns the
+/// store, the key and B's journal dir: B's journal is now foreign to the store's index.
+async fn foreign_journal(
+    changes: impl AsyncFnOnce(&Engine),
+) -> (tempfile::TempDir, MasterKey, tempfile::TempDir) {
+    let store_dir = tempfile::tempdir().unwrap();
+    let journal_b = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let store = local(store_dir.path());
+    let a = Engine::open(
+        store.clone(),
+        master.clone(),
+        EngineOptions {
+            journal_dir: None,
+            ..options(journal_b.path())
+        },
+    )
+    .await
+    .unwrap();
+    a.store("a-file", b"A", Meta::file()).await.unwrap();
+    a.commit().await.unwrap();
+    let b = Engine::open(store.clone(), master.clone(), options(journal_b.path()))
+        .await
+        .unwrap();
+    changes(&b).await;
+    drop(b);
+    a.store("later", b"A again", Meta::file()).await.unwrap();
+    a.commit().await.unwrap();
+    (store_dir, master, journal_b)
+}
+
+fn journal_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("journal")).unwrap()
+}
+
+/// A crafted journal (sealed with the right key: the worst case) naming keys that climb out
+/// of the recovery directory or are absolute: none of them is recovered anywhere, neither in
+/// the file system nor on local disk, and the safe ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_keys_that_leave_its_directory() {
+    use mutant_mount::at_rest::LocalKeys;
+    use mutant_mount::engine::journal::{self, Journal, Op as JOp};
+    use mutant_mount::index::{Chunk, ChunkMap, Entry};
+
+    let store_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let journal_dir = data.path().join("deep/journal");
+    let master = MasterKey::generate();
+    let store = local(store_dir.path());
+    let a = Engine::open(
+        store.clone(),
+        master.clone(),
+        EngineOptions {
+            journal_dir: None,
+            ..options(&journal_dir)
+        },
+    )
+    .await
+    .unwrap();
+    a.store("a-file", b"A", Meta::file()).await.unwrap();
+    a.commit().await.unwrap();
+    drop(a);
+
+    let file = |bytes: &[u8]| Entry {
+        chunks: ChunkMap::from_ordered([Chunk::inline(bytes.to_vec())]),
+        size: bytes.len() as u64,
+        ..Entry::empty(Meta::file())
+    };
+    let bad = [
+        "../../escaped",
+        "/tmp/absolute-escape",
+        "ok/../../../x",
+        ".",
+        "a//b",
+        "",
+    ];
+    let mut ops: Vec<JOp> = bad
+        .iter()
+        .map(|k| JOp::Install {
+            key: k.to_string(),
+            entry: file(b"evil"),
+        })
+        .collect();
+    ops.push(JOp::Install {
+        key: "ok/fine".into(),
+        entry: file(b"fine"),
+    });
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let path = journal_dir.join("journal");
+    let lock = journal::lock(&path, Duration::ZERO).unwrap();
+    // A base root the store never had: the journal is foreign, so it is recovered.
+    drop(
+        Journal::create(
+            &path,
+            lock,
+            LocalKeys::derive(&master).journal,
+            [7; 32],
+            ops,
+        )
+        .unwrap(),
+    );
+
+    let b = Engine::open(store.clone(), master.clone(), options(&journal_dir))
+        .await
+        .unwrap();
+    let saved = b.recovered_at().expect("recovered").to_string();
+    assert_eq!(b.fetch(&format!("{saved}/ok/fine")).await.unwrap(), b"fine");
+    let keys = b.list_keys().await;
+    for key in &keys {
+        assert!(
+            key.split('/')
+                .all(|p| !p.is_empty() && p != "." && p != ".."),
+            "{key:?} in the index"
+        );
+        if let Ok(bytes) = b.fetch(key).await {
+            assert_ne!(bytes, b"evil", "{key:?} holds a refused file");
+        }
+    }
+    let changes =
+        String::from_utf8(b.fetch(&format!("{saved}/CHANGES.txt")).await.unwrap()).unwrap();
+    assert!(
+        changes.contains("../../escaped: NOT recovered"),
+        "{changes}"
+    );
+    assert!(!std::path::Path::new("/tmp/absolute-escape").exists());
+    // Nothing was written on local disk beside the journal.
+    let mut found = Vec::new();
+    let mut stack = vec![data.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    assert_eq!(found, ["journal", "journal.lock"]);
+}
+
+/// A journal with a damaged change in the middle is refused and left as it is: the changes
+/// after the damage were acknowledged too. `discard_damaged_journal` then applies what can be
+/// read, and never the damaged change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_middle_frame_refuses_the_open_and_keeps_the_journal() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let journal = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let e = Engine::open(
+        local(store_dir.path()),
+        master.clone(),
+        options(journal.path()),
+    )
+    .await
+    .unwrap();
+    for key in ["one", "two", "three"] {
+        e.store(key, key.as_bytes(), Meta::file()).await.unwrap();
+    }
+    drop(e); // killed: the three changes are in the journal only
+
+    // Damage the second change (frame 2): frames are [header][base][one][two][three].
+    let mut bytes = journal_bytes(journal.path());
+    let mut at = 24;
+    for _ in 0..2 {
+        at += 4 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    bytes[at + 40] ^= 1;
+    std::fs::write(journal.path().join("journal"), &bytes).unwrap();
+
+    let refused = Engine::open(
+        local(store_dir.path()),
+        master.clone(),
+        options(journal.path()),
+    )
+    .await
+    .err()
+    .expect("a damaged journal is refused");
+    let msg = refused.to_string();
+    assert!(matches!(refused, Error::JournalDamaged(_)), "{msg}");
+    assert!(msg.contains("--discard-damaged-journal"), "{msg}");
+    assert_eq!(
+        journal_bytes(journal.path()),
+        bytes,
+        "the journal is left as it is"
+    );
+
+    let opts = EngineOptions {
+        discard_damaged_journal: true,
+        ..options(journal.path())
+    };
+    let e = Engine::open(local(store_dir.path()), master, opts)
+        .await
+        .unwrap();
+    assert_eq!(e.fetch("one").await.unwrap(), b"one");
+    assert_eq!(
+        e.entry("two").await,
+        None,
+        "the damaged change is never applied"
+    );
+    assert_eq!(e.fetch("three").await.unwrap(), b"three");
+    e.check_accounting().await.unwrap();
+}
+
+/// Recovery that fails half-way (the store dies while the copies are written) commits
+/// nothing and keeps the journal as it was; the next open recovers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_failing_half_way_loses_nothing() {
+    let long: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let data = long.clone();
+    let (store_dir, master, journal_b) = foreign_journal(async move |b: &Engine| {
+        b.store("big", &data, Meta::file()).await.unwrap();
+        b.store("small", b"s", Meta::file()).await.unwrap();
+    })
+    .await;
+    let before = journal_bytes(journal_b.path());
+    for crash_after in [0, 3] {
+        let dying: Arc<dyn PadStore> = Arc::new(RetryingStore::new(
+            SimStore::new(
+                LocalStore::open(store_dir.path()).unwrap(),
+                SimConfig {
+                    crash_after_writes: Some(crash_after),
+                    seed: 1,
+                    ..Default::default()
+                },
+            ),
+            RetryPolicy {
+                attempts: 1,
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+            },
+        ));
+        let failed = Engine::open(dying, master.clone(), options(journal_b.path())).await;
+        assert!(failed.is_err(), "the store died during recovery");
+        assert_eq!(
+            journal_bytes(journal_b.path()),
+            before,
+            "the journal is kept"
+        );
+    }
+    let b = Engine::open(
+        local(store_dir.path()),
+        master.clone(),
+        options(journal_b.path()),
+    )
+    .await
+    .unwrap();
+    let saved = b.recovered_at().expect("recovered").to_string();
+    assert_eq!(b.fetch(&format!("{saved}/big")).await.unwrap(), long);
+    assert_eq!(b.fetch(&format!("{saved}/small")).await.unwrap(), b"s");
+    assert_eq!(b.fetch("later").await.unwrap(), b"A again");
+    b.check_accounting().await.unwrap();
+    b.verify_all().await.unwrap();
+}
+
+/// A store that serves an older root than one this machine saw (a restored pad file) is
+/// refused; `accept_rollback` opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_root_is_refused() {
+    use mutant_mount::engine::root_record::RootRecordPlace;
+    let store_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let opts = |accept: bool| EngineOptions {
+        root_record: Some(RootRecordPlace {
+            dir: data.path().join("roots"),
+            store_id: "local:test".into(),
+        }),
+        accept_rollback: accept,
+        journal_dir: None,
+        ..options(data.path())
+    };
+    let store = LocalStore::open(store_dir.path()).unwrap();
+    let root_file = store.pad_path(&master.root_key().public_key());
+    let e = Engine::open(Arc::new(store.clone()), master.clone(), opts(false))
+        .await
+        .unwrap();
+    e.store("a", b"A", Meta::file()).await.unwrap();
+    e.commit().await.unwrap();
+    let old_root = std::fs::read(&root_file).unwrap();
+    e.store("b", b"B", Meta::file()).await.unwrap();
+    e.commit().await.unwrap();
+    drop(e);
+    std::fs::write(&root_file, &old_root).unwrap();
+
+    let refused = Engine::open(local(store_dir.path()), master.clone(), opts(false))
+        .await
+        .err()
+        .expect("an older root is refused");
+    assert!(matches!(refused, Error::Rollback(_)), "{refused}");
+    assert!(
+        refused.to_string().contains("--accept-rollback"),
+        "{refused}"
+    );
+
+    let e = Engine::open(local(store_dir.path()), master.clone(), opts(true))
+        .await
+        .unwrap();
+    assert_eq!(e.entry("b").await, None, "the old index, as asked");
+    drop(e);
+    // Accepted once, it is the newest seen now.
+    Engine::open(local(store_dir.path()), master, opts(false))
+        .await
+        .unwrap();
 }

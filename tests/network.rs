@@ -376,18 +376,19 @@ async fn two_engines_same_key_conflict() {
     assert_eq!(b.fetch("from-b").await.unwrap(), b"B");
     b.check_accounting().await.unwrap();
     // B dies before saving anything: its next open finds the journal does not fit the
-    // network's index and saves B's change as a file instead of applying it.
+    // network's index and recovers B's change under lost+found/ instead of applying it.
     drop(b);
     let b2 = Engine::open(store_b.clone(), master.clone(), b_opts())
         .await
         .unwrap();
-    let saved = b2.recovered_dir().expect("B's change saved").to_path_buf();
-    assert_eq!(std::fs::read(saved.join("files/from-b")).unwrap(), b"B");
+    let saved = b2.recovered_at().expect("B's change saved").to_string();
+    assert_eq!(b2.fetch(&format!("{saved}/from-b")).await.unwrap(), b"B");
+    assert_eq!(b2.entry("from-b").await, None);
     drop(b2);
 
     let c = Engine::open(store_b, master, EngineOptions::default())
         .await
         .unwrap();
-    assert_eq!(c.list_keys().await, vec!["from-a".to_string()]);
     assert_eq!(c.fetch("from-a").await.unwrap(), b"A");
+    assert_eq!(c.fetch(&format!("{saved}/from-b")).await.unwrap(), b"B");
 }

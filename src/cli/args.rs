@@ -240,6 +240,16 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides)
     #[arg(long, default_value = "info")]
     pub log_level: String,
+
+    /// Replay what can be read of a journal that has a damaged change in the middle (the
+    /// damaged part is dropped); without it such a journal is refused and left untouched
+    #[arg(long)]
+    pub discard_damaged_journal: bool,
+
+    /// Mount even if the store serves an older index than this machine has seen (a restored
+    /// or stale copy): newer changes are then lost for good at the next commit
+    #[arg(long)]
+    pub accept_rollback: bool,
 }
 
 impl MountArgs {

@@ -10,7 +10,6 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::error::{Error, Result};
 use super::pads::{PadIo, INDEX_ENCODING};
-use super::page_cache::PageCache;
 use super::{Engine, State};
 use crate::codec::{sha256, HashKind};
 use crate::index::persist::{decode_page, encode_page, PageRef, Root};
@@ -48,7 +47,7 @@ pub(super) async fn load(
     pads: &PadIo,
     root_key: &SecretKey,
     parallelism: usize,
-    local: Option<&PageCache>,
+    local: Option<&super::page_cache::PageCache>,
 ) -> Result<Option<State>> {
     let (bytes, counter) = match pads.read_with_key(root_key.clone(), None).await {
         Ok(found) => found,
@@ -157,8 +156,8 @@ impl Engine {
                         return Err(Error::Store(StoreError::TooBig(bytes.len())));
                     }
                     let hash = sha256(&bytes);
-                    if let Some(dir) = &inner.opts.index_cache_dir {
-                        PageCache::new(dir).put(&hash, &bytes);
+                    if let Some(local) = &inner.page_cache {
+                        local.put(&hash, &bytes);
                     }
                     let pad = inner
                         .pads
@@ -217,8 +216,7 @@ impl Engine {
         let mut state = self.inner.state.lock().await;
         match result {
             Ok(counter) => {
-                if let Some(dir) = &self.inner.opts.index_cache_dir {
-                    let local = PageCache::new(dir);
+                if let Some(local) = &self.inner.page_cache {
                     let kept: HashSet<[u8; 32]> =
                         root.pages.iter().flatten().map(|p| p.hash).collect();
                     for old in state.committed_pages.iter().flatten() {
@@ -234,6 +232,7 @@ impl Engine {
                 state.index.free_pads.extend(plan.old_page_pads);
                 state.index.free_pads.extend(plan.releasing);
                 drop(state);
+                self.note_root(counter, root.generation, root_hash);
                 self.journal_committed(plan.journal_upto, root_hash);
                 Ok(())
             }
@@ -359,6 +358,7 @@ impl Engine {
             state.index.free_pads.extend(attempt.old_page_pads);
             state.index.free_pads.extend(attempt.releasing);
             drop(state);
+            self.note_root(counter, attempt.generation, attempt.root_hash);
             self.journal_committed(attempt.journal_upto, attempt.root_hash);
         } else if stored.generation == state.generation {
             state.root_counter = Some(counter);

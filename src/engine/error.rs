@@ -25,6 +25,12 @@ pub enum Error {
     RootTooBig(usize),
     #[error("the local journal could not be written: {0}")]
     Journal(String),
+    /// The journal has a damaged frame with intact ones after it: left as it is.
+    #[error("{0}")]
+    JournalDamaged(String),
+    /// The store serves an older root than one seen before.
+    #[error("{0}")]
+    Rollback(String),
 }
 
 impl Error {

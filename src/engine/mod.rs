@@ -32,6 +32,7 @@ pub mod journal;
 pub mod pads;
 pub mod page_cache;
 mod recover;
+pub mod root_record;
 
 pub use activity::Activity;
 use blocks::{hash_blocks, BlocksCache, PadBlocks};
@@ -40,6 +41,10 @@ pub use error::{Error, Result};
 use journal::{Journal, Op, Replay};
 use pads::{PadIo, Priority, DATA_ENCODING};
 use page_cache::PageCache;
+use root_record::{RootRecord, RootRecordPlace, Seen};
+
+use crate::at_rest::LocalKeys;
+pub use recover::LOST_FOUND;
 
 /// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
 pub const INLINE_MAX: usize = 4096;
@@ -66,6 +71,16 @@ pub struct EngineOptions {
     /// could not write because someone else changed the index). Without one, a change is
     /// durable only once `commit` returns.
     pub journal_dir: Option<PathBuf>,
+    /// How long to wait for another process holding the journal's lock (one finishing its
+    /// unmount) before refusing to open.
+    pub lock_wait: std::time::Duration,
+    /// Replay what can be read of a journal with a damaged frame in the middle, dropping the
+    /// rest; without it such a journal is refused and left as it is.
+    pub discard_damaged_journal: bool,
+    /// Where to record the newest root seen, to refuse an older one (a rollback).
+    pub root_record: Option<RootRecordPlace>,
+    /// Open a root older than the newest one recorded (and record it as the newest).
+    pub accept_rollback: bool,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +92,10 @@ impl Default for EngineOptions {
             create_if_missing: true,
             index_cache_dir: None,
             journal_dir: None,
+            lock_wait: std::time::Duration::ZERO,
+            discard_damaged_journal: false,
+            root_record: None,
+            accept_rollback: false,
         }
     }
 }
@@ -121,10 +140,13 @@ struct Inner {
     opts: EngineOptions,
     chunk_size: u32,
     journal: OnceLock<Journal>,
-    /// Where this open saved changes it found it could not replay.
-    recovered: OnceLock<PathBuf>,
+    /// The directory (a key) where this open recovered changes it could not replay.
+    recovered: OnceLock<String>,
     /// When this mount's last commit landed (see `activity.rs`).
     last_commit: std::sync::Mutex<Option<std::time::SystemTime>>,
+    local_keys: LocalKeys,
+    page_cache: Option<PageCache>,
+    root_record: Option<RootRecord>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -155,10 +177,27 @@ impl Engine {
         master: MasterKey,
         opts: EngineOptions,
     ) -> Result<Self> {
+        let local_keys = LocalKeys::derive(&master);
+        // The store's lock before its root: a process still finishing its unmount commits
+        // first, and this open then reads the root it left.
+        let journal_lock = match &opts.journal_dir {
+            Some(dir) => Some(lock_journal(dir, opts.lock_wait).await?),
+            None => None,
+        };
         let pads = PadIo::with_gets_in_flight(store, master.clone(), opts.parallelism);
         let root_key = master.root_key();
-        let page_cache = opts.index_cache_dir.as_deref().map(PageCache::new);
+        let page_cache = opts
+            .index_cache_dir
+            .as_deref()
+            .map(|dir| PageCache::new(dir, &local_keys));
+        let root_record = opts
+            .root_record
+            .as_ref()
+            .map(|place| RootRecord::new(place, &local_keys));
         let loaded = commit::load(&pads, &root_key, opts.parallelism, page_cache.as_ref()).await?;
+        if let Some(record) = &root_record {
+            check_rollback(record, loaded.as_ref(), opts.accept_rollback)?;
+        }
         let fresh = loaded.is_none();
         let state = match loaded {
             Some(state) => state,
@@ -191,29 +230,77 @@ impl Engine {
                 journal: OnceLock::new(),
                 recovered: OnceLock::new(),
                 last_commit: Default::default(),
+                local_keys,
+                page_cache,
+                root_record,
             }),
         };
         if fresh {
             engine.commit().await?;
         }
-        if let Some(dir) = engine.inner.opts.journal_dir.clone() {
-            engine.start_journal(&dir).await?;
+        if let (Some(dir), Some(lock)) = (engine.inner.opts.journal_dir.clone(), journal_lock) {
+            engine.start_journal(&dir, lock).await?;
         }
         Ok(engine)
     }
 
+    /// Records a root that landed (or was loaded) as the newest seen, if it is.
+    fn note_root(&self, counter: u64, generation: u64, root_hash: [u8; 32]) {
+        if let Some(record) = &self.inner.root_record {
+            if record.read().is_none_or(|seen| counter > seen.counter) {
+                record.write(&Seen {
+                    counter,
+                    generation,
+                    root_hash,
+                });
+            }
+        }
+    }
+
     /// Replays what an earlier run journaled and did not commit, then journals from here on.
-    /// Changes made against a root someone else has since replaced are saved as files instead.
-    async fn start_journal(&self, dir: &std::path::Path) -> Result<()> {
+    /// Changes made against a root someone else has since replaced are recovered into the file
+    /// system instead (`recover.rs`), and the journal is rewritten only once they are committed.
+    async fn start_journal(&self, dir: &std::path::Path, lock: std::fs::File) -> Result<()> {
         let journal_err = |e: std::io::Error| Error::Journal(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(journal_err)?;
         let path = dir.join("journal");
-        let lock = journal::lock(&path).map_err(journal_err)?;
-        let left = Journal::read(&path).map_err(journal_err)?;
+        let key = self.inner.local_keys.journal.clone();
+        let left = Journal::read(&path, &key).map_err(journal_err)?;
         if left.torn_bytes > 0 {
             tracing::warn!(
                 "the journal ends in {} bytes of a change that was never acknowledged; ignored",
                 left.torn_bytes
+            );
+        }
+        if let Some(damage) = &left.damage {
+            if !self.inner.opts.discard_damaged_journal {
+                return Err(Error::JournalDamaged(format!(
+                    "the journal {} is damaged: frame {} (byte {}) fails its check, and {} \
+                     changes after it are intact. Nothing was replayed and the journal is left as \
+                     it is; mount with --discard-damaged-journal to apply what can be read and \
+                     drop the damaged part",
+                    path.display(),
+                    damage.frame,
+                    damage.offset,
+                    damage.valid_after
+                )));
+            }
+            tracing::warn!(
+                "the journal is damaged at frame {}: replaying what can be read around it, as \
+                 asked (--discard-damaged-journal)",
+                damage.frame
+            );
+        }
+        if left.unsealed {
+            tracing::info!(
+                "the journal was written unencrypted by an earlier version: it is rewritten sealed"
+            );
+        }
+        let old_recovered = dir.join("recovered");
+        if old_recovered.exists() {
+            tracing::warn!(
+                "{} holds changes an earlier version recovered in plain text: move what you \
+                 need into the mount and delete it",
+                old_recovered.display()
             );
         }
         let mut state = self.inner.state.lock().await;
@@ -226,7 +313,13 @@ impl Engine {
                             state.apply(&op, true);
                             kept.push(op);
                         }
-                        Err(e) => tracing::error!("journaled change not replayable ({e}): {op:?}"),
+                        Err(e) => {
+                            tracing::error!(
+                                "a journaled change ({}) cannot be replayed; skipped",
+                                op.kind()
+                            );
+                            tracing::debug!("not replayable ({e}): {op:?}");
+                        }
                     }
                 }
                 if !kept.is_empty() {
@@ -239,25 +332,28 @@ impl Engine {
             }
             Replay::Foreign(ops) => (Vec::new(), ops),
         };
-        let journal = Journal::create(&path, lock, state.root_hash, kept).map_err(journal_err)?;
         drop(state);
-        let _ = self.inner.journal.set(journal);
         if !foreign.is_empty() {
-            let saved = recover::save(self, dir, &foreign).await?;
+            // Committed before the journal holding them is rewritten: a failure here leaves the
+            // journal as it is, for the next open to try again.
+            let saved = recover::recover(self, &foreign).await?;
             tracing::error!(
                 "the index was changed elsewhere after this machine's last {} changes were made; \
-                 they were not applied, and what could be read of them is saved in {}",
+                 they were not applied, and what could be read of them is in the file system \
+                 under {saved}",
                 foreign.len(),
-                saved.display()
             );
             let _ = self.inner.recovered.set(saved);
         }
+        let root_hash = self.inner.state.lock().await.root_hash;
+        let journal = Journal::create(&path, lock, key, root_hash, kept).map_err(journal_err)?;
+        let _ = self.inner.journal.set(journal);
         Ok(())
     }
 
-    /// Where this open saved journaled changes it could not apply, if it did.
-    pub fn recovered_dir(&self) -> Option<&std::path::Path> {
-        self.inner.recovered.get().map(PathBuf::as_path)
+    /// Where (a directory key) this open recovered journaled changes it could not apply.
+    pub fn recovered_at(&self) -> Option<&str> {
+        self.inner.recovered.get().map(String::as_str)
     }
 
     /// Whether a commit found the stored index changed by someone else (all later commits
@@ -271,24 +367,53 @@ impl Engine {
         self.inner.journal.get().is_some()
     }
 
-    /// Saves the changes not yet committed as files under the journal directory (after a
-    /// commit refused because someone else changed the index), and forgets them from the
-    /// journal. Returns where they went; `None` without a journal or changes.
-    pub async fn save_uncommitted(&self) -> Result<Option<PathBuf>> {
-        let (Some(journal), Some(dir)) = (self.inner.journal.get(), &self.inner.opts.journal_dir)
-        else {
+    /// After a commit refused because someone else changed the index: loads the index now in
+    /// the store, recovers the changes not yet committed into it (under `lost+found/`, see
+    /// `recover.rs`) and commits that; the journal forgets them only then. Returns where they
+    /// went; `None` without a journal or changes. On failure they stay in the journal, and the
+    /// next open recovers them.
+    pub async fn save_uncommitted(&self) -> Result<Option<String>> {
+        let Some(journal) = self.inner.journal.get() else {
             return Ok(None);
         };
         let ops = journal.pending();
         if ops.is_empty() {
             return Ok(None);
         }
-        let saved = recover::save(self, dir, &ops).await?;
-        let root_hash = self.inner.state.lock().await.root_hash;
-        journal
-            .committed(journal.last_seq(), root_hash)
-            .map_err(|e| Error::Journal(e.to_string()))?;
-        Ok(Some(saved))
+        self.reload().await?;
+        Ok(Some(recover::recover(self, &ops).await?))
+    }
+
+    /// Replaces the state with the index the store holds now (after a conflict).
+    async fn reload(&self) -> Result<()> {
+        let loaded = commit::load(
+            &self.inner.pads,
+            &self.inner.root_key,
+            self.inner.opts.parallelism,
+            self.inner.page_cache.as_ref(),
+        )
+        .await?
+        .ok_or(Error::NoIndex)?;
+        if let Some(record) = &self.inner.root_record {
+            check_rollback(record, Some(&loaded), self.inner.opts.accept_rollback)?;
+        }
+        *self.inner.state.lock().await = loaded;
+        Ok(())
+    }
+
+    /// Takes the pads in `seeds` out of the free list, so that no write reuses them while
+    /// their contents are still to be read; returns them for [`Self::release_held_pads`].
+    async fn hold_free_pads(&self, seeds: &HashSet<PadSeed>) -> Vec<PadRef> {
+        let mut state = self.inner.state.lock().await;
+        let (held, free) = std::mem::take(&mut state.index.free_pads)
+            .into_iter()
+            .partition(|p| seeds.contains(&p.seed));
+        state.index.free_pads = free;
+        held
+    }
+
+    async fn release_held_pads(&self, held: Vec<PadRef>) {
+        self.inner.state.lock().await.index.free_pads.extend(held);
     }
 
     /// Validates a change, journals it, then applies it: an error leaves nothing changed.
@@ -709,6 +834,81 @@ impl Engine {
             .buffer_unordered(self.inner.opts.parallelism.max(1))
             .try_collect::<()>()
             .await
+    }
+}
+
+/// Makes the journal directory (0700) and takes its lock, waiting up to `wait` for a process
+/// that holds it.
+async fn lock_journal(dir: &std::path::Path, wait: std::time::Duration) -> Result<std::fs::File> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| journal::lock(&dir.join("journal"), wait))
+            .map_err(|e| Error::Journal(format!("{}: {e}", dir.display())))
+    })
+    .await
+    .expect("lock task panicked")
+}
+
+/// Refuses a root older than the newest this machine recorded for the store (unless
+/// `accept`), and records the loaded one if it is newer.
+fn check_rollback(record: &RootRecord, loaded: Option<&State>, accept: bool) -> Result<()> {
+    let seen = record.read();
+    let found = loaded.map(|s| (s.root_counter.unwrap_or(0), s.generation, s.root_hash));
+    let older = match (seen, found) {
+        (Some(seen), Some((counter, ..))) => counter < seen.counter,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if older && !accept {
+        let seen = seen.expect("older than a record");
+        return Err(Error::Rollback(match found {
+            Some((counter, generation, _)) => format!(
+                "the store serves an older index (root version {counter}, generation \
+                 {generation}) than this machine has seen (version {}, generation {}): a \
+                 restored or stale copy. Mounting it would hide, and the next commit would \
+                 drop, every newer change. Mount with --accept-rollback to use it anyway",
+                seen.counter, seen.generation
+            ),
+            None => format!(
+                "the store holds no index for this key, but this machine has seen one (version \
+                 {}, generation {}): the store is not the one it was, or lost its pads. Mount \
+                 with --accept-rollback to start from what it holds",
+                seen.counter, seen.generation
+            ),
+        }));
+    }
+    if older {
+        tracing::warn!(
+            "mounting an index older than the newest seen, as asked (--accept-rollback)"
+        );
+    }
+    if let Some((counter, generation, root_hash)) = found {
+        if older || seen.is_none_or(|seen| counter > seen.counter) {
+            record.write(&Seen {
+                counter,
+                generation,
+                root_hash,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Op {
+    /// What kind of change this is, for messages that must not show names.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Install { .. } => "a write",
+            Op::Remove { .. } => "a removal",
+            Op::Rename { .. } => "a rename",
+            Op::SetMeta { .. } => "a metadata change",
+            Op::Link { .. } => "a new name for a file",
+        }
     }
 }
 

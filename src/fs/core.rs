@@ -184,8 +184,14 @@ impl FsCore {
             })
         });
         let (ns, unplaced) = Namespace::build(keys.collect::<Vec<_>>());
-        for key in stray.iter().chain(&unplaced) {
-            tracing::warn!("index key {key:?} has no parent directory or file; it is not shown");
+        stray.extend(unplaced);
+        if !stray.is_empty() {
+            // Names stay out of logs at the default level.
+            tracing::warn!(
+                "{} index keys have no parent directory or file; they are not shown",
+                stray.len()
+            );
+            tracing::debug!("keys without a parent directory or file: {stray:?}");
         }
         // A file whose last name went while it was open, or before a crash let it go.
         orphans.extend(
@@ -251,8 +257,8 @@ impl FsCore {
                         Ok(()) => {}
                         Err(EngineError::Conflict) => {
                             tracing::error!(
-                                "{}; changes made here are kept in the journal and saved as \
-                                 files at unmount",
+                                "{}; changes made here are kept in the journal and recovered \
+                                 into lost+found/ at unmount",
                                 EngineError::Conflict
                             );
                             return;

@@ -335,7 +335,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let result = name_str(newname).and_then(|name| {
-            self.run("link", Some(ino.0), self.core.link(ino.0, newparent.0, name))
+            self.run(
+                "link",
+                Some(ino.0),
+                self.core.link(ino.0, newparent.0, name),
+            )
         });
         self.reply_entry(reply, result);
     }

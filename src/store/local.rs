@@ -83,6 +83,15 @@ fn read_buffered(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
     Ok((buf, 0))
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (directories that exist keep theirs).
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Alignment of O_DIRECT buffers, offsets and lengths: a page, which every block size divides.
 const DIRECT_ALIGN: usize = 4096;
 
@@ -170,7 +179,14 @@ fn write_file(path: &Path, parts: &[&[u8]]) -> std::io::Result<fs::File> {
             written => return written,
         }
     }
-    let mut file = fs::File::create_new(path)?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?
+    };
     for part in parts {
         file.write_all(part)?;
     }
@@ -185,6 +201,7 @@ fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> std::io::Result<fs:
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
     let (mut buf, start) = aligned_buffer(len);
@@ -258,7 +275,7 @@ const PART_FILES: usize = 256;
 impl LocalStore {
     /// Opens (creating if needed) a store in `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(root.join("pads")).map_err(|e| io_error(root, e))?;
+        private_dirs(&root.join("pads")).map_err(|e| io_error(root, e))?;
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
@@ -353,7 +370,7 @@ impl LocalStore {
     fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
         let path = self.pad_path(pad.owner());
         let dir = path.parent().expect("pad paths have a parent");
-        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        private_dirs(dir).map_err(|e| io_error(dir, e))?;
         let header = encode_header(pad).map_err(|e| StoreError::Permanent(e.to_string()))?;
         let tmp = dir.join(format!(
             ".{}.tmp{:016x}",

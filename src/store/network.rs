@@ -87,8 +87,53 @@ pub enum WalletSource {
     Env(String),
     /// A file holding the hex key (surrounding white space ignored); it should be mode 0600.
     File(PathBuf),
+    /// A key already read (from `SECRET_KEY`, see [`take_env_wallet_key`]).
+    Key(WalletKey),
     /// No wallet: reads and free updates work, creating a pad fails with a permanent error.
     None,
+}
+
+/// An EVM wallet's private key held in memory: never printed (`Debug` shows no digits) and
+/// wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WalletKey(zeroize::Zeroizing<String>);
+
+impl WalletKey {
+    pub fn new(key: String) -> Self {
+        WalletKey(zeroize::Zeroizing::new(key))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WalletKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalletKey(hidden)")
+    }
+}
+
+/// Takes the wallet key out of the [`SECRET_KEY_ENV`] variable: the variable is removed, so
+/// no child process (the background mount, `fusermount3`) and no reader of
+/// `/proc/PID/environ` finds it. Call it before any thread starts: the environment is not
+/// safe to change while other threads may read it.
+pub fn take_env_wallet_key() -> Option<WalletKey> {
+    let key = std::env::var(SECRET_KEY_ENV).ok();
+    // The variable's bytes stay where the kernel put them, which `/proc/PID/environ` shows
+    // for the process's whole life: overwrite them before forgetting the variable.
+    let name = std::ffi::CString::new(SECRET_KEY_ENV).expect("no NUL in the name");
+    // SAFETY: getenv returns a pointer to the NUL-terminated value in the environment (or
+    // null); no other thread runs yet, so nothing reads or changes it meanwhile, and the value
+    // is overwritten within its own length.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if !value.is_null() {
+            std::ptr::write_bytes(value, 0, libc::strlen(value));
+        }
+    }
+    std::env::remove_var(SECRET_KEY_ENV);
+    key.filter(|k| !k.trim().is_empty()).map(WalletKey::new)
 }
 
 impl Default for WalletSource {
@@ -290,6 +335,7 @@ impl NetworkStore {
 fn load_private_key(source: &WalletSource) -> Result<Option<String>, StoreError> {
     match source {
         WalletSource::None => Ok(None),
+        WalletSource::Key(key) => Ok(Some(key.expose().to_string())),
         WalletSource::Env(var) => match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => Ok(Some(key)),
             _ => Err(permanent(format!(

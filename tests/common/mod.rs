@@ -115,6 +115,22 @@ impl Mount {
         );
     }
 
+    /// Unmounts with `fusermount3 -u` and returns at once, as a script does: the process may
+    /// still be committing. Returns it, to be waited for.
+    pub fn unmount_no_wait(mut self) -> Child {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.child.take().unwrap()
+    }
+
     /// Kills the mount process with SIGKILL (a crash) and detaches the dead mount.
     pub fn kill(mut self) {
         let mut child = self.child.take().unwrap();
