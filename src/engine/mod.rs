@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use crate::codec::HashKind;
-use crate::index::persist::PageRef;
+use crate::index::persist::{FreePageRef, PageRef};
 use crate::index::{
     inode_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef, MAX_DATA_CHUNKS,
     MAX_FILE_SIZE,
@@ -64,6 +64,8 @@ pub struct EngineOptions {
     /// could not write because someone else changed the index). Without one, a change is
     /// durable only once `commit` returns.
     pub journal_dir: Option<PathBuf>,
+    /// Pads per free-list page (`index::free::FREE_PAGE_PADS`; tests use tiny pages).
+    pub free_page_pads: usize,
 }
 
 impl Default for EngineOptions {
@@ -75,6 +77,7 @@ impl Default for EngineOptions {
             create_if_missing: true,
             index_cache_dir: None,
             journal_dir: None,
+            free_page_pads: crate::index::free::FREE_PAGE_PADS,
         }
     }
 }
@@ -132,6 +135,8 @@ struct State {
     /// Taken for writes whose chunks are not yet in the index.
     in_flight: HashSet<PadSeed>,
     committed_pages: Vec<Option<PageRef>>,
+    /// The committed root's free-list pages.
+    committed_free_pages: Vec<FreePageRef>,
     /// SHA-256 of the committed root's encoding: what the journal's records refer to.
     root_hash: [u8; 32],
     root_counter: Option<u64>,
@@ -163,6 +168,7 @@ impl Engine {
                 pending_free: Vec::new(),
                 in_flight: HashSet::new(),
                 committed_pages: vec![None],
+                committed_free_pages: Vec::new(),
                 root_hash: [0; 32],
                 root_counter: None,
                 generation: 0,
@@ -434,6 +440,13 @@ impl Engine {
             .await;
     }
 
+    /// Adds pads to the free list as if files using them had been removed: a test builds a
+    /// long free list this way without writing each pad.
+    #[doc(hidden)]
+    pub async fn test_free_pads(&self, pads: Vec<PadRef>) {
+        self.return_pads(pads).await;
+    }
+
     async fn return_pads(&self, pads: Vec<PadRef>) {
         let mut state = self.inner.state.lock().await;
         for pad in &pads {
@@ -663,6 +676,9 @@ impl Engine {
         }
         for page in state.committed_pages.iter().flatten() {
             note(page.pad.seed, "an index page".into())?;
+        }
+        for page in &state.committed_free_pages {
+            note(page.pad.seed, "a free-list page".into())?;
         }
         for seed in &state.in_flight {
             note(*seed, "in flight".into())?;
