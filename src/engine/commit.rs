@@ -333,7 +333,7 @@ impl Engine {
             if let Err(e) = journal.note_commit(plan.journal_upto, root_hash) {
                 self.abandon(plan.dirty, plan.releasing, new_page_pads)
                     .await;
-                return Err(Error::Journal(e.to_string()));
+                return Err(e.into());
             }
         }
         let result = self

@@ -297,9 +297,7 @@ impl Engine {
         let mut state = self.inner.state.lock().await;
         state.check(&op, false)?;
         if let Some(journal) = self.inner.journal.get() {
-            journal
-                .append(&op)
-                .map_err(|e| Error::Journal(e.to_string()))?;
+            journal.append(&op)?;
         }
         state.apply(&op, false);
         Ok(())
