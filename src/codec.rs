@@ -9,8 +9,9 @@ const MAGIC: &[u8; 8] = b"MUTANTMT";
 /// Bump when the encoded structures change; old versions stay decodable or are refused clearly.
 /// 2: chunks may hold inline bytes.
 /// 3: a file's chunks are a map by chunk number without its holes (`index::ChunkMap`).
+/// 4: the root holds the free list in free-list pages and a tail (`index::persist::Root`).
 /// Records of every earlier version are still read (docs/format.md).
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 const HEADER_LEN: usize = 8 + 2 + 1 + 32;
 
 /// What a blob holds, so a page can never be mistaken for a root or a pad record.
@@ -24,6 +25,8 @@ pub enum Kind {
     JournalRecord = 4,
     /// The header of a pad file in the local store (its encrypted bytes follow it unencoded).
     PadHeader = 5,
+    /// A page of the free list (`index::persist::FreePageRef`).
+    FreeListPage = 6,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

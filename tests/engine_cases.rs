@@ -794,3 +794,66 @@ async fn files_beyond_the_index_limits_are_refused_before_they_are_made() {
     engine.install("f", largest).await.unwrap();
     engine.commit().await.unwrap();
 }
+
+/// The free list is paged: 300,000 free pads (the root alone held about 230,000) still commit,
+/// the root stays small, a small change rewrites no free-list page, and the whole list reads
+/// back after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_thousand_free_pads_commit_in_a_small_root() {
+    const FREE: usize = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let store = sim(dir.path());
+    let engine = Engine::open(store.clone(), master.clone(), options(4096))
+        .await
+        .unwrap();
+    engine
+        .store("a", &noise(1, 3 * 4096), Meta::file())
+        .await
+        .unwrap();
+    engine.commit().await.unwrap();
+    let free_before = engine.stats().await.free_pads;
+    engine
+        .test_free_pads((0..FREE).map(|_| PadRef::fresh()).collect())
+        .await;
+    engine.commit().await.unwrap();
+    engine.check_accounting().await.unwrap();
+
+    let io = PadIo::new(store.clone(), master.clone());
+    let root_size = || async {
+        let (bytes, _) = io.read_with_key(master.root_key(), None).await.unwrap();
+        (bytes.len(), Root::decode(&bytes).unwrap())
+    };
+    let (size, root) = root_size().await;
+    assert!(size < 256 << 10, "root of {size} bytes");
+    assert!(root.free_pages.len() >= 100, "{}", root.free_pages.len());
+
+    // Taking a pad and giving pads back touches only the tail: no free-list page is written.
+    let before = writes(&store);
+    engine
+        .store("b", &noise(2, 4096), Meta::file())
+        .await
+        .unwrap();
+    engine.remove("a").await.unwrap();
+    engine.commit().await.unwrap();
+    let cost = writes(&store) - before;
+    assert_eq!(
+        cost.total(),
+        1 + 1 + 1,
+        "data pad, index page, root: {cost:?}"
+    );
+    let (size, _) = root_size().await;
+    assert!(size < 256 << 10, "root of {size} bytes");
+
+    // Less the pads that now hold the free-list pages.
+    let free = engine.stats().await.free_pads;
+    let pages = root.free_pages.len();
+    assert!(free + pages >= free_before + FREE, "{free} + {pages}");
+    drop(engine);
+    let engine = Engine::open(store.clone(), master.clone(), options(4096))
+        .await
+        .unwrap();
+    assert_eq!(engine.stats().await.free_pads, free);
+    engine.check_accounting().await.unwrap();
+    assert_eq!(engine.fetch("b").await.unwrap(), noise(2, 4096));
+}

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mutant_mount::codec::HashKind;
 use mutant_mount::engine::pads::PadIo;
 use mutant_mount::engine::{Engine, EngineOptions, Error};
-use mutant_mount::index::persist::Root;
+use mutant_mount::index::persist::{decode_free_page, Root};
 use mutant_mount::index::Meta;
 use mutant_mount::keys::MasterKey;
 use mutant_mount::store::{
@@ -65,6 +66,8 @@ fn options(chunk: u32) -> EngineOptions {
         // shows up as a hash mismatch at once.
         cache_bytes: 0,
         parallelism: 4,
+        // Tiny free-list pages, so that commits cut at random points write and drop them.
+        free_page_pads: 2,
         ..Default::default()
     }
 }
@@ -123,8 +126,17 @@ async fn orphans(dir: &Path, master: &MasterKey, engine: &Engine) -> Vec<PathBuf
     let io = PadIo::new(Arc::new(local.clone()), master.clone());
     let (bytes, _) = io.read_with_key(master.root_key(), None).await.unwrap();
     let root = Root::decode(&bytes).unwrap();
-    let mut seeds: Vec<_> = root.free_pads.iter().map(|p| p.seed).collect();
+    let mut seeds: Vec<_> = root.free_tail.iter().map(|p| p.seed).collect();
     seeds.extend(root.pages.iter().flatten().map(|p| p.pad.seed));
+    for page in &root.free_pages {
+        seeds.push(page.pad.seed);
+        let bytes = io
+            .read(&page.pad, page.hash, HashKind::Sha256)
+            .await
+            .unwrap();
+        let pads = decode_free_page(&bytes, page.len).unwrap();
+        seeds.extend(pads.iter().map(|p| p.seed));
+    }
     for (_, entry) in engine.snapshot().await {
         seeds.extend(entry.pads().map(|p| p.seed));
     }

@@ -1259,3 +1259,103 @@ async fn a_linked_file_left_without_names_by_a_crash_is_dropped_at_the_next_moun
     assert_eq!(fs.engine().list_keys().await, vec![String::new()]);
     fs.engine().check_accounting().await.unwrap();
 }
+
+/// Passes through to a local store; while `refusal` is set, every write fails with it.
+struct Refusing {
+    inner: LocalStore,
+    refusal: std::sync::Mutex<Option<StoreError>>,
+}
+
+impl Refusing {
+    fn check(&self) -> Result<(), StoreError> {
+        match self.refusal.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PadStore for Refusing {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.create(pad).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.update(pad).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.inner.get(owner).await
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.inner.exists(owner).await
+    }
+}
+
+/// A store that refuses a write for a cause the user can act on (a full disk, a quota, a
+/// read-only disk, a timeout) reaches `close` as that cause, not EIO; the failed upload gives
+/// its pads back, and once the store takes writes again the file system carries on.
+#[tokio::test]
+async fn a_refused_upload_reaches_close_as_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let store = Arc::new(Refusing {
+        inner: LocalStore::open(dir.path()).unwrap(),
+        refusal: Default::default(),
+    });
+    let opts = EngineOptions {
+        scratchpad_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let engine = Engine::open(
+        store.clone() as Arc<dyn PadStore>,
+        key.clone(),
+        opts.clone(),
+    )
+    .await
+    .unwrap();
+    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let os = |code| StoreError::io("pads/x", std::io::Error::from_raw_os_error(code));
+    let causes = [
+        (os(libc::ENOSPC), libc::ENOSPC),
+        (os(libc::EDQUOT), libc::EDQUOT),
+        (os(libc::EROFS), libc::EROFS),
+        (StoreError::Timeout, libc::ETIMEDOUT),
+        (os(libc::EACCES), libc::EIO),
+    ];
+    for (n, (cause, errno)) in causes.into_iter().enumerate() {
+        let (_, fh) = fs
+            .create(ROOT_INO, &format!("big{n}"), 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        *store.refusal.lock().unwrap() = Some(cause);
+        let _ = fs.write(fh, 0, &bytes(1, 10 * CHUNK)).await;
+        assert_eq!(fs.flush(fh).await, Err(Errno(errno)), "case {n}");
+        *store.refusal.lock().unwrap() = None;
+        let _ = fs.release(fh).await;
+        fs.unlink(ROOT_INO, &format!("big{n}")).await.unwrap();
+
+        let (_, fh) = fs
+            .create(ROOT_INO, &format!("ok{n}"), 0o644, libc::O_WRONLY, ME)
+            .await
+            .unwrap();
+        fs.write(fh, 0, &bytes(2, 3 * CHUNK)).await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.fsync(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    drop(fs);
+
+    // Everything that succeeded is there after a restart, and nothing else.
+    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key, opts)
+        .await
+        .unwrap();
+    engine.check_accounting().await.unwrap();
+    let mut keys = engine.list_keys().await;
+    keys.retain(|k| !k.is_empty());
+    assert_eq!(keys, ["ok0", "ok1", "ok2", "ok3", "ok4"]);
+    for key in keys {
+        assert_eq!(engine.fetch(&key).await.unwrap(), bytes(2, 3 * CHUNK));
+    }
+}

@@ -1,18 +1,21 @@
 //! Loading and committing the index. A commit writes the changed pages to pads the committed
 //! index does not reference, then updates the root: until the root update lands, the store's
 //! index is the previous one, whole. Pads released by the change join the free list only once
-//! the root that no longer references them has landed.
+//! the root that no longer references them has landed. The free list is written the same way:
+//! the pages that changed go to new pads, and the old ones are free once the root landed.
 
 use std::collections::{BTreeMap, HashSet};
 
 use autonomi::{Bytes, SecretKey};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::error::{Error, Result};
 use super::pads::{PadIo, INDEX_ENCODING};
 use super::{Engine, State};
 use crate::codec::{sha256, HashKind};
-use crate::index::persist::{decode_page, encode_page, PageRef, Root};
+use crate::index::persist::{
+    decode_free_page, decode_page, encode_free_page, encode_page, FreePageRef, PageRef, Root,
+};
 use crate::index::{Entry, Index, PadRef};
 use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
 
@@ -28,6 +31,7 @@ pub(super) struct Attempt {
     journal_upto: u64,
     root_counter: u64,
     pages: Vec<Option<PageRef>>,
+    free_pages: Vec<FreePageRef>,
     /// Free if the attempt landed; still the committed pages if it did not.
     old_page_pads: Vec<PadRef>,
     /// Released by the attempt's changes.
@@ -81,11 +85,27 @@ pub(super) async fn load(
         .buffered(parallelism.max(1))
         .try_collect()
         .await?;
+    let free_reads: Vec<_> = root
+        .free_pages
+        .iter()
+        .copied()
+        .map(|page| async move {
+            let bytes = pads.read(&page.pad, page.hash, HashKind::Sha256).await?;
+            Ok::<_, Error>(decode_free_page(&bytes, page.len)?)
+        })
+        .collect();
+    let free_pages: Vec<Vec<PadRef>> = futures::stream::iter(free_reads)
+        .buffered(parallelism.max(1))
+        .try_collect()
+        .await?;
+    let mut free = free_pages.concat();
+    free.extend(root.free_tail);
     Ok(Some(State {
-        index: Index::from_parts(pages, root.free_pads, root.scratchpad_size),
+        index: Index::from_parts(pages, free, root.scratchpad_size),
         pending_free: Vec::new(),
         in_flight: HashSet::new(),
         committed_pages: root.pages,
+        committed_free_pages: root.free_pages,
         root_hash,
         root_counter: Some(counter),
         generation: root.generation,
@@ -95,11 +115,99 @@ pub(super) async fn load(
     }))
 }
 
+impl super::Inner {
+    /// Writes an index or free-list page record to `pad`; returns the pad as written.
+    async fn write_record(&self, pad: PadRef, bytes: Vec<u8>) -> Result<PadRef> {
+        if bytes.len() > MAX_PAD_PLAINTEXT {
+            return Err(Error::Store(StoreError::TooBig(bytes.len())));
+        }
+        Ok(self
+            .pads
+            .write(pad, INDEX_ENCODING, Bytes::from(bytes))
+            .await?
+            .pad)
+    }
+}
+
+/// How a commit writes the free list.
+struct FreePlan {
+    /// Committed pages that stay as they are.
+    kept: Vec<FreePageRef>,
+    /// New pages, each with its pad.
+    writes: Vec<(Vec<PadRef>, PadRef)>,
+    tail: Vec<PadRef>,
+}
+
+/// Lays out the free list a commit writes: the free pads now, then `old_page_pads` (which gains
+/// the pads of the committed free-list pages that change), then `releasing`; all of them are
+/// free once the root lands. Committed pages whose pads are unchanged are kept; the rest is
+/// written as full pages of `per_page`, leaving between one and two pages' worth in the tail.
+/// The pads for new pages come off the free list itself, which shortens it, so they are taken
+/// one at a time until there are enough.
+fn plan_free_list(
+    state: &mut State,
+    per_page: usize,
+    old_page_pads: &mut Vec<PadRef>,
+    releasing: &[PadRef],
+) -> FreePlan {
+    let mut taken = Vec::new();
+    let (kept, kept_len, pages) = loop {
+        let unchanged = state.index.free_pads.committed_prefix();
+        let mut kept = 0;
+        let mut kept_len = 0;
+        for page in &state.committed_free_pages {
+            if kept_len + page.len as usize > unchanged {
+                break;
+            }
+            kept += 1;
+            kept_len += page.len as usize;
+        }
+        // The pads of the pages that change are free once the root lands.
+        let dropped = state.committed_free_pages.len() - kept;
+        let rest = state.index.free_pads.len() - kept_len
+            + old_page_pads.len()
+            + dropped
+            + releasing.len();
+        let pages = (rest / per_page).saturating_sub(1);
+        if taken.len() >= pages {
+            break (kept, kept_len, pages);
+        }
+        taken.push(state.index.free_pads.pop().unwrap_or_else(PadRef::fresh));
+    };
+    // Taken one too many (the last one shortened the list by a page): it stays free.
+    state.index.free_pads.extend(taken.drain(pages..));
+    state.index.free_pads.plan();
+    old_page_pads.extend(state.committed_free_pages[kept..].iter().map(|p| p.pad));
+    let mut rest: Vec<PadRef> = state.index.free_pads.as_slice()[kept_len..].to_vec();
+    rest.extend(old_page_pads.iter());
+    rest.extend(releasing);
+    let tail = rest.split_off(pages * per_page);
+    let writes = rest
+        .chunks(per_page)
+        .map(<[PadRef]>::to_vec)
+        .zip(taken)
+        .collect();
+    FreePlan {
+        kept: state.committed_free_pages[..kept].to_vec(),
+        writes,
+        tail,
+    }
+}
+
+/// A page a commit wrote: an index page by number, or a new free-list page by position.
+enum Written {
+    Page(usize, PageRef),
+    FreePage(usize, FreePageRef),
+}
+
 /// What one commit will write, taken from the state under its lock.
 struct Plan {
     dirty: Vec<usize>,
     /// (page number, its entries, the pad it goes to), for the non-empty dirty pages.
     writes: Vec<(usize, BTreeMap<String, Entry>, PadRef)>,
+    /// The new free-list pages, in order, each with the pad it goes to; they follow the
+    /// pages `root.free_pages` already lists.
+    free_writes: Vec<(Vec<PadRef>, PadRef)>,
     root: Root,
     old_page_pads: Vec<PadRef>,
     releasing: Vec<PadRef>,
@@ -137,42 +245,51 @@ impl Engine {
         let parallelism = self.inner.opts.parallelism.max(1);
 
         // Owned inputs: a closure over references would make `commit()` not `Send`.
-        let inputs: Vec<(usize, BTreeMap<String, Entry>, PadRef)> = plan.writes.to_vec();
-        let jobs: Vec<_> = inputs
-            .into_iter()
-            .map(|(n, entries, pad)| {
+        let index_jobs = plan.writes.iter().cloned().map(|(n, entries, pad)| {
+            let inner = self.inner.clone();
+            async move {
+                let keys = entries.len();
+                let bytes = tokio::task::spawn_blocking(move || encode_page(&entries))
+                    .await
+                    .expect("encode task panicked")?;
+                // Splitting helps only a page of several keys; one key alone too big
+                // would make `commit` split pages for ever.
+                if bytes.len() > PAGE_SPLIT_BYTES && keys > 1 {
+                    return Err(Error::PageTooBig);
+                }
+                let hash = sha256(&bytes);
+                if let Some(local) = &inner.page_cache {
+                    local.put(&hash, &bytes);
+                }
+                let pad = inner.write_record(pad, bytes).await?;
+                Ok(Written::Page(n, PageRef { pad, hash }))
+            }
+            .boxed()
+        });
+        let free_jobs = plan
+            .free_writes
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, (pads, pad))| {
                 let inner = self.inner.clone();
                 async move {
-                    let keys = entries.len();
-                    let bytes = tokio::task::spawn_blocking(move || encode_page(&entries))
-                        .await
-                        .expect("encode task panicked")?;
-                    // Splitting helps only a page of several keys; one key alone too big
-                    // would make `commit` split pages for ever.
-                    if bytes.len() > PAGE_SPLIT_BYTES && keys > 1 {
-                        return Err(Error::PageTooBig);
-                    }
-                    if bytes.len() > MAX_PAD_PLAINTEXT {
-                        return Err(Error::Store(StoreError::TooBig(bytes.len())));
-                    }
+                    let len = pads.len() as u32;
+                    let bytes = encode_free_page(&pads)?;
                     let hash = sha256(&bytes);
-                    if let Some(local) = &inner.page_cache {
-                        local.put(&hash, &bytes);
-                    }
-                    let pad = inner
-                        .pads
-                        .write(pad, INDEX_ENCODING, Bytes::from(bytes))
-                        .await?
-                        .pad;
-                    Ok((n, PageRef { pad, hash }))
+                    let pad = inner.write_record(pad, bytes).await?;
+                    Ok(Written::FreePage(i, FreePageRef { pad, hash, len }))
                 }
-            })
-            .collect();
-        let written: Result<Vec<(usize, PageRef)>> = futures::stream::iter(jobs)
+                .boxed()
+            });
+        let jobs: Vec<futures::future::BoxFuture<'static, Result<Written>>> =
+            index_jobs.chain(free_jobs).collect();
+        let written: Result<Vec<Written>> = futures::stream::iter(jobs)
             .buffer_unordered(parallelism)
             .try_collect()
             .await;
-        let new_page_pads: Vec<PadRef> = plan.writes.iter().map(|(_, _, pad)| *pad).collect();
+        let mut new_page_pads: Vec<PadRef> = plan.writes.iter().map(|(_, _, pad)| *pad).collect();
+        new_page_pads.extend(plan.free_writes.iter().map(|(_, pad)| *pad));
         let written = match written {
             Ok(written) => written,
             Err(e) => {
@@ -184,10 +301,26 @@ impl Engine {
         };
 
         let mut root = plan.root;
-        for (n, page) in &written {
-            root.pages[*n] = Some(*page);
+        let kept_free_pages = root.free_pages.len();
+        let mut new_free_pages = vec![None; plan.free_writes.len()];
+        new_page_pads.clear();
+        for written in written {
+            match written {
+                Written::Page(n, page) => {
+                    root.pages[n] = Some(page);
+                    new_page_pads.push(page.pad);
+                }
+                Written::FreePage(i, page) => {
+                    new_free_pages[i] = Some(page);
+                    new_page_pads.push(page.pad);
+                }
+            }
         }
-        let new_page_pads: Vec<PadRef> = written.iter().map(|(_, p)| p.pad).collect();
+        root.free_pages.extend(new_free_pages.into_iter().flatten());
+        debug_assert_eq!(
+            root.free_pages.len(),
+            kept_free_pages + plan.free_writes.len()
+        );
         let root_bytes = root.encode()?;
         if root_bytes.len() > MAX_PAD_PLAINTEXT {
             self.abandon(plan.dirty, plan.releasing, new_page_pads)
@@ -199,7 +332,7 @@ impl Engine {
             if let Err(e) = journal.note_commit(plan.journal_upto, root_hash) {
                 self.abandon(plan.dirty, plan.releasing, new_page_pads)
                     .await;
-                return Err(Error::Journal(e.to_string()));
+                return Err(e.into());
             }
         }
         let result = self
@@ -229,8 +362,10 @@ impl Engine {
                 state.generation = root.generation;
                 state.root_hash = root_hash;
                 state.committed_pages = root.pages;
+                state.committed_free_pages = root.free_pages;
                 state.index.free_pads.extend(plan.old_page_pads);
                 state.index.free_pads.extend(plan.releasing);
+                state.index.free_pads.landed();
                 drop(state);
                 self.note_root(counter, root.generation, root_hash);
                 self.journal_committed(plan.journal_upto, root_hash);
@@ -253,6 +388,7 @@ impl Engine {
                     journal_upto: plan.journal_upto,
                     root_counter: plan.root_counter.map_or(0, |c| c + 1),
                     pages: root.pages,
+                    free_pages: root.free_pages,
                     old_page_pads: plan.old_page_pads,
                     releasing: plan.releasing,
                     new_page_pads,
@@ -293,22 +429,28 @@ impl Engine {
                 writes.push((n, page, pad));
             }
         }
+        let mut old_page_pads = old_page_pads;
         let releasing = std::mem::take(&mut state.pending_free);
         state.free_unsaved = false;
+        let free = plan_free_list(
+            state,
+            self.inner.opts.free_page_pads.max(1),
+            &mut old_page_pads,
+            &releasing,
+        );
         // Under the state lock: exactly the changes journaled so far are in this plan.
         let journal_upto = self.inner.journal.get().map_or(0, |j| j.last_seq());
-        let mut free_pads = state.index.free_pads.clone();
-        free_pads.extend(&old_page_pads);
-        free_pads.extend(&releasing);
         let root = Root {
             generation: state.generation + 1,
             scratchpad_size: state.index.scratchpad_size,
             pages,
-            free_pads,
+            free_pages: free.kept,
+            free_tail: free.tail,
         };
         Some(Plan {
             dirty,
             writes,
+            free_writes: free.writes,
             root,
             old_page_pads,
             releasing,
@@ -355,8 +497,10 @@ impl Engine {
             state.generation = attempt.generation;
             state.root_hash = attempt.root_hash;
             state.committed_pages = attempt.pages;
+            state.committed_free_pages = attempt.free_pages;
             state.index.free_pads.extend(attempt.old_page_pads);
             state.index.free_pads.extend(attempt.releasing);
+            state.index.free_pads.landed();
             drop(state);
             self.note_root(counter, attempt.generation, attempt.root_hash);
             self.journal_committed(attempt.journal_upto, attempt.root_hash);

@@ -1,5 +1,5 @@
 use crate::codec::CodecError;
-use crate::store::StoreError;
+use crate::store::{io_errno, IoCause, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -31,9 +31,34 @@ pub enum Error {
     /// The store serves an older root than one seen before.
     #[error("{0}")]
     Rollback(String),
+    /// A local file (the journal) could not be written; the cause is kept for its errno.
+    #[error("the local journal could not be written: {cause}")]
+    JournalIo {
+        #[source]
+        cause: IoCause,
+    },
+}
+
+impl From<std::io::Error> for Error {
+    /// The engine's own local I/O is the journal's.
+    fn from(e: std::io::Error) -> Self {
+        Error::JournalIo { cause: e.into() }
+    }
 }
 
 impl Error {
+    /// The errno this error reaches a program as, when it is more than `EIO`: the one place
+    /// causes are classified (the file system maps everything else to `EIO`).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::NotFound(_) => Some(libc::ENOENT),
+            Error::TooLarge(_) => Some(libc::EFBIG),
+            Error::Store(e) => e.errno(),
+            Error::JournalIo { cause } => io_errno(&cause.0),
+            _ => None,
+        }
+    }
+
     /// Bad data from the store: never to be shown as content.
     pub fn is_corruption(&self) -> bool {
         matches!(

@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use crate::codec::HashKind;
-use crate::index::persist::PageRef;
+use crate::index::persist::{FreePageRef, PageRef};
 use crate::index::{
     inode_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef, MAX_DATA_CHUNKS,
     MAX_FILE_SIZE,
@@ -81,6 +81,8 @@ pub struct EngineOptions {
     pub root_record: Option<RootRecordPlace>,
     /// Open a root older than the newest one recorded (and record it as the newest).
     pub accept_rollback: bool,
+    /// Pads per free-list page (`index::free::FREE_PAGE_PADS`; tests use tiny pages).
+    pub free_page_pads: usize,
 }
 
 impl Default for EngineOptions {
@@ -96,6 +98,7 @@ impl Default for EngineOptions {
             discard_damaged_journal: false,
             root_record: None,
             accept_rollback: false,
+            free_page_pads: crate::index::free::FREE_PAGE_PADS,
         }
     }
 }
@@ -158,6 +161,8 @@ struct State {
     /// Taken for writes whose chunks are not yet in the index.
     in_flight: HashSet<PadSeed>,
     committed_pages: Vec<Option<PageRef>>,
+    /// The committed root's free-list pages.
+    committed_free_pages: Vec<FreePageRef>,
     /// SHA-256 of the committed root's encoding: what the journal's records refer to.
     root_hash: [u8; 32],
     root_counter: Option<u64>,
@@ -206,6 +211,7 @@ impl Engine {
                 pending_free: Vec::new(),
                 in_flight: HashSet::new(),
                 committed_pages: vec![None],
+                committed_free_pages: Vec::new(),
                 root_hash: [0; 32],
                 root_counter: None,
                 generation: 0,
@@ -405,10 +411,11 @@ impl Engine {
     /// their contents are still to be read; returns them for [`Self::release_held_pads`].
     async fn hold_free_pads(&self, seeds: &HashSet<PadSeed>) -> Vec<PadRef> {
         let mut state = self.inner.state.lock().await;
-        let (held, free) = std::mem::take(&mut state.index.free_pads)
-            .into_iter()
-            .partition(|p| seeds.contains(&p.seed));
-        state.index.free_pads = free;
+        let held: Vec<PadRef> = (state.index.free_pads.iter())
+            .filter(|p| seeds.contains(&p.seed))
+            .copied()
+            .collect();
+        state.index.free_pads.retain(|p| !seeds.contains(&p.seed));
         held
     }
 
@@ -421,9 +428,7 @@ impl Engine {
         let mut state = self.inner.state.lock().await;
         state.check(&op, false)?;
         if let Some(journal) = self.inner.journal.get() {
-            journal
-                .append(&op)
-                .map_err(|e| Error::Journal(e.to_string()))?;
+            journal.append(&op)?;
         }
         state.apply(&op, false);
         Ok(())
@@ -562,6 +567,13 @@ impl Engine {
     pub async fn discard_chunks(&self, chunks: &[Chunk]) {
         self.return_pads(chunks.iter().filter_map(|c| c.pad).collect())
             .await;
+    }
+
+    /// Adds pads to the free list as if files using them had been removed: a test builds a
+    /// long free list this way without writing each pad.
+    #[doc(hidden)]
+    pub async fn test_free_pads(&self, pads: Vec<PadRef>) {
+        self.return_pads(pads).await;
     }
 
     async fn return_pads(&self, pads: Vec<PadRef>) {
@@ -793,6 +805,9 @@ impl Engine {
         }
         for page in state.committed_pages.iter().flatten() {
             note(page.pad.seed, "an index page".into())?;
+        }
+        for page in &state.committed_free_pages {
+            note(page.pad.seed, "a free-list page".into())?;
         }
         for seed in &state.in_flight {
             note(*seed, "in flight".into())?;

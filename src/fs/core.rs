@@ -22,10 +22,13 @@ pub struct Errno(pub i32);
 
 impl From<EngineError> for Errno {
     fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::NotFound(_) => Errno(libc::ENOENT),
-            EngineError::TooLarge(_) => Errno(libc::EFBIG),
-            e => {
+        match e.errno() {
+            Some(code) if !matches!(e, EngineError::NotFound(_)) => {
+                tracing::warn!("storage error: {e}");
+                Errno(code)
+            }
+            Some(code) => Errno(code),
+            None => {
                 tracing::error!("storage error: {e}");
                 Errno(libc::EIO)
             }

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{sha256, HashKind};
 use crate::keys::PadSeed;
 
+pub mod free;
 pub mod persist;
+
+pub use free::FreeList;
 
 /// A pad the engine owns: its key derives from the master key and the seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -348,7 +351,7 @@ const KEYS_PER_PAGE: usize = 2048;
 pub struct Index {
     pages: Vec<BTreeMap<String, Entry>>,
     /// Pads free in the committed index, reusable now; taken from the end.
-    pub free_pads: Vec<PadRef>,
+    pub free_pads: FreeList,
     pub scratchpad_size: u32,
     dirty: BTreeSet<usize>,
     len: usize,
@@ -374,7 +377,7 @@ impl Index {
         let len = pages.iter().map(BTreeMap::len).sum();
         Index {
             pages,
-            free_pads,
+            free_pads: FreeList::committed(free_pads),
             scratchpad_size,
             dirty: BTreeSet::new(),
             len,

@@ -1,6 +1,7 @@
 //! How the index is laid out in pads. The root pad, at a key derived from the master key alone,
-//! lists the page pads (each with the hash of its bytes) and the free pads. Pages are written
-//! copy-on-write to other pads; the root is updated last, so the root update is the commit.
+//! lists the page pads (each with the hash of its bytes) and the free list (in free-list pages
+//! and a tail). Pages are written copy-on-write to other pads; the root is updated last, so the
+//! root update is the commit.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,14 @@ pub struct PageRef {
     pub hash: [u8; 32],
 }
 
+/// A page of the free list: `len` pads, in a pad whose record hashes to `hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreePageRef {
+    pub pad: PadRef,
+    pub hash: [u8; 32],
+    pub len: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Root {
     /// Counts commits; also tells another machine's commit from ours.
@@ -22,7 +31,20 @@ pub struct Root {
     pub scratchpad_size: u32,
     /// One slot per page (a power of two of them); `None` for an empty page.
     pub pages: Vec<Option<PageRef>>,
-    pub free_pads: Vec<PadRef>,
+    /// The free list is the pads of these pages in order, then `free_tail`.
+    pub free_pages: Vec<FreePageRef>,
+    /// The end of the free list, where pads are taken and returned: most commits change only
+    /// this, and write no free-list page.
+    pub free_tail: Vec<PadRef>,
+}
+
+/// The root of format versions 1 to 3: the whole free list inline.
+#[derive(Deserialize)]
+struct RootV3 {
+    generation: u64,
+    scratchpad_size: u32,
+    pages: Vec<Option<PageRef>>,
+    free_pads: Vec<PadRef>,
 }
 
 impl Root {
@@ -31,12 +53,40 @@ impl Root {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let root: Root = codec::decode(Kind::IndexRoot, bytes)?;
+        let root = match codec::open(Kind::IndexRoot, bytes)? {
+            (1..=3, body) => {
+                let old: RootV3 = codec::decode_body(body)?;
+                Root {
+                    generation: old.generation,
+                    scratchpad_size: old.scratchpad_size,
+                    pages: old.pages,
+                    free_pages: Vec::new(),
+                    free_tail: old.free_pads,
+                }
+            }
+            (_, body) => codec::decode_body(body)?,
+        };
         if !root.pages.len().is_power_of_two() || root.scratchpad_size == 0 {
             return Err(CodecError::Decode("malformed index root".into()));
         }
         Ok(root)
     }
+}
+
+pub fn encode_free_page(pads: &[PadRef]) -> Result<Vec<u8>, CodecError> {
+    codec::encode(Kind::FreeListPage, &pads)
+}
+
+/// A free-list page, checked against the length its root gives.
+pub fn decode_free_page(bytes: &[u8], len: u32) -> Result<Vec<PadRef>, CodecError> {
+    let pads: Vec<PadRef> = codec::decode(Kind::FreeListPage, bytes)?;
+    if pads.len() != len as usize {
+        return Err(CodecError::Decode(format!(
+            "free-list page of {} pads where the root says {len}",
+            pads.len()
+        )));
+    }
+    Ok(pads)
 }
 
 pub fn encode_page(page: &BTreeMap<String, Entry>) -> Result<Vec<u8>, CodecError> {
@@ -61,6 +111,44 @@ pub fn decode_page(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, CodecError> 
 mod tests {
     use super::*;
     use crate::index::{Chunk, ChunkMap, Meta};
+
+    /// A root as format version 3 wrote it, with the free list inline, loads as a root whose
+    /// free list is all tail.
+    #[test]
+    fn roots_of_format_version_3_are_still_read() {
+        #[derive(Serialize)]
+        struct RootV3 {
+            generation: u64,
+            scratchpad_size: u32,
+            pages: Vec<Option<PageRef>>,
+            free_pads: Vec<PadRef>,
+        }
+        let free: Vec<PadRef> = (0..3).map(|_| PadRef::fresh()).collect();
+        let old = RootV3 {
+            generation: 7,
+            scratchpad_size: 4096,
+            pages: vec![None, None],
+            free_pads: free.clone(),
+        };
+        let mut bytes = codec::encode(Kind::IndexRoot, &old).unwrap();
+        bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let read = Root::decode(&bytes).unwrap();
+        assert_eq!(
+            read,
+            Root {
+                generation: 7,
+                scratchpad_size: 4096,
+                pages: vec![None, None],
+                free_pages: Vec::new(),
+                free_tail: free.clone(),
+            }
+        );
+        assert_eq!(Root::decode(&read.encode().unwrap()).unwrap(), read);
+
+        let page = encode_free_page(&free).unwrap();
+        assert_eq!(decode_free_page(&page, 3).unwrap(), free);
+        assert!(decode_free_page(&page, 2).is_err());
+    }
 
     /// A page as format version 1 wrote it: chunks without inline bytes.
     #[derive(Serialize)]

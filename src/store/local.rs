@@ -473,7 +473,7 @@ struct PartFile {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Permanent(format!("{}: {e}", path.display()))
+    StoreError::io(path.display(), e)
 }
 
 #[async_trait]

@@ -41,9 +41,90 @@ pub enum StoreError {
     Transient(String),
     #[error("store error: {0}")]
     Permanent(String),
+    /// The store's disk refused: its cause (a full disk, a quota, a read-only file system)
+    /// is kept, so that it reaches the program as itself (`errno`).
+    #[error("{context}: {cause}")]
+    Io {
+        context: String,
+        #[source]
+        cause: IoCause,
+    },
+}
+
+/// An `io::Error` kept whole, shared so that errors stay `Clone`.
+#[derive(Debug, Clone)]
+pub struct IoCause(pub std::sync::Arc<std::io::Error>);
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for IoCause {}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl From<std::io::Error> for IoCause {
+    fn from(e: std::io::Error) -> Self {
+        IoCause(std::sync::Arc::new(e))
+    }
+}
+
+/// The errno a program should see for an I/O error, when it says more than `EIO`: the causes
+/// a user can act on (free space, a quota, a read-only disk, a name or file too long for the
+/// disk, a timeout).
+pub fn io_errno(e: &std::io::Error) -> Option<i32> {
+    use std::io::ErrorKind;
+    const TOLD: [i32; 6] = [
+        libc::ENOSPC,
+        libc::EDQUOT,
+        libc::EROFS,
+        libc::EFBIG,
+        libc::ENAMETOOLONG,
+        libc::ETIMEDOUT,
+    ];
+    if let Some(code) = e.raw_os_error().filter(|c| TOLD.contains(c)) {
+        return Some(code);
+    }
+    match e.kind() {
+        ErrorKind::StorageFull => Some(libc::ENOSPC),
+        ErrorKind::QuotaExceeded => Some(libc::EDQUOT),
+        ErrorKind::ReadOnlyFilesystem => Some(libc::EROFS),
+        ErrorKind::FileTooLarge => Some(libc::EFBIG),
+        ErrorKind::InvalidFilename => Some(libc::ENAMETOOLONG),
+        ErrorKind::TimedOut => Some(libc::ETIMEDOUT),
+        _ => None,
+    }
 }
 
 impl StoreError {
+    pub fn io(context: impl std::fmt::Display, e: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.to_string(),
+            cause: e.into(),
+        }
+    }
+
+    /// The errno this error reaches a program as, when it is not plain `EIO`.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            StoreError::Timeout => Some(libc::ETIMEDOUT),
+            StoreError::Io { cause, .. } => io_errno(&cause.0),
+            _ => None,
+        }
+    }
+
     /// Whether the same operation may succeed if tried again.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Timeout | StoreError::Transient(_))

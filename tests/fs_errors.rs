@@ -1,0 +1,87 @@
+//! A full disk under the store, through a real mount: the program sees ENOSPC, not EIO, and
+//! the file system carries on. Needs root (to mount a tmpfs), /dev/fuse and fusermount3.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{sh, sh_output, Mount};
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_is_enospc_and_the_mount_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _disk = Tmpfs::mount(&data, "24m");
+    let source = dir.path().join("big.bin");
+    sh(
+        dir.path(),
+        "head -c 40000000 /dev/urandom > big.bin; printf 'kept\\n' > kept.txt",
+    );
+
+    let mount = Mount::start(&data, &dir.path().join("mnt"), &[]);
+    sh(
+        &mount.mnt,
+        &format!("cp {}/kept.txt before.txt", dir.path().display()),
+    );
+    let out = sh_output(&mount.mnt, &format!("cp {} big.bin", source.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 40 MB copy fit a 24 MiB disk");
+    assert!(
+        stderr.contains("No space left on device"),
+        "cp said: {stderr}\n{}",
+        mount.log_tail()
+    );
+
+    // Still usable: the partial file goes, small files come and stay.
+    sh(
+        &mount.mnt,
+        "rm -f big.bin; printf 'after\\n' > after.txt; mkdir d; printf x > d/x",
+    );
+    let listing = sh(&mount.mnt, "ls");
+    assert_eq!(
+        listing,
+        "after.txt\nbefore.txt\nd\n",
+        "{}",
+        mount.log_tail()
+    );
+    mount.unmount();
+
+    // After a remount, exactly what succeeded.
+    let mount = Mount::start(&data, &dir.path().join("mnt"), &[]);
+    assert_eq!(
+        sh(&mount.mnt, "ls -R"),
+        ".:\nafter.txt\nbefore.txt\nd\n\n./d:\nx\n"
+    );
+    assert_eq!(fs::read(mount.path("before.txt")).unwrap(), b"kept\n");
+    assert_eq!(fs::read(mount.path("after.txt")).unwrap(), b"after\n");
+    assert_eq!(fs::read(mount.path("d/x")).unwrap(), b"x");
+    mount.unmount();
+}
