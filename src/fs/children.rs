@@ -33,10 +33,6 @@ impl Children {
         self.by_name.get(name).map(|&(ino, _)| ino)
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

@@ -361,16 +361,21 @@ impl FileData {
         if bound + new <= MAX_DATA_CHUNKS {
             return Ok(());
         }
-        let mut held: std::collections::BTreeSet<u64> = self.base.indices().collect();
-        held.extend(self.uploaded.keys());
-        held.extend(self.dirty.keys());
-        held.extend(self.uploading.keys());
-        if held.len() + new > MAX_DATA_CHUNKS {
+        if self.held().len() + new > MAX_DATA_CHUNKS {
             return Err(EngineError::TooLarge(format!(
                 "a file of more than {MAX_DATA_CHUNKS} chunks of data"
             )));
         }
         Ok(())
+    }
+
+    /// The chunks that may hold data now: stored, changed or being uploaded.
+    fn held(&self) -> std::collections::BTreeSet<u64> {
+        let mut held: std::collections::BTreeSet<u64> = self.base.indices().collect();
+        held.extend(self.uploaded.keys());
+        held.extend(self.dirty.keys());
+        held.extend(self.uploading.keys());
+        held
     }
 
     /// The buffer of chunk `idx`, read in from the store the first time it changes. A write
@@ -411,11 +416,7 @@ impl FileData {
         let cs = self.chunk_size;
         let count = size.div_ceil(cs);
         // Only chunks that hold something can be short; the rest are holes.
-        let mut held: std::collections::BTreeSet<u64> =
-            self.base.indices().take_while(|&i| i < count).collect();
-        held.extend(self.uploaded.range(..count).map(|(&i, _)| i));
-        held.extend(self.dirty.range(..count).map(|(&i, _)| i));
-        for idx in held {
+        for idx in self.held().range(..count).copied().collect::<Vec<_>>() {
             let extent = (size - idx * cs).min(cs) as usize;
             let stored_len = match self.source(idx) {
                 Source::Stored(chunk) if chunk.has_data() => Some(chunk.len as usize),

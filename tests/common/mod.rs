@@ -95,8 +95,8 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// Unmounts the way a user does and waits for the process to commit and exit cleanly.
-    pub fn unmount(mut self) {
+    /// `fusermount3 -u`, as a user unmounts; it must succeed.
+    fn fusermount_u(&self) {
         let out = Command::new("fusermount3")
             .arg("-u")
             .arg(&self.mnt)
@@ -107,6 +107,11 @@ impl Mount {
             "fusermount3 -u: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Unmounts the way a user does and waits for the process to commit and exit cleanly.
+    pub fn unmount(mut self) {
+        self.fusermount_u();
         let status = self.wait_exit(Duration::from_secs(60));
         assert!(
             status.success(),
@@ -118,16 +123,7 @@ impl Mount {
     /// Unmounts with `fusermount3 -u` and returns at once, as a script does: the process may
     /// still be committing. Returns it, to be waited for.
     pub fn unmount_no_wait(mut self) -> Child {
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fusermount3 -u: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.fusermount_u();
         self.child.take().unwrap()
     }
 
