@@ -15,7 +15,8 @@ use super::{Engine, State};
 use crate::codec::{sha256, HashKind};
 use crate::index::persist::{decode_page, encode_page, PageRef, Root};
 use crate::index::{Entry, Index, PadRef};
-use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
+use crate::seal::MAX_PLAINTEXT;
+use crate::store::StoreError;
 
 /// Pages beyond this size are split (the page count doubles): a change to one key rewrites one
 /// page, and with inline data a page can grow large long before it has many keys.
@@ -153,7 +154,7 @@ impl Engine {
                     if bytes.len() > PAGE_SPLIT_BYTES && keys > 1 {
                         return Err(Error::PageTooBig);
                     }
-                    if bytes.len() > MAX_PAD_PLAINTEXT {
+                    if bytes.len() > MAX_PLAINTEXT {
                         return Err(Error::Store(StoreError::TooBig(bytes.len())));
                     }
                     let hash = sha256(&bytes);
@@ -162,9 +163,8 @@ impl Engine {
                     }
                     let pad = inner
                         .pads
-                        .write(pad, INDEX_ENCODING, Bytes::from(bytes))
-                        .await?
-                        .pad;
+                        .write(pad, INDEX_ENCODING, Bytes::from(bytes), hash)
+                        .await?;
                     Ok((n, PageRef { pad, hash }))
                 }
             })
@@ -190,7 +190,7 @@ impl Engine {
         }
         let new_page_pads: Vec<PadRef> = written.iter().map(|(_, p)| p.pad).collect();
         let root_bytes = root.encode()?;
-        if root_bytes.len() > MAX_PAD_PLAINTEXT {
+        if root_bytes.len() > MAX_PLAINTEXT {
             self.abandon(plan.dirty, plan.releasing, new_page_pads)
                 .await;
             return Err(Error::RootTooBig(root_bytes.len()));
