@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, SecretKey};
-use mutant_mount::codec::{self, sha256, Kind};
-use mutant_mount::engine::blocks::{hash_blocks, open_hashing, PadBlocks, BLOCK_LEN};
+use mutant_mount::codec::{sha256, HashKind};
+use mutant_mount::engine::pads::{BLS_DATA_ENCODING, DATA_ENCODING};
 use mutant_mount::engine::DEFAULT_SCRATCHPAD_SIZE;
-use mutant_mount::seal;
+use mutant_mount::keys::MasterKey;
+use mutant_mount::seal::{self, Binding};
 use mutant_mount::store::{LocalStore, PadStore};
 
 fn time(what: &str, baseline: Option<Duration>, mut f: impl FnMut()) -> Duration {
@@ -21,19 +22,23 @@ fn time(what: &str, baseline: Option<Duration>, mut f: impl FnMut()) -> Duration
         f();
     }
     let each = started.elapsed() / rounds;
+    report(what, each, baseline);
+    each
+}
+
+fn report(what: &str, each: Duration, baseline: Option<Duration>) {
     let mb_s = DEFAULT_SCRATCHPAD_SIZE as f64 / each.as_secs_f64() / 1e6;
     match baseline {
         Some(base) => println!(
-            "{what:<34} {:>8.1} ms {mb_s:>9.0} MB/s  {:>6.1}x a copy",
+            "{what:<40} {:>8.2} ms {mb_s:>9.0} MB/s  {:>6.1}x a copy",
             each.as_secs_f64() * 1e3,
             each.as_secs_f64() / base.as_secs_f64()
         ),
         None => println!(
-            "{what:<34} {:>8.1} ms {mb_s:>9.0} MB/s",
+            "{what:<40} {:>8.2} ms {mb_s:>9.0} MB/s",
             each.as_secs_f64() * 1e3
         ),
     }
-    each
 }
 
 fn main() {
@@ -47,56 +52,38 @@ fn main() {
         black_box(data.to_vec());
     });
     let base = Some(copy);
-    time("sha256 (index hash of a chunk)", base, || {
+    time("sha256 (index hash of a page)", base, || {
         black_box(sha256(&data));
     });
-    let pad = Scratchpad::new(&sk, 1, &data, 0);
+    let hash = time("blake3 (content hash of a chunk)", base, || {
+        black_box(HashKind::Blake3.hash(&data));
+    });
+    let content = HashKind::Blake3.hash(&data);
+
+    println!("AEAD pads (written now):");
+    let sealing = time("seal (encrypt + sign)", base, || {
+        black_box(seal::seal(&sk, DATA_ENCODING, &data, 0, content));
+    });
+    time("  of which the BLS signature", base, || {
+        black_box(sk.sign(&data));
+    });
+    let pad = seal::seal(&sk, DATA_ENCODING, &data, 0, content);
+    let opening = time("open (decrypt + authenticate)", base, || {
+        black_box(seal::open(&sk, &pad, 0, content).unwrap());
+    });
+
+    println!("BLS pads (written by earlier versions, read only):");
+    let old = Scratchpad::new(&sk, BLS_DATA_ENCODING, &data, 0);
     time("Scratchpad::new (encrypt + sign)", base, || {
-        black_box(Scratchpad::new(&sk, 1, &data, 0));
+        black_box(Scratchpad::new(&sk, BLS_DATA_ENCODING, &data, 0));
     });
-    time("seal (engine: encrypt + sign)", base, || {
-        black_box(seal::seal(&sk, 1, &data, 0));
+    let old_signature = time("signature_ok", base, || {
+        assert!(seal::signature_ok(black_box(&old)));
     });
-    time("verify_signature", base, || {
-        assert!(black_box(&pad).verify_signature());
+    let old_open = time("open_bls (autonomi's decrypt_data)", base, || {
+        black_box(seal::open_bls(&sk, &old).unwrap());
     });
-    let signature = time("signature_ok (engine)", base, || {
-        assert!(seal::signature_ok(black_box(&pad)));
-    });
-    time("decrypt_data", base, || {
-        black_box(pad.decrypt_data(&sk).unwrap());
-    });
-    time("sha3 (of a ciphertext, sealing)", base, || {
-        black_box(seal::sha3_256_each(&[&data]));
-    });
-    for lanes in [2, 4, seal::LANES] {
-        let group = vec![&data[..]; lanes];
-        let all = time(&format!("sha3 of {lanes} pads side by side"), base, || {
-            black_box(seal::sha3_256_each(&group));
-        });
-        println!(
-            "{:<34} {:>8.1} ms",
-            "  each pad",
-            all.as_secs_f64() * 1e3 / lanes as f64
-        );
-    }
-    time("blake3", base, || {
-        black_box(blake3::hash(&data));
-    });
-    time("hash_blocks (blake3 + block values)", base, || {
-        black_box(hash_blocks(&data));
-    });
-    let opening = time("open_hashing (engine: decrypt + check)", base, || {
-        let key = seal::stream_key(&sk, &pad).unwrap();
-        black_box(open_hashing(&key, &pad.encrypted_data()[seal::HEADER..]));
-    });
-    let record = codec::encode(Kind::PadRecord, &pad).unwrap();
-    time("first-format record encode", base, || {
-        black_box(codec::encode(Kind::PadRecord, &pad).unwrap());
-    });
-    time("first-format record decode", base, || {
-        black_box(codec::decode::<Scratchpad>(Kind::PadRecord, &record).unwrap());
-    });
+    let old_hash = hash;
 
     // The local store as the engine uses it (header + raw bytes, fsync, rename).
     let dir = tempfile::tempdir().unwrap();
@@ -105,8 +92,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(store.create(pad.clone())).unwrap();
-    // Signed ahead: `time` runs its closure 9 times.
-    let mut versions = (1..=9).map(|counter| Scratchpad::new(&sk, 1, &data, counter));
+    // Sealed ahead: `time` runs its closure 9 times.
+    let mut versions =
+        (1..=9).map(|counter| seal::seal(&sk, DATA_ENCODING, &data, counter, content));
     time("local store update (with fsync)", base, || {
         let next = versions.next().expect("enough versions");
         rt.block_on(store.update(next)).unwrap();
@@ -115,45 +103,55 @@ fn main() {
         black_box(rt.block_on(store.get(&sk.public_key())).unwrap());
     });
 
-    // A random read of a pad read whole before: one block fetched, decrypted and checked.
-    let stored = rt.block_on(store.get(&sk.public_key())).unwrap();
-    let key = seal::stream_key(&sk, &stored).unwrap();
-    let (plain, _, cvs) = open_hashing(&key, &stored.encrypted_data()[seal::HEADER..]);
-    let blocks = PadBlocks::new(sk.public_key(), key, cvs, plain.len()).unwrap();
+    // A cold random 4 KiB read: the pad's secret key derived from the master key (its public
+    // key, the pad's address, is kept by the engine after a first read), the segment the bytes
+    // lie in fetched and opened.
+    let master = MasterKey::generate();
+    let seed = [7u8; 16];
+    let pad_sk = master.pad_key(&seed);
+    let owner = pad_sk.public_key();
+    let stored = seal::seal(&pad_sk, DATA_ENCODING, &data, 0, content);
+    rt.block_on(store.create(stored)).unwrap();
     let reads = 2000;
     let started = Instant::now();
     for i in 0..reads {
-        let at = (i * 7919 * 4096) % (plain.len() - 4096);
-        let span = blocks.span(at, at + 4096);
-        let stored = span.start + seal::HEADER..span.end + seal::HEADER;
+        let at = (i * 7919 * 4096) % (data.len() - 4096);
+        let sk = master.pad_key(&seed);
+        let span = seal::part_span(data.len(), at, at + 4096);
         let part = rt
-            .block_on(store.get_part(&sk.public_key(), stored))
+            .block_on(store.get_part(&owner, span.sealed.clone()))
             .unwrap()
             .unwrap();
-        assert!(black_box(blocks.open(span, &part)).is_some());
+        let binding = Binding {
+            owner,
+            encoding: DATA_ENCODING,
+            counter: 0,
+            len: data.len(),
+            content,
+        };
+        assert!(black_box(seal::open_part(&sk, &binding, &span, &part)).is_some());
     }
     let each = started.elapsed() / reads as u32;
-    // A pad read before, read again whole (a sequential reader): one part, every block checked.
-    let whole_part = time("whole pad as one checked part", base, || {
-        let all = seal::HEADER..seal::HEADER + plain.len();
-        let part = rt
-            .block_on(store.get_part(&sk.public_key(), all))
-            .unwrap()
-            .unwrap();
-        assert!(black_box(blocks.open(0..plain.len(), &part)).is_some());
-    });
-    // A whole read runs the signature check and the opening side by side.
-    let whole_read = signature.max(opening);
+    let keys = Instant::now();
+    for _ in 0..reads {
+        black_box(master.pad_key(&seed).public_key());
+    }
+    let keys = keys.elapsed() / reads as u32;
     println!(
-        "{:<34} {:>8.1} us per 4 KiB read, {:.0}x faster than the whole pad",
-        "part read of one block (local)",
+        "{:<40} {:>8.1} us; deriving a pad's public key: {:.1} us",
+        "cold random 4 KiB read (local)",
         each.as_secs_f64() * 1e6,
-        whole_read.as_secs_f64() / each.as_secs_f64()
+        keys.as_secs_f64() * 1e6,
     );
+
+    println!("per pad, written and read back whole (content hash + seal + open):");
+    let new = hash + sealing + opening;
+    report("AEAD", new, base);
+    // A BLS pad was sealed the same way as `Scratchpad::new` and read with both checks.
     println!(
-        "{:<34} {:>8.1}x less CPU than a whole read (signature check + opening), {} B blocks",
-        "whole pad as one checked part",
-        (signature + opening).as_secs_f64() / whole_part.as_secs_f64(),
-        BLOCK_LEN
+        "{:<40} {:>8.2} ms read side alone (signature + decrypt + hash): {:.1}x the AEAD's",
+        "BLS",
+        (old_signature + old_open + old_hash).as_secs_f64() * 1e3,
+        (old_signature + old_open + old_hash).as_secs_f64() / opening.as_secs_f64()
     );
 }

@@ -289,7 +289,7 @@ async fn damaged_pad_files_are_errors_never_data() {
     for file in &files {
         let good = std::fs::read(file).unwrap();
         // A flipped data byte sits under no checksum of the local store's own: only the
-        // scratchpad's signature (checked on every read) catches it.
+        // pad's authentication (checked on every read) catches it.
         for (what, damage) in &damages {
             std::fs::write(file, damage(&good)).unwrap();
             match open_local(dir.path(), &master, 512).await {
@@ -856,4 +856,125 @@ async fn three_hundred_thousand_free_pads_commit_in_a_small_root() {
     assert_eq!(engine.stats().await.free_pads, free);
     engine.check_accounting().await.unwrap();
     assert_eq!(engine.fetch("b").await.unwrap(), noise(2, 4096));
+}
+
+/// Rewrites every pad the committed index references (root, pages, data) in the format earlier
+/// versions wrote: autonomi's `Scratchpad::new`, BLS-encrypted, same counter. This makes a store
+/// as those versions left it, from one this version wrote.
+async fn reseal_as_bls(dir: &Path, master: &MasterKey) {
+    use mutant_mount::codec::HashKind;
+    use mutant_mount::engine::pads::{BLS_DATA_ENCODING, BLS_INDEX_ENCODING};
+    use mutant_mount::index::persist::decode_page;
+
+    let store = LocalStore::open(dir).unwrap();
+    let io = PadIo::new(Arc::new(store.clone()), master.clone());
+    let reseal = |sk: autonomi::SecretKey, encoding: u64, data: Vec<u8>, counter: u64| {
+        let store = store.clone();
+        async move {
+            std::fs::remove_file(store.pad_path(&sk.public_key())).unwrap();
+            let pad = Scratchpad::new(&sk, encoding, &data.into(), counter);
+            store.create(pad).await.unwrap();
+        }
+    };
+    let (root_bytes, counter) = io.read_with_key(master.root_key(), None).await.unwrap();
+    let root = Root::decode(&root_bytes).unwrap();
+    for page in root.pages.iter().flatten() {
+        let bytes = io
+            .read(&page.pad, page.hash, HashKind::Sha256)
+            .await
+            .unwrap();
+        for entry in decode_page(&bytes).unwrap().values() {
+            for chunk in entry
+                .chunks
+                .iter()
+                .map(|(_, c)| c)
+                .filter(|c| c.pad.is_some())
+            {
+                let pad = chunk.pad.unwrap();
+                let data = io.read(&pad, chunk.hash, chunk.hash_kind).await.unwrap();
+                let sk = master.pad_key(&pad.seed);
+                reseal(sk, BLS_DATA_ENCODING, data.to_vec(), pad.counter.unwrap()).await;
+            }
+        }
+        let sk = master.pad_key(&page.pad.seed);
+        reseal(
+            sk,
+            BLS_INDEX_ENCODING,
+            bytes.to_vec(),
+            page.pad.counter.unwrap(),
+        )
+        .await;
+    }
+    reseal(
+        master.root_key(),
+        BLS_INDEX_ENCODING,
+        root_bytes.to_vec(),
+        counter,
+    )
+    .await;
+}
+
+/// The `data_encoding` of each pad file in the store.
+async fn encodings(dir: &Path) -> Vec<u64> {
+    let store = LocalStore::open(dir).unwrap();
+    let mut found = Vec::new();
+    for path in pad_files(dir) {
+        let owner = path.file_name().unwrap().to_string_lossy().to_string();
+        let owner = autonomi::PublicKey::from_hex(&owner).unwrap();
+        found.push(store.get(&owner).await.unwrap().data_encoding());
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_in_the_bls_format_reads_byte_identical_and_is_resealed_when_rewritten() {
+    use mutant_mount::engine::pads::{BLS_DATA_ENCODING, BLS_INDEX_ENCODING, INDEX_ENCODING};
+
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let chunk = 3 * mutant_mount::seal::SEGMENT as u32 + 100;
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("f{i}"), noise(40 + i, 1000 + i as usize * 150_000)))
+        .collect();
+    {
+        let engine = open_local(dir.path(), &master, chunk).await.unwrap();
+        for (key, data) in &files {
+            engine.store(key, data, Meta::file()).await.unwrap();
+        }
+        engine.commit().await.unwrap();
+    }
+    reseal_as_bls(dir.path(), &master).await;
+    let old = encodings(dir.path()).await;
+    assert!(old.contains(&BLS_DATA_ENCODING) && old.contains(&BLS_INDEX_ENCODING));
+    assert!(!old.contains(&DATA_ENCODING) && !old.contains(&INDEX_ENCODING));
+
+    // Read whole and in parts (a part read of a BLS pad falls back to reading it whole).
+    let engine = open_local(dir.path(), &master, chunk).await.unwrap();
+    for (key, data) in &files {
+        assert!(engine.fetch(key).await.unwrap() == *data, "{key}");
+        let entry = engine.entry(key).await.unwrap();
+        for c in entry.chunks.iter().map(|(_, c)| c).filter(|c| c.len > 5000) {
+            assert_eq!(
+                engine.read_chunk_part(c, 4000, 4100).await.unwrap(),
+                engine.read_chunk(c).await.unwrap().slice(4000..4100)
+            );
+        }
+    }
+    engine.verify_all().await.unwrap();
+
+    // Rewriting one file reseals its new pads, and the index's, as AEAD; the rest stay BLS
+    // and read as before.
+    let changed = noise(99, 200_000);
+    engine.store("f1", &changed, Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    drop(engine);
+    let now = encodings(dir.path()).await;
+    assert!(now.contains(&DATA_ENCODING) && now.contains(&INDEX_ENCODING));
+    assert!(now.contains(&BLS_DATA_ENCODING));
+    let engine = open_local(dir.path(), &master, chunk).await.unwrap();
+    for (key, data) in &files {
+        let want = if key == "f1" { &changed } else { data };
+        assert!(engine.fetch(key).await.unwrap() == *want, "{key}");
+    }
+    engine.verify_all().await.unwrap();
 }

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mutant_mount::engine::blocks::BLOCK_LEN;
 use mutant_mount::engine::{Engine, EngineOptions, Error};
 use mutant_mount::index::Meta;
 use mutant_mount::keys::MasterKey;
+use mutant_mount::seal::SEGMENT;
 use mutant_mount::store::{LocalStore, PadStore};
 use proptest::prelude::*;
 
@@ -68,8 +68,8 @@ fn op(chunk: usize) -> impl Strategy<Value = Op> {
 
 fn case() -> impl Strategy<Value = (u32, usize, Vec<Op>)> {
     (
-        // Chunks of several checked blocks too, which random readers read in part.
-        prop_oneof![Just(64u32), 64u32..=4096, Just(3 * BLOCK_LEN as u32 + 100)],
+        // Chunks of several segments too, which random readers read in part.
+        prop_oneof![Just(64u32), 64u32..=4096, Just(3 * SEGMENT as u32 + 100)],
         prop_oneof![Just(0usize), Just(1 << 20)],
     )
         .prop_flat_map(|(chunk, cache)| {

@@ -6,11 +6,11 @@ use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
 use std::sync::Arc;
 
-use mutant_mount::engine::blocks::BLOCK_LEN;
 use mutant_mount::engine::{Engine, EngineOptions};
 use mutant_mount::fs::namespace::ROOT_INO;
 use mutant_mount::fs::{Caller, Errno, FsConfig, FsCore};
 use mutant_mount::keys::MasterKey;
+use mutant_mount::seal::SEGMENT;
 use mutant_mount::store::{LocalStore, PadStore, SimConfig, SimStore, StoreError};
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
@@ -541,8 +541,8 @@ async fn write_file(fs: &FsCore, name: &str, data: &[u8]) {
     fs.sync_all().await.unwrap();
 }
 
-/// Chunks of four checked blocks, for reads of parts of pads.
-const BLOCKY_CHUNK: usize = 4 * BLOCK_LEN;
+/// Chunks of four segments, for reads of parts of pads.
+const BLOCKY_CHUNK: usize = 4 * SEGMENT;
 
 /// A core over the local store in `dir` with [`BLOCKY_CHUNK`] chunks and a chunk cache that
 /// holds one of them.
@@ -569,7 +569,8 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
     let fh = open_for_reading(&fs, "db").await;
     let gets = || store.stats.gets.load(Ordering::Relaxed);
 
-    let before = gets();
+    let parts = || store.stats.parts.load(Ordering::Relaxed);
+    let (before, parts_before) = (gets(), parts());
     // 38 lands within a chunk of where 37's read ended: chance, not yet a stream.
     for chunk in [30, 5, 20, 12, 37, 38] {
         let at = chunk * CHUNK + 100;
@@ -580,9 +581,9 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
-        gets() - before,
-        6,
-        "one pad per random read, none fetched ahead"
+        (gets() - before, parts() - parts_before),
+        (0, 6),
+        "one part of a pad per random read, none fetched ahead"
     );
 
     let before = gets();
@@ -606,7 +607,7 @@ async fn random_reads_fetch_only_their_chunks_and_sequential_reads_fetch_ahead()
 }
 
 #[tokio::test]
-async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
+async fn random_reads_fetch_only_their_segments() {
     let chunk = BLOCKY_CHUNK;
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
@@ -624,19 +625,15 @@ async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
         async move { fs.read(fh, at as u64, len as u32).await }
     };
 
-    // A pad nothing is known about yet is read whole (it has to be checked whole once).
+    // Even a pad never read before: only the segments a read lies in, one straddling two
+    // segments reads both.
     let (gets, parts) = counts();
-    for c in [4, 0, 2] {
-        let at = c * chunk + 100;
-        assert_eq!(read(at, 512).await.unwrap(), data[at..at + 512]);
-    }
-    assert_eq!(counts(), (gets + 3, parts));
-    // Pads read before, no longer cached: only the blocks a read lies in. One straddling two
-    // blocks reads both.
+    let read_before = store.stats.bytes_read.load(Ordering::Relaxed);
     for at in [
-        4 * chunk + 3 * BLOCK_LEN + 10,
+        4 * chunk + 100,
+        2 * chunk + 3 * SEGMENT + 10,
         7,
-        4 * chunk + BLOCK_LEN - 100,
+        4 * chunk + SEGMENT - 100,
     ] {
         assert_eq!(
             read(at, 4096).await.unwrap(),
@@ -644,21 +641,29 @@ async fn random_reads_of_pads_read_before_fetch_only_their_blocks() {
             "at {at}"
         );
     }
-    assert_eq!(counts(), (gets + 3, parts + 3));
+    assert_eq!(counts(), (gets, parts + 4));
+    let bytes_read = store.stats.bytes_read.load(Ordering::Relaxed) - read_before;
+    assert!(
+        bytes_read <= 5 * (SEGMENT + 16) as u64,
+        "{bytes_read} bytes read"
+    );
 
-    // A damaged block on disk is EIO, never content: its check fails, and the whole pad then
-    // fails its signature.
-    damage_pad(dir.path(), &key, &fs, "db", 0, 2 * BLOCK_LEN + 7).await;
-    assert_eq!(read(2 * BLOCK_LEN, 100).await, Err(Errno(libc::EIO)));
-    assert_eq!(read(10, 100).await, Err(Errno(libc::EIO)));
+    // A damaged segment on disk is EIO, never content: it fails to authenticate in part, and
+    // the whole pad then fails too. The pad's other segments authenticate on their own.
+    damage_pad(dir.path(), &key, &fs, "db", 0, 2 * SEGMENT + 7).await;
+    assert_eq!(read(2 * SEGMENT, 100).await, Err(Errno(libc::EIO)));
+    assert_eq!(read(10, 100).await.unwrap(), data[10..110]);
+    let entry = fs.engine().entry("db").await.unwrap();
+    let first = entry.chunks.get(0).unwrap().clone();
+    assert!(fs.engine().read_chunk(&first).await.is_err(), "read whole");
     // The other pads read on, in part.
-    let at = 4 * chunk + 2 * BLOCK_LEN;
+    let at = 4 * chunk + 2 * SEGMENT;
     assert_eq!(read(at, 100).await.unwrap(), data[at..at + 100]);
     fs.release(fh).await.unwrap();
 }
 
-/// Flips the bit of a stored file's plaintext byte `at` of chunk `index` in its pad file
-/// (ciphertext byte `i` encrypts plaintext byte `i`; the data ends the file).
+/// Flips a bit of the sealed byte of plaintext byte `at` of a stored file's chunk `index` in
+/// its pad file (the sealed bytes end the file: a salt, then each segment and its tag).
 async fn damage_pad(
     dir: &std::path::Path,
     key: &MasterKey,
@@ -674,13 +679,14 @@ async fn damage_pad(
         .unwrap()
         .pad_path(&key.pad_key(&pad.seed).public_key());
     let mut file = std::fs::read(&path).unwrap();
-    let damaged = file.len() - chunk.len as usize + at;
+    let sealed = file.len() - mutant_mount::seal::sealed_len(chunk.len as usize);
+    let damaged = sealed + mutant_mount::seal::AEAD_HEADER + at + at / SEGMENT * 16;
     file[damaged] ^= 0x10;
     std::fs::write(&path, &file).unwrap();
 }
 
 #[tokio::test]
-async fn pads_written_here_read_back_as_checked_parts() {
+async fn damage_found_by_a_sequential_reader_is_eio() {
     let chunk = BLOCKY_CHUNK;
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
@@ -697,18 +703,26 @@ async fn pads_written_here_read_back_as_checked_parts() {
         read.extend_from_slice(&got);
     }
     assert!(read == data, "the file reads back as written");
-    // The cache holds one chunk: the others were read from their pads, block-checked, without
-    // a whole get (the stream key of each pad came from writing it).
-    assert_eq!(n(&store.stats.gets), gets);
-    assert!(n(&store.stats.parts) >= parts + 3);
+    // The cache holds one chunk: the others were read whole from their pads.
+    assert!(n(&store.stats.gets) >= gets + 3);
+    assert_eq!(n(&store.stats.parts), parts);
+    fs.release(fh).await.unwrap();
 
-    // Damage is caught all the same: the damaged block fails its check, the whole pad then
-    // fails its signature.
-    damage_pad(dir.path(), &key, &fs, "f", 1, BLOCK_LEN + 1).await;
-    assert_eq!(
-        fs.read(fh, (chunk + BLOCK_LEN) as u64, 100).await,
-        Err(Errno(libc::EIO))
-    );
+    // Damage is caught all the same: the damaged segment fails to authenticate.
+    damage_pad(dir.path(), &key, &fs, "f", 1, SEGMENT + 1).await;
+    drop(fs);
+    let (fs, _) = blocky_core(dir.path(), &key).await;
+    let fh = open_for_reading(&fs, "f").await;
+    let mut at = 0;
+    let failed = loop {
+        match fs.read(fh, at, 64 << 10).await {
+            Ok(got) if got.is_empty() => break None,
+            Ok(got) => at += got.len() as u64,
+            Err(e) => break Some(e),
+        }
+    };
+    assert_eq!(failed, Some(Errno(libc::EIO)), "read up to {at}");
+    assert!(at <= (chunk + SEGMENT) as u64, "read up to {at}");
     fs.release(fh).await.unwrap();
 }
 
@@ -739,9 +753,9 @@ async fn a_reread_with_holes_fetches_only_the_holes() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let read = n(&store.stats.bytes_read) - read_before;
-    // Each hole lies in at most two 16 KiB blocks.
+    // Each hole lies in at most two segments.
     assert!(
-        read <= (data.len() / (40 << 10) + 1) as u64 * 2 * BLOCK_LEN as u64,
+        read <= (data.len() / (40 << 10) + 1) as u64 * 2 * (SEGMENT + 16) as u64,
         "{read} bytes read from the store for {} bytes of holes",
         data.len() / 5
     );

@@ -17,7 +17,8 @@ use crate::index::persist::{
     decode_free_page, decode_page, encode_free_page, encode_page, FreePageRef, PageRef, Root,
 };
 use crate::index::{Entry, Index, PadRef};
-use crate::store::{StoreError, MAX_PAD_PLAINTEXT};
+use crate::seal::MAX_PLAINTEXT;
+use crate::store::StoreError;
 
 /// Pages beyond this size are split (the page count doubles): a change to one key rewrites one
 /// page, and with inline data a page can grow large long before it has many keys.
@@ -116,16 +117,15 @@ pub(super) async fn load(
 }
 
 impl super::Inner {
-    /// Writes an index or free-list page record to `pad`; returns the pad as written.
-    async fn write_record(&self, pad: PadRef, bytes: Vec<u8>) -> Result<PadRef> {
-        if bytes.len() > MAX_PAD_PLAINTEXT {
+    /// Writes an index or free-list page record of hash `hash` to `pad`; returns the pad as
+    /// written.
+    async fn write_record(&self, pad: PadRef, bytes: Vec<u8>, hash: [u8; 32]) -> Result<PadRef> {
+        if bytes.len() > MAX_PLAINTEXT {
             return Err(Error::Store(StoreError::TooBig(bytes.len())));
         }
-        Ok(self
-            .pads
-            .write(pad, INDEX_ENCODING, Bytes::from(bytes))
-            .await?
-            .pad)
+        self.pads
+            .write(pad, INDEX_ENCODING, Bytes::from(bytes), hash)
+            .await
     }
 }
 
@@ -261,7 +261,7 @@ impl Engine {
                 if let Some(local) = &inner.page_cache {
                     local.put(&hash, &bytes);
                 }
-                let pad = inner.write_record(pad, bytes).await?;
+                let pad = inner.write_record(pad, bytes, hash).await?;
                 Ok(Written::Page(n, PageRef { pad, hash }))
             }
             .boxed()
@@ -277,7 +277,7 @@ impl Engine {
                     let len = pads.len() as u32;
                     let bytes = encode_free_page(&pads)?;
                     let hash = sha256(&bytes);
-                    let pad = inner.write_record(pad, bytes).await?;
+                    let pad = inner.write_record(pad, bytes, hash).await?;
                     Ok(Written::FreePage(i, FreePageRef { pad, hash, len }))
                 }
                 .boxed()
@@ -322,7 +322,7 @@ impl Engine {
             kept_free_pages + plan.free_writes.len()
         );
         let root_bytes = root.encode()?;
-        if root_bytes.len() > MAX_PAD_PLAINTEXT {
+        if root_bytes.len() > MAX_PLAINTEXT {
             self.abandon(plan.dirty, plan.releasing, new_page_pads)
                 .await;
             return Err(Error::RootTooBig(root_bytes.len()));

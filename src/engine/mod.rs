@@ -23,7 +23,6 @@ use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
 
 mod activity;
-pub mod blocks;
 pub mod cache;
 mod commit;
 mod crypto_pool;
@@ -35,7 +34,6 @@ mod recover;
 pub mod root_record;
 
 pub use activity::Activity;
-use blocks::{hash_blocks, BlocksCache, PadBlocks};
 use cache::ChunkCache;
 pub use error::{Error, Result};
 use journal::{Journal, Op, Replay};
@@ -49,12 +47,9 @@ pub use recover::LOST_FOUND;
 /// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
 pub const INLINE_MAX: usize = 4096;
 
-/// Pads whose blocks the engine remembers for reading parts: 8 GiB of 4 MiB chunks, in at most
-/// 16 MiB.
-const BLOCKS_CACHE_PADS: usize = 2048;
-
 /// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
 pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
+const _: () = assert!(DEFAULT_SCRATCHPAD_SIZE as usize <= crate::seal::MAX_PLAINTEXT);
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -137,8 +132,6 @@ struct Inner {
     state: Mutex<State>,
     commit_lock: Mutex<()>,
     cache: ChunkCache,
-    /// How to read parts of recently read pads (see `blocks.rs`).
-    blocks: BlocksCache,
     reads_in_flight: std::sync::Mutex<HashMap<(PadSeed, [u8; 32]), SharedRead>>,
     opts: EngineOptions,
     chunk_size: u32,
@@ -229,7 +222,6 @@ impl Engine {
                 state: Mutex::new(state),
                 commit_lock: Mutex::new(()),
                 cache: ChunkCache::new(opts.cache_bytes),
-                blocks: BlocksCache::new(BLOCKS_CACHE_PADS),
                 reads_in_flight: Default::default(),
                 opts,
                 chunk_size,
@@ -1033,25 +1025,19 @@ impl State {
 
 impl Inner {
     async fn write_data_pad(&self, pad: PadRef, piece: Bytes) -> Result<Chunk> {
-        debug_assert_eq!(
-            HashKind::default(),
-            HashKind::Blake3,
-            "block values are BLAKE3's"
-        );
-        let ((hash, cvs), piece) = tokio::task::spawn_blocking(move || {
-            let hash = hash_blocks(&piece);
+        let (hash, piece) = tokio::task::spawn_blocking(move || {
+            let hash = HashKind::default().hash(&piece);
             (hash, piece)
         })
         .await
         .expect("hash task panicked");
-        let hash: [u8; 32] = hash.into();
         let len = piece.len() as u32;
-        let written = self.pads.write(pad, DATA_ENCODING, piece.clone()).await?;
-        if let Some(blocks) = PadBlocks::new(written.owner, written.key, cvs, piece.len()) {
-            self.blocks.insert(written.pad.seed, hash, blocks);
-        }
-        self.cache.insert(written.pad.seed, hash, piece);
-        Ok(Chunk::in_pad(written.pad, len, hash, HashKind::default()))
+        let written = self
+            .pads
+            .write(pad, DATA_ENCODING, piece.clone(), hash)
+            .await?;
+        self.cache.insert(written.seed, hash, piece);
+        Ok(Chunk::in_pad(written, len, hash, HashKind::default()))
     }
 
     /// A chunk from the cache, or fetched once however many readers ask for it meanwhile (a
@@ -1095,19 +1081,11 @@ impl Inner {
         let pad = chunk.pad.expect("holes are not fetched");
         if chunk.pad_offset != 0 {
             return Err(Error::CorruptPad {
-                pad: format!("{:?}", pad.seed),
+                pad: format!("{:02x?}", &pad.seed[..4]),
                 why: "a chunk inside a shared pad, which this program does not read".into(),
             });
         }
-        // A pad version written or read whole before is read as one part, each block checked
-        // against its value: no signature check (the key opens only the version whose
-        // signature was made or checked here), a third less CPU.
-        let whole = 0..chunk.len as usize;
-        if let Some(data) = self.read_known_part(chunk, whole, priority).await {
-            self.cache.insert(pad.seed, chunk.hash, data.clone());
-            return Ok(data);
-        }
-        let (data, blocks) = self
+        let data = self
             .pads
             .read_checked(&pad, chunk.hash, chunk.hash_kind, priority)
             .await?;
@@ -1117,15 +1095,12 @@ impl Inner {
                 why: "length differs from the index".into(),
             });
         }
-        if let Some(blocks) = blocks {
-            self.blocks.insert(pad.seed, chunk.hash, blocks);
-        }
         self.cache.insert(pad.seed, chunk.hash, data.clone());
         Ok(data)
     }
 
-    /// Bytes `from..to` of a chunk. A chunk neither cached nor being read, in a pad read whole
-    /// before, is read in part: only the blocks the range lies in.
+    /// Bytes `from..to` of a chunk. A chunk neither cached nor being read is read in part: only
+    /// the segments the range lies in.
     async fn read_chunk_part(
         self: &Arc<Self>,
         chunk: &Chunk,
@@ -1136,10 +1111,7 @@ impl Inner {
             let key = (pad.seed, chunk.hash);
             let reading = || self.reads_in_flight.lock().unwrap().contains_key(&key);
             if !self.cache.contains(&pad.seed, &chunk.hash) && !reading() {
-                if let Some(part) = self
-                    .read_known_part(chunk, from..to, Priority::Reader)
-                    .await
-                {
+                if let Some(part) = self.read_part(chunk, from..to).await {
                     return Ok(part);
                 }
             }
@@ -1159,26 +1131,20 @@ impl Inner {
         Ok(whole.slice(from.min(to)..to))
     }
 
-    /// Bytes `range` of a chunk whose pad version's blocks are known, if the store serves
-    /// parts and they check out. If they do not (another version, or damage), the blocks are
-    /// dropped: the caller reads the pad whole, which tells the two apart and learns the
-    /// blocks again.
-    async fn read_known_part(
-        &self,
-        chunk: &Chunk,
-        range: std::ops::Range<usize>,
-        priority: Priority,
-    ) -> Option<Bytes> {
-        let seed = chunk.pad?.seed;
-        let blocks = self.blocks.get(&seed, &chunk.hash)?;
+    /// Bytes `range` of a chunk, reading only the segments they lie in, if the store serves
+    /// parts and they open as the version and content the index holds. If they do not (a pad
+    /// of the old format, which is read whole only, or another version, or damage), the caller
+    /// reads the pad whole, which tells these apart.
+    async fn read_part(&self, chunk: &Chunk, range: std::ops::Range<usize>) -> Option<Bytes> {
+        let pad = chunk.pad.filter(|_| chunk.pad_offset == 0)?;
+        let len = chunk.len as usize;
         let read = self
             .pads
-            .read_part(&blocks, range.start, range.end, priority);
+            .read_part(&pad, len, chunk.hash, range, Priority::Reader);
         match read.await {
             Ok(part) => part,
             Err(e) => {
                 tracing::debug!("reading part of a pad failed: {e}");
-                self.blocks.remove(&seed, &chunk.hash);
                 None
             }
         }

@@ -1,39 +1,53 @@
-//! Pad I/O: derive the key, seal (encrypt and sign on the crypto pool, `crypto_pool.rs`),
-//! write with the right operation and counter; read, verify the signature and the plaintext
-//! hash.
+//! Pad I/O: derive the key, seal and sign (on the crypto pool, `crypto_pool.rs`), write with
+//! the right operation and counter; read and open by the pad's format (`seal.rs`). A pad sealed
+//! with the AEAD opens only as the version (counter) and content (hash) the index expects, so
+//! its signature is not checked again; a pad of the old BLS format has its signature and
+//! plaintext hash checked.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use tokio::sync::Semaphore;
 
 use autonomi::{Bytes, PublicKey, SecretKey};
 
-use super::blocks::{open_hashing, PadBlocks, BLOCK_LEN};
-use super::crypto_pool::{blocking, Sealer};
+use super::crypto_pool::blocking;
 use super::error::{Error, Result};
 use crate::codec::HashKind;
 use crate::index::PadRef;
-use crate::keys::MasterKey;
-use crate::seal::{StreamKey, HEADER};
+use crate::keys::{MasterKey, PadSeed};
+use crate::seal::{self, Binding, Format, NO_CONTENT_HASH, SEGMENT};
 use crate::store::{PadStore, StoreError};
 
 /// `data_encoding` of pads holding file data.
-pub const DATA_ENCODING: u64 = 0x6d75_7461_6e74_0001;
+pub const DATA_ENCODING: u64 = Format::Aead.encoding(1);
 /// `data_encoding` of index root and page pads.
-pub const INDEX_ENCODING: u64 = 0x6d75_7461_6e74_0002;
+pub const INDEX_ENCODING: u64 = Format::Aead.encoding(2);
+/// The same, of the BLS-encrypted pads of earlier versions: read, never written.
+pub const BLS_DATA_ENCODING: u64 = Format::Bls.encoding(1);
+pub const BLS_INDEX_ENCODING: u64 = Format::Bls.encoding(2);
 
 pub struct PadIo {
     store: Arc<dyn PadStore>,
     master: MasterKey,
     /// Bounds the pad gets in flight (but a reader's own, see [`Priority`]); a pad being
-    /// decrypted no longer holds a place, so read-ahead can keep the store busy while the cores
+    /// opened no longer holds a place, so read-ahead can keep the store busy while the cores
     /// catch up.
     gets: Semaphore,
-    sealer: Sealer,
+    /// Public keys of pads read in part lately (see [`OWNERS_KEPT`]).
+    owners: Mutex<LruCache<PadSeed, PublicKey>>,
 }
 
 /// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
 const DEFAULT_GETS_IN_FLIGHT: usize = 16;
+
+/// Pads whose public key (their address) a random reader keeps: deriving one is a scalar
+/// multiplication, several times the CPU of the part read it is for. 48 bytes each.
+const OWNERS_KEPT: usize = 4096;
+
+/// Segments a part read opens on the async worker (microseconds); more go to the crypto pool.
+const INLINE_PART_SEGMENTS: usize = 2;
 
 impl PadIo {
     pub fn new(store: Arc<dyn PadStore>, master: MasterKey) -> Self {
@@ -45,7 +59,9 @@ impl PadIo {
             store,
             master,
             gets: Semaphore::new(gets.max(1)),
-            sealer: Sealer::default(),
+            owners: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OWNERS_KEPT).expect("not zero"),
+            )),
         }
     }
 
@@ -57,19 +73,24 @@ impl PadIo {
         &self.master
     }
 
-    /// Writes `data` to a pad: the pad with its new counter, and how to read parts of it.
-    pub async fn write(&self, pad: PadRef, encoding: u64, data: Bytes) -> Result<Written> {
+    /// Writes `data`, whose hash the index will hold as `content`, to a pad: the pad with its
+    /// new counter.
+    pub async fn write(
+        &self,
+        pad: PadRef,
+        encoding: u64,
+        data: Bytes,
+        content: [u8; 32],
+    ) -> Result<PadRef> {
         let seed = pad.seed;
         // A scalar multiplication: microseconds, no need to leave the async worker.
         let sk = self.master.pad_key(&seed);
-        let (counter, owner, key) = self.write_with_key(sk, pad.counter, encoding, data).await?;
-        Ok(Written {
-            pad: PadRef {
-                seed,
-                counter: Some(counter),
-            },
-            owner,
-            key,
+        let counter = self
+            .write_with_key(sk, pad.counter, encoding, data, content)
+            .await?;
+        Ok(PadRef {
+            seed,
+            counter: Some(counter),
         })
     }
 
@@ -81,14 +102,12 @@ impl PadIo {
         known: Option<u64>,
         encoding: u64,
         data: Bytes,
-    ) -> Result<(u64, PublicKey, StreamKey)> {
+        content: [u8; 32],
+    ) -> Result<u64> {
         let mut counter = known.map_or(0, |c| c + 1);
         let mut update = known.is_some();
         for _ in 0..3 {
-            let sealing = self
-                .sealer
-                .seal(sk.clone(), encoding, data.clone(), counter);
-            let (pad, key) = sealing.await;
+            let pad = sealed(&sk, encoding, &data, counter, content).await;
             let owner = *pad.owner();
             let result = if update {
                 self.store.update(pad).await
@@ -96,7 +115,7 @@ impl PadIo {
                 self.store.create(pad).await
             };
             match result {
-                Ok(()) => return Ok((counter, owner, key)),
+                Ok(()) => return Ok(counter),
                 Err(StoreError::NotFound) if update => {
                     update = false;
                     counter = 0;
@@ -126,7 +145,8 @@ impl PadIo {
         data: Bytes,
     ) -> Result<u64> {
         let counter = known.map_or(0, |c| c + 1);
-        let (pad, _) = self.sealer.seal(sk, encoding, data, counter).await;
+        // Nothing holds the root's hash: a fresh machine finds it by its key alone.
+        let pad = sealed(&sk, encoding, &data, counter, NO_CONTENT_HASH).await;
         let result = match known {
             Some(_) => self.store.update(pad).await,
             None => self.store.create(pad).await,
@@ -140,47 +160,43 @@ impl PadIo {
         }
     }
 
-    /// Reads a data or page pad and checks its plaintext against `hash`.
+    /// Reads a data or page pad and checks it holds the content of hash `hash`.
     pub async fn read(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<Bytes> {
-        let read = self.read_checked(pad, hash, kind, Priority::Background);
-        Ok(read.await?.0)
+        self.read_checked(pad, hash, kind, Priority::Background)
+            .await
     }
 
-    /// [`read`](Self::read), also returning what it takes to read parts of this version of
-    /// the pad later (for BLAKE3 chunks of more than one block).
+    /// [`read`](Self::read), waiting as `priority` says.
     pub async fn read_checked(
         &self,
         pad: &PadRef,
         hash: [u8; 32],
         kind: HashKind,
         priority: Priority,
-    ) -> Result<(Bytes, Option<PadBlocks>)> {
+    ) -> Result<Bytes> {
         let sk = self.master.pad_key(&pad.seed);
-        let (opened, _) = self
-            .fetch_and_open(sk, Some((hash, kind)), priority)
-            .await?;
-        Ok((opened.data, opened.blocks))
+        let read = self.fetch_and_open(sk, pad.counter, Some((hash, kind)), priority);
+        Ok(read.await?.0)
     }
 
-    /// Reads the pad owned by `sk`, verified; returns its plaintext and counter.
+    /// Reads the pad owned by `sk`, whatever its counter; returns its plaintext and counter.
     pub async fn read_with_key(
         &self,
         sk: SecretKey,
         hash: Option<([u8; 32], HashKind)>,
     ) -> Result<(Bytes, u64)> {
-        let (opened, counter) = self.fetch_and_open(sk, hash, Priority::Background).await?;
-        Ok((opened.data, counter))
+        self.fetch_and_open(sk, None, hash, Priority::Background)
+            .await
     }
 
-    /// Fetches and verifies a whole pad. The signature check and the decryption are two crypto
-    /// tasks, so an idle machine runs them side by side (a random read waits for the longer
-    /// one, not both).
+    /// Fetches and opens a whole pad, expected at `counter` if the caller knows it.
     async fn fetch_and_open(
         &self,
         sk: SecretKey,
+        counter: Option<u64>,
         hash: Option<([u8; 32], HashKind)>,
         priority: Priority,
-    ) -> Result<(Opened, u64)> {
+    ) -> Result<(Bytes, u64)> {
         let owner = sk.public_key();
         let pad = {
             let _place = match priority {
@@ -193,82 +209,127 @@ impl PadIo {
         if pad.owner() != &owner {
             return Err(corrupt("pad of another owner"));
         }
-        let counter = pad.counter();
-        let signed = blocking(priority, {
-            let pad = pad.clone();
-            move || crate::seal::signature_ok(&pad)
-        });
-        let opened = blocking(priority, move || match hash {
-            // The hash check below stands in for blsttc's ciphertext check (see seal.rs).
-            Some((hash, kind)) => {
-                let (data, blocks) = match kind {
-                    HashKind::Blake3 => {
-                        let key = crate::seal::stream_key(&sk, &pad).ok_or("cannot decrypt")?;
-                        let (data, root, cvs) = open_hashing(&key, &pad.encrypted_data()[HEADER..]);
-                        if root != hash {
-                            crate::buffers::give_back(data);
-                            return Err("content hash mismatch");
-                        }
-                        let len = data.len();
-                        (data, PadBlocks::new(owner, key, cvs, len))
-                    }
-                    _ => {
-                        let data =
-                            crate::seal::open_unchecked(&sk, &pad).ok_or("cannot decrypt")?;
-                        if kind.hash(&data) != hash {
-                            return Err("content hash mismatch");
-                        }
-                        (data, None)
-                    }
-                };
-                let data = crate::buffers::share(data);
-                Ok(Opened { data, blocks })
+        let stored = pad.counter();
+        match Format::of(pad.data_encoding()) {
+            Some(Format::Aead) => {
+                let expected = counter.unwrap_or(stored);
+                let content = hash.map_or(NO_CONTENT_HASH, |(hash, _)| hash);
+                let open = move || seal::open(&sk, &pad, expected, content);
+                match blocking(priority, open).await {
+                    Some(data) => Ok((crate::buffers::share(data), stored)),
+                    None if stored != expected => Err(corrupt(&format!(
+                        "version {stored} where the index expects {expected}"
+                    ))),
+                    None => Err(corrupt("does not authenticate")),
+                }
             }
-            None => pad
-                .decrypt_data(&sk)
-                .map(|data| Opened { data, blocks: None })
-                .map_err(|_| "cannot decrypt"),
-        });
-        let (signed, opened) = tokio::join!(signed, opened);
-        if !signed {
-            return Err(corrupt("bad signature"));
+            Some(Format::Bls) => {
+                let data = open_bls(sk, pad, hash, priority).await.map_err(corrupt)?;
+                Ok((data, stored))
+            }
+            None => Err(corrupt(&format!(
+                "unknown data encoding {:#x}",
+                pad.data_encoding()
+            ))),
         }
-        Ok((opened.map_err(corrupt)?, counter))
     }
 
-    /// Bytes `from..to` of a pad's plaintext, reading only the blocks they lie in, checked
-    /// against `blocks` (from a whole read of the pad). `Ok(None)` if the store serves whole
-    /// pads only; an error if the stored blocks are not the version `blocks` describes (a newer
-    /// version, or damage: reading the pad whole tells which).
+    /// Bytes `from..to` of the data pad `pad` holding `len` bytes of hash `hash`, reading and
+    /// opening only the segments they lie in. `Ok(None)` if the store serves whole pads only
+    /// or the pad's counter is unknown; an error if the segments do not open as that version
+    /// and content (a pad of the old format, another version, or damage: reading the pad whole
+    /// tells which).
     pub async fn read_part(
         &self,
-        blocks: &Arc<PadBlocks>,
-        from: usize,
-        to: usize,
+        pad: &PadRef,
+        len: usize,
+        hash: [u8; 32],
+        range: std::ops::Range<usize>,
         priority: Priority,
     ) -> Result<Option<Bytes>> {
-        let span = blocks.span(from, to);
-        let stored = span.start + HEADER..span.end + HEADER;
-        let Some(ciphertext) = self.store.get_part(blocks.owner(), stored).await? else {
+        let to = range.end.min(len);
+        let Some(counter) = pad.counter.filter(|_| range.start < to) else {
             return Ok(None);
         };
-        // A few blocks take microseconds; more go to the crypto pool.
-        let plain = if span.len() <= 4 * BLOCK_LEN {
-            blocks.open(span.clone(), &ciphertext)
+        let from = range.start;
+        let sk = self.master.pad_key(&pad.seed);
+        let owner = self.owner(&pad.seed, &sk);
+        let span = seal::part_span(len, from, to);
+        let Some(sealed) = self.store.get_part(&owner, span.sealed.clone()).await? else {
+            return Ok(None);
+        };
+        let binding = Binding {
+            owner,
+            encoding: DATA_ENCODING,
+            counter,
+            len,
+            content: hash,
+        };
+        let start = span.plain_start;
+        let open = move || seal::open_part(&sk, &binding, &span, &sealed);
+        let plain = if to - start <= INLINE_PART_SEGMENTS * SEGMENT {
+            open()
         } else {
-            let (blocks, span) = (blocks.clone(), span.clone());
-            blocking(priority, move || blocks.open(span, &ciphertext)).await
+            blocking(priority, open).await
         };
         match plain {
             Some(plain) => Ok(Some(
-                crate::buffers::share(plain).slice(from - span.start..to - span.start),
+                crate::buffers::share(plain).slice(from - start..to - start),
             )),
-            None => Err(corrupt_pad(
-                blocks.owner(),
-                "a block differs from the version read",
-            )),
+            None => Err(corrupt_pad(&owner, "a part does not authenticate")),
         }
     }
+}
+
+impl PadIo {
+    /// The public key of the pad of `seed`, whose secret key is `sk`.
+    fn owner(&self, seed: &PadSeed, sk: &SecretKey) -> PublicKey {
+        if let Some(owner) = self.owners.lock().unwrap().get(seed) {
+            return *owner;
+        }
+        let owner = sk.public_key();
+        self.owners.lock().unwrap().put(*seed, owner);
+        owner
+    }
+}
+
+/// Seals on the crypto pool.
+async fn sealed(
+    sk: &SecretKey,
+    encoding: u64,
+    data: &Bytes,
+    counter: u64,
+    content: [u8; 32],
+) -> autonomi::scratchpad::Scratchpad {
+    let (sk, data) = (sk.clone(), data.clone());
+    let seal = move || seal::seal(&sk, encoding, &data, counter, content);
+    blocking(Priority::Background, seal).await
+}
+
+/// Opens a pad of the old BLS format: its signature checked (the ciphertext is not
+/// authenticated otherwise) beside its decryption, and its plaintext against `hash`.
+async fn open_bls(
+    sk: SecretKey,
+    pad: autonomi::scratchpad::Scratchpad,
+    hash: Option<([u8; 32], HashKind)>,
+    priority: Priority,
+) -> std::result::Result<Bytes, &'static str> {
+    let signed = blocking(priority, {
+        let pad = pad.clone();
+        move || seal::signature_ok(&pad)
+    });
+    let opened = blocking(priority, move || {
+        let data = seal::open_bls(&sk, &pad).ok_or("cannot decrypt")?;
+        match hash {
+            Some((hash, kind)) if kind.hash(&data) != hash => Err("content hash mismatch"),
+            _ => Ok(data),
+        }
+    });
+    let (signed, opened) = tokio::join!(signed, opened);
+    if !signed {
+        return Err("bad signature");
+    }
+    opened
 }
 
 /// Who waits for a pad read. Read-ahead, index pages and checks wait for one of the places
@@ -280,19 +341,6 @@ impl PadIo {
 pub enum Priority {
     Reader,
     Background,
-}
-
-/// A pad version just written.
-pub struct Written {
-    pub pad: PadRef,
-    pub owner: PublicKey,
-    pub key: StreamKey,
-}
-
-/// A pad's checked plaintext, and what reading parts of it takes.
-struct Opened {
-    data: Bytes,
-    blocks: Option<PadBlocks>,
 }
 
 fn corrupt_pad(owner: &PublicKey, why: &str) -> Error {
