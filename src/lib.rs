@@ -9,6 +9,7 @@ pub mod codec;
 pub mod control;
 pub mod engine;
 pub mod fs;
+pub mod fsck;
 pub mod index;
 pub mod key_backup;
 pub mod key_seal;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cli::args::{Cli, MountArgs};
+use cli::args::{Cli, Command, MountArgs, StoreArgs};
 use mutant_mount::key_seal::{self, PassphraseSource};
 use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
 use mutant_mount::store::network::{
@@ -47,7 +47,7 @@ fn network_config(
     if let Ok(peers) = std::env::var("ANT_PEERS") {
         NetworkConfig::parse_peers(&peers).map_err(|e| format!("ANT_PEERS: {e}"))?;
     }
-    net.wallet = match &args.wallet_key_file {
+    net.wallet = match &args.store.wallet_key_file {
         Some(file) => WalletSource::File(file.clone()),
         None if args.estimate.is_some() => WalletSource::None,
         None => match wallet {
@@ -77,8 +77,8 @@ fn init_logging(level: &str) {
 }
 
 fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, String> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let store = match args.network {
+    let data_dir = args.store.data_dir.clone().unwrap_or_else(default_data_dir);
+    let store = match args.store.network {
         None => StoreChoice::Local,
         Some(kind) => StoreChoice::Network(network_config(args, kind, wallet)?),
     };
@@ -86,14 +86,16 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
         mountpoint: args.mountpoint().cloned().unwrap_or_default(),
         store,
         store_dir: args
+            .store
             .store_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("store")),
         key_file: args
+            .store
             .key_file
             .clone()
             .unwrap_or_else(|| data_dir.join("master.key")),
-        passphrase: args.passphrase.source(),
+        passphrase: args.store.passphrase.source(),
         cache_bytes: args.cache_size << 20,
         write_buffer_bytes: (args.write_buffer.max(1)) << 20,
         read_only: args.read_only,
@@ -264,8 +266,31 @@ fn bound_allocator() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Fsck {
+            store,
+            repair,
+            log_level,
+        }) => fsck(store, repair, &log_level),
         Some(command) => cli::run(command),
         None => mount(cli.mount),
+    }
+}
+
+/// `mutant-mount fsck`: the store opened with the mount's own configuration (every mount
+/// option at its default), so it checks exactly what a mount would serve.
+fn fsck(store: StoreArgs, repair: bool, log_level: &str) -> ExitCode {
+    init_logging(log_level);
+    let wallet = take_wallet_key();
+    // Clap's defaults for every mount option; the mount point is not used.
+    let mut args = Cli::parse_from(["mutant-mount", "unused"]).mount;
+    args.paths.clear();
+    args.store = store;
+    match config(&args, wallet) {
+        Ok(cfg) => cli::fsck::run(&cfg, repair),
+        Err(e) => {
+            eprintln!("mutant-mount: {e}");
+            ExitCode::from(cli::fsck::EXIT_CANNOT_CHECK)
+        }
     }
 }
 

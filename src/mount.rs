@@ -219,61 +219,12 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
-    let (network, parallelism) = match &cfg.store {
-        StoreChoice::Local => (None, EngineOptions::default().parallelism),
-        StoreChoice::Network(net) => (
-            Some(Arc::new(rt.block_on(connect_network(net.clone()))?)),
-            NETWORK_PARALLELISM,
-        ),
-    };
-    let (store, store_stats, health) = match &network {
-        None => wrap(
-            open_local_store(&cfg.store_dir, &key)?,
-            cfg.simulate.clone(),
-            RetryPolicy::default(),
-        ),
-        Some(network) => wrap(
-            network.clone(),
-            cfg.simulate.clone(),
-            RetryPolicy::network(),
-        ),
-    };
-    // Every field is set today; the default keeps options added later at their defaults.
-    #[allow(clippy::needless_update)]
-    let opts = EngineOptions {
-        cache_bytes: cfg.cache_bytes,
-        create_if_missing: new_key || cfg.create_index,
-        scratchpad_size: cfg
-            .chunk_size
-            .unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
-        parallelism,
-        // Local copies of index pages, beside the key; the store keeps them all too.
-        index_cache_dir: cfg.key_file.parent().map(|dir| dir.join(INDEX_CACHE_DIR)),
-        // Changes not yet committed, per store; a read-only mount makes none.
-        journal_dir: (!cfg.read_only).then(|| match &cfg.store {
-            StoreChoice::Local => cfg.store_dir.join("journal"),
-            StoreChoice::Network(net) => {
-                let data = cfg.key_file.parent().unwrap_or(Path::new("."));
-                data.join(format!("journal-{}", net.network))
-            }
-        }),
-        lock_wait: crate::engine::journal::LOCK_WAIT,
-        discard_damaged_journal: cfg.discard_damaged_journal,
-        root_record: cfg.key_file.parent().map(|dir| RootRecordPlace {
-            dir: dir.join(ROOT_RECORD_DIR),
-            store_id: match &cfg.store {
-                StoreChoice::Local => format!(
-                    "local:{}",
-                    std::fs::canonicalize(&cfg.store_dir)
-                        .unwrap_or_else(|_| cfg.store_dir.clone())
-                        .display()
-                ),
-                StoreChoice::Network(net) => format!("network:{}", net.network),
-            },
-        }),
-        accept_rollback: cfg.accept_rollback,
-        ..Default::default()
-    };
+    let Opened {
+        engine,
+        network,
+        store_stats,
+        health,
+    } = open_engine(&cfg, key, new_key, &rt)?;
     let fs_cfg = FsConfig {
         write_buffer_bytes: cfg.write_buffer_bytes,
         read_only: cfg.read_only,
@@ -283,25 +234,9 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         },
         ..Default::default()
     };
-    let core = rt.block_on(async {
-        let engine = Engine::open(store, key, opts).await.map_err(|e| match e {
-            crate::engine::Error::NoIndex => StartError(format!(
-                "{} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
-                match cfg.store {
-                    StoreChoice::Local => format!("the store at {}", cfg.store_dir.display()),
-                    StoreChoice::Network(ref net) => format!("the {} Autonomi network", net.network),
-                },
-                cfg.key_file.display()
-            )),
-            e @ (crate::engine::Error::Rollback(_) | crate::engine::Error::JournalDamaged(_)) => {
-                StartError(e.to_string())
-            }
-            e => StartError(format!("cannot open the index: {e}")),
-        })?;
-        FsCore::start(engine, fs_cfg)
-            .await
-            .map_err(|e| StartError(format!("cannot start the file system: {e}")))
-    })?;
+    let core = rt
+        .block_on(FsCore::start(engine, fs_cfg))
+        .map_err(|e| StartError(format!("cannot start the file system: {e}")))?;
     let committer = {
         let _guard = rt.enter();
         core.spawn_committer()
@@ -408,6 +343,99 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     }
     tracing::info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
+}
+
+/// A store opened as a mount opens it, and the engine over it.
+pub struct Opened {
+    pub engine: Engine,
+    network: Option<Arc<NetworkStore>>,
+    store_stats: Arc<StoreStats>,
+    health: StoreHealth,
+}
+
+/// Opens the store `cfg` names (connecting to the network if it is one) and the index in it,
+/// with the journal, caches and records a mount uses: a mount and `fsck` see the same files.
+pub fn open_engine(
+    cfg: &MountConfig,
+    key: MasterKey,
+    new_key: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Opened, StartError> {
+    let (network, parallelism) = match &cfg.store {
+        StoreChoice::Local => (None, EngineOptions::default().parallelism),
+        StoreChoice::Network(net) => (
+            Some(Arc::new(rt.block_on(connect_network(net.clone()))?)),
+            NETWORK_PARALLELISM,
+        ),
+    };
+    let (store, store_stats, health) = match &network {
+        None => wrap(
+            open_local_store(&cfg.store_dir, &key)?,
+            cfg.simulate.clone(),
+            RetryPolicy::default(),
+        ),
+        Some(network) => wrap(
+            network.clone(),
+            cfg.simulate.clone(),
+            RetryPolicy::network(),
+        ),
+    };
+    // Every field is set today; the default keeps options added later at their defaults.
+    #[allow(clippy::needless_update)]
+    let opts = EngineOptions {
+        cache_bytes: cfg.cache_bytes,
+        create_if_missing: new_key || cfg.create_index,
+        scratchpad_size: cfg
+            .chunk_size
+            .unwrap_or(crate::engine::DEFAULT_SCRATCHPAD_SIZE),
+        parallelism,
+        // Local copies of index pages, beside the key; the store keeps them all too.
+        index_cache_dir: cfg.key_file.parent().map(|dir| dir.join(INDEX_CACHE_DIR)),
+        // Changes not yet committed, per store; a read-only mount makes none.
+        journal_dir: (!cfg.read_only).then(|| match &cfg.store {
+            StoreChoice::Local => cfg.store_dir.join("journal"),
+            StoreChoice::Network(net) => {
+                let data = cfg.key_file.parent().unwrap_or(Path::new("."));
+                data.join(format!("journal-{}", net.network))
+            }
+        }),
+        lock_wait: crate::engine::journal::LOCK_WAIT,
+        discard_damaged_journal: cfg.discard_damaged_journal,
+        root_record: cfg.key_file.parent().map(|dir| RootRecordPlace {
+            dir: dir.join(ROOT_RECORD_DIR),
+            store_id: match &cfg.store {
+                StoreChoice::Local => format!(
+                    "local:{}",
+                    std::fs::canonicalize(&cfg.store_dir)
+                        .unwrap_or_else(|_| cfg.store_dir.clone())
+                        .display()
+                ),
+                StoreChoice::Network(net) => format!("network:{}", net.network),
+            },
+        }),
+        accept_rollback: cfg.accept_rollback,
+        ..Default::default()
+    };
+    let engine = rt.block_on(Engine::open(store, key, opts)).map_err(|e| match e {
+            crate::engine::Error::NoIndex => StartError(format!(
+                "{} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
+                match cfg.store {
+                    StoreChoice::Local => format!("the store at {}", cfg.store_dir.display()),
+                    StoreChoice::Network(ref net) => format!("the {} Autonomi network", net.network),
+                },
+                cfg.key_file.display()
+            )),
+            e @ (crate::engine::Error::Rollback(_) | crate::engine::Error::JournalDamaged(_)) => {
+                StartError(e.to_string())
+            }
+            e => StartError(format!("cannot open the index: {e}")),
+        })?;
+    Ok(Opened {
+        engine,
+        network,
+        store_stats,
+        health,
+    })
 }
 
 /// The store with the retry layer, the simulation under it if asked for, counters of the

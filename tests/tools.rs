@@ -528,3 +528,118 @@ fn cargo_install_installs_only_the_product() {
     assert_eq!(of_kind("bin"), ["mutant-mount"]);
     assert!(of_kind("example").contains(&"evm-testnet"));
 }
+
+/// Flips one byte near the end of the `n`-th largest pad file of a local store: inside the
+/// sealed bytes of a whole-chunk pad, so that pad no longer authenticates.
+fn damage_largest_pad(store: &Path) -> u64 {
+    let mut pads: Vec<(u64, std::path::PathBuf)> = walk(store)
+        .into_iter()
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "journal"))
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .collect();
+    pads.sort();
+    let (len, path) = pads.pop().expect("a pad file");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    len
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn fsck_finds_a_damaged_pad_and_repair_sets_the_file_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let mnt = dir.path().join("mnt");
+    // Chunks of 1 MiB: `big` takes five pads; `other` one; `small` lives in the index.
+    let big = common::content_for("big", 5 << 20);
+    let other = common::content_for("other", 300_000);
+    let mount = Mount::start(&data, &mnt, &["--chunk-size", "1048576"]);
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/big"), &big).unwrap();
+    std::fs::write(mnt.join("other"), &other).unwrap();
+    std::fs::write(mnt.join("small"), b"small").unwrap();
+    std::fs::hard_link(mnt.join("d/big"), mnt.join("big-link")).unwrap();
+    mount.unmount();
+
+    let clean = run(&["fsck", "--data-dir", data_arg]);
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+    assert!(text(&clean).contains("6 pads checked"), "{}", text(&clean));
+
+    // One of big's pads (the largest pad files are its whole 1 MiB chunks).
+    assert!(damage_largest_pad(&data.join("store")) > 1 << 20);
+    let found = run(&["fsck", "--data-dir", data_arg]);
+    let report = text(&found);
+    assert_eq!(found.status.code(), Some(4), "{report}");
+    assert!(report.contains("1 damaged file"), "{report}");
+    let line = report.lines().find(|l| l.starts_with("DAMAGED")).unwrap();
+    assert!(
+        line.contains("/d/big") && line.contains("/big-link"),
+        "{line}"
+    );
+    assert!(!report.contains("/other"), "{report}");
+
+    let repaired = run(&["fsck", "--repair", "--data-dir", data_arg]);
+    let report = text(&repaired);
+    assert_eq!(repaired.status.code(), Some(1), "{report}");
+    assert!(report.contains("set aside under /lost+found/"), "{report}");
+    let again = run(&["fsck", "--data-dir", data_arg]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // Mounted: the damaged file's names are gone from where they were and stand under
+    // lost+found, readable (no EIO), with the damaged chunk as zeros and the rest intact.
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert!(!mnt.join("d/big").exists() && !mnt.join("big-link").exists());
+    assert_eq!(std::fs::read(mnt.join("other")).unwrap(), other);
+    assert_eq!(std::fs::read(mnt.join("small")).unwrap(), b"small");
+    let stamps: Vec<_> = std::fs::read_dir(mnt.join("lost+found"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+    let aside = std::fs::read(stamps[0].join("d/big")).unwrap();
+    assert_eq!(aside, std::fs::read(stamps[0].join("big-link")).unwrap());
+    assert_eq!(aside.len(), big.len());
+    let chunk = 1 << 20;
+    let zeroed: Vec<usize> = (0..5)
+        .filter(|i| aside[i * chunk..(i + 1) * chunk] != big[i * chunk..(i + 1) * chunk])
+        .collect();
+    assert_eq!(zeroed.len(), 1, "exactly the damaged chunk differs");
+    let z = zeroed[0];
+    assert!(aside[z * chunk..(z + 1) * chunk].iter().all(|&b| b == 0));
+    let notes = std::fs::read_to_string(stamps[0].join("DAMAGE.txt")).unwrap();
+    assert!(notes.contains("d/big ->"), "{notes}");
+    assert!(
+        notes.contains(&format!("bytes {}..{}", z * chunk, (z + 1) * chunk)),
+        "{notes}"
+    );
+
+    // A mounted store is not checked: the mount holds it.
+    let busy = run(&["fsck", "--data-dir", data_arg]);
+    assert_eq!(busy.status.code(), Some(8), "{}", text(&busy));
+    mount.unmount();
+}
+
+#[test]
+fn fsck_without_a_key_or_with_a_bad_flag_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["fsck", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("no key file"), "{}", text(&out));
+    let out = run(&["fsck", "--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

@@ -56,6 +56,22 @@ pub enum Command {
     },
     /// Print the man page (roff) on standard output
     Man,
+    /// Check a file system that is not mounted: read back every pad its index references and
+    /// check its signature, owner, version and content, and list the files whose data is
+    /// damaged. Exit status: 0 no damage, 1 damage found and set aside (--repair), 4 damage
+    /// found and left in place, 8 the check could not run (no key, a mounted or unreadable
+    /// store)
+    Fsck {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Set damaged files aside: each moves to lost+found/<UTC time>/ with its damaged
+        /// bytes made zeros, beside a DAMAGE.txt saying which; no name answers EIO any more
+        #[arg(long)]
+        repair: bool,
+        /// Log level for the check's own messages
+        #[arg(long, default_value = "warn")]
+        log_level: String,
+    },
 }
 
 /// Where the key is: the same defaults as the mount's.
@@ -133,17 +149,9 @@ pub enum KeyCommand {
     },
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct MountArgs {
-    /// Empty directory to mount on. Given two paths (as mount(8) and fstab do: SOURCE
-    /// MOUNTPOINT), the first names the file system and is otherwise ignored
-    #[arg(
-        value_name = "MOUNTPOINT",
-        num_args = 1..=2,
-        required_unless_present = "estimate"
-    )]
-    pub paths: Vec<PathBuf>,
-
+/// Where the file system's pads and key are: what a mount and `fsck` open.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
     /// Store the pads on the Autonomi network instead of this disk: "local" (a network on this
     /// machine, e.g. scripts/local-network.sh), "testnet" or "main" (the public network, paying
     /// on Arbitrum One). Peers come from ANT_PEERS (comma-separated multiaddrs; needed for
@@ -158,11 +166,6 @@ pub struct MountArgs {
     /// as a command-line value, which every user could see in ps
     #[arg(long, value_name = "FILE", requires = "network")]
     pub wallet_key_file: Option<PathBuf>,
-
-    /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
-    /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
-    pub estimate: Option<u64>,
 
     /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
     #[arg(long, value_name = "DIR")]
@@ -179,6 +182,26 @@ pub struct MountArgs {
 
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Empty directory to mount on. Given two paths (as mount(8) and fstab do: SOURCE
+    /// MOUNTPOINT), the first names the file system and is otherwise ignored
+    #[arg(
+        value_name = "MOUNTPOINT",
+        num_args = 1..=2,
+        required_unless_present = "estimate"
+    )]
+    pub paths: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
+    /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
+    pub estimate: Option<u64>,
 
     /// Memory for cached file chunks, in MiB
     #[arg(long, value_name = "MIB", default_value_t = 256)]

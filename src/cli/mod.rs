@@ -1,6 +1,7 @@
 //! The subcommands: each a thin front end over the library.
 
 pub mod args;
+pub mod fsck;
 pub mod mount_options;
 pub mod status;
 
@@ -34,6 +35,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| format!("cannot write the man page: {e}")),
+        Command::Fsck { .. } => unreachable!("run by main, which has the mount's configuration"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,4 +182,17 @@ fn set_passphrase(
         }
     );
     Ok(())
+}
+
+/// A progress bar on standard error if it is a terminal, else one that draws nothing.
+fn progress_bar(template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(template).expect("a valid template");
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }

@@ -71,12 +71,12 @@ fn set(args: &mut MountArgs, name: &str, value: &str) -> Result<(), String> {
         }
     };
     match name.replace('-', "_").as_str() {
-        "data_dir" => args.data_dir = path(value)?,
-        "store_dir" => args.store_dir = path(value)?,
-        "key_file" => args.key_file = path(value)?,
-        "wallet_key_file" => args.wallet_key_file = path(value)?,
-        "passphrase_file" => args.passphrase.passphrase_file = path(value)?,
-        "network" => args.network = Some(value.parse().map_err(bad)?),
+        "data_dir" => args.store.data_dir = path(value)?,
+        "store_dir" => args.store.store_dir = path(value)?,
+        "key_file" => args.store.key_file = path(value)?,
+        "wallet_key_file" => args.store.wallet_key_file = path(value)?,
+        "passphrase_file" => args.store.passphrase.passphrase_file = path(value)?,
+        "network" => args.store.network = Some(value.parse().map_err(bad)?),
         "cache_size" => args.cache_size = number(value)?,
         "write_buffer" => args.write_buffer = number(value)?,
         "threads" => args.threads = number(value)?,
@@ -116,8 +116,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.mountpoint().unwrap(), &PathBuf::from("/mnt/files"));
-        assert_eq!(args.data_dir, Some(PathBuf::from("/var/lib/mutant")));
-        assert_eq!(args.key_file, Some(PathBuf::from("/etc/mutant.key")));
+        assert_eq!(args.store.data_dir, Some(PathBuf::from("/var/lib/mutant")));
+        assert_eq!(args.store.key_file, Some(PathBuf::from("/etc/mutant.key")));
         assert!(args.allow_other && !args.read_only);
         // What mount(8) passes a /sbin/mount.fuse.mutant-mount link, fstab's options untouched.
         let args = parse(&[

@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use mutant_mount::control::{client, Reply, Request, Status};
 
 /// How often `status --watch` refreshes.
@@ -142,17 +141,7 @@ fn ago(unix: u64) -> String {
 
 /// Commits everything now and waits; progress on a terminal.
 pub fn sync(mountpoint: &Path) -> Result<(), String> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} committing: {bar:30} {pos}/{len} {msg}")
-                .expect("a valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = super::progress_bar("{spinner} committing: {bar:30} {pos}/{len} {msg}");
     let mut outcome = Err("the mount ended the sync without an answer".to_string());
     let mut most = 0u64;
     client::request(mountpoint, Request::Sync, &mut |reply| match reply {

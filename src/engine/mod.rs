@@ -24,6 +24,7 @@ use crate::store::PadStore;
 
 mod activity;
 pub mod cache;
+pub mod check;
 mod commit;
 mod crypto_pool;
 pub mod error;

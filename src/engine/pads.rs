@@ -205,6 +205,47 @@ impl PadIo {
             };
             self.store.get(&owner).await?
         };
+        self.open_fetched(sk, pad, counter, hash, priority).await
+    }
+
+    /// Fetches a data or page pad and checks everything about it: its signature (which reads
+    /// otherwise leave to the nodes, who check it on write), its owner, and that it opens as
+    /// the version and content the index holds. For `fsck`.
+    pub async fn verify(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<()> {
+        let sk = self.master.pad_key(&pad.seed);
+        let owner = sk.public_key();
+        let fetched = {
+            let _place = self.gets.acquire().await.expect("never closed");
+            self.store.get(&owner).await?
+        };
+        let (checked, signed) = blocking(Priority::Background, move || {
+            let signed = seal::signature_ok(&fetched);
+            (fetched, signed)
+        })
+        .await;
+        if !signed {
+            return Err(corrupt_pad(&owner, "bad signature"));
+        }
+        let opened = self.open_fetched(
+            sk,
+            checked,
+            pad.counter,
+            Some((hash, kind)),
+            Priority::Background,
+        );
+        opened.await.map(|_| ())
+    }
+
+    /// Opens a fetched pad: see [`fetch_and_open`](Self::fetch_and_open).
+    async fn open_fetched(
+        &self,
+        sk: SecretKey,
+        pad: autonomi::scratchpad::Scratchpad,
+        counter: Option<u64>,
+        hash: Option<([u8; 32], HashKind)>,
+        priority: Priority,
+    ) -> Result<(Bytes, u64)> {
+        let owner = sk.public_key();
         let corrupt = |why: &str| corrupt_pad(&owner, why);
         if pad.owner() != &owner {
             return Err(corrupt("pad of another owner"));

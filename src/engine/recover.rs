@@ -152,7 +152,13 @@ async fn copy_all(
             Err(e) => writeln!(changes, "  {}: NOT recovered: {e}", shown(key)),
         };
     }
-    let text = Bytes::from(changes.clone().into_bytes());
+    write_text(engine, &format!("{base}/CHANGES.txt"), changes.clone()).await?;
+    Ok(base)
+}
+
+/// Writes a private text file at `key` (the notes beside what recovery or fsck set aside).
+pub(super) async fn write_text(engine: &Engine, key: &str, text: String) -> Result<()> {
+    let text = Bytes::from(text.into_bytes());
     let pieces = text
         .chunks(engine.chunk_size())
         .map(|p| text.slice_ref(p))
@@ -163,11 +169,11 @@ async fn copy_all(
         size: text.len() as u64,
         ..Entry::empty(private(FileKind::File))
     };
-    if let Err(e) = engine.install(&format!("{base}/CHANGES.txt"), entry).await {
+    if let Err(e) = engine.install(key, entry).await {
         engine.discard_chunks(&chunks).await;
         return Err(e);
     }
-    Ok(base)
+    Ok(())
 }
 
 /// Copies a file's chunks into new pads, one chunk in memory at a time, and installs it.
@@ -209,7 +215,7 @@ async fn copy_file(engine: &Engine, target: &str, entry: &Entry) -> Result<()> {
 }
 
 /// Metadata for what recovery creates: the mount's user, private, stamped now.
-fn private(kind: FileKind) -> Meta {
+pub(super) fn private(kind: FileKind) -> Meta {
     let now = Timestamp::now();
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -230,7 +236,7 @@ fn dir_entry() -> Entry {
 }
 
 /// Creates the directories above `key` that are missing.
-async fn make_parents(engine: &Engine, key: &str) -> Result<()> {
+pub(super) async fn make_parents(engine: &Engine, key: &str) -> Result<()> {
     let mut at = 0;
     while let Some(slash) = key[at..].find('/') {
         let dir = &key[..at + slash];
@@ -246,7 +252,7 @@ async fn make_parents(engine: &Engine, key: &str) -> Result<()> {
 
 /// A new directory under `lost+found` named for the time now (`lost+found` is made if
 /// missing; if a file has that name, a numbered name is used).
-async fn fresh_dir(engine: &Engine) -> Result<String> {
+pub(super) async fn fresh_dir(engine: &Engine) -> Result<String> {
     let mut top = LOST_FOUND.to_string();
     for n in 1.. {
         match engine.entry(&top).await {
@@ -272,7 +278,7 @@ async fn fresh_dir(engine: &Engine) -> Result<String> {
     unreachable!()
 }
 
-fn shown(key: &str) -> String {
+pub(super) fn shown(key: &str) -> String {
     if key.is_empty() {
         "/".into()
     } else {

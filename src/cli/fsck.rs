@@ -1,0 +1,71 @@
+//! `mutant-mount fsck [--repair]`: a progress bar while the pads are checked, then one line
+//! per damaged file. The exit status follows e2fsck's, which scripts already know.
+
+use std::process::ExitCode;
+
+use mutant_mount::engine::check::Damaged;
+use mutant_mount::mount::MountConfig;
+
+pub const EXIT_CLEAN: u8 = 0;
+pub const EXIT_REPAIRED: u8 = 1;
+pub const EXIT_DAMAGE_LEFT: u8 = 4;
+pub const EXIT_CANNOT_CHECK: u8 = 8;
+
+pub fn run(cfg: &MountConfig, repair: bool) -> ExitCode {
+    let bar = super::progress_bar("{spinner} checking pads: {bar:30} {pos}/{len} {eta}");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let outcome = mutant_mount::fsck::fsck(cfg, repair, &progress);
+    bar.finish_and_clear();
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("mutant-mount fsck: {e}");
+            return ExitCode::from(EXIT_CANNOT_CHECK);
+        }
+    };
+    let report = &outcome.report;
+    println!(
+        "{} pads checked ({}), {} damaged file{}",
+        report.pads,
+        indicatif::BinaryBytes(report.bytes),
+        report.damaged.len(),
+        if report.damaged.len() == 1 { "" } else { "s" }
+    );
+    for file in &report.damaged {
+        println!("{}", describe(file));
+    }
+    match (&outcome.set_aside, report.damaged.is_empty()) {
+        (_, true) => ExitCode::from(EXIT_CLEAN),
+        (Some(dir), false) => {
+            println!("set aside under /{dir} (see DAMAGE.txt there)");
+            ExitCode::from(EXIT_REPAIRED)
+        }
+        (None, false) => {
+            println!("run `mutant-mount fsck --repair` to set these files aside");
+            ExitCode::from(EXIT_DAMAGE_LEFT)
+        }
+    }
+}
+
+/// `DAMAGED path: bytes a..b (why), ...`; a file with several names lists them all.
+fn describe(file: &Damaged) -> String {
+    let names = match file.names.is_empty() {
+        true => "(a file deleted while open)".to_string(),
+        false => file
+            .names
+            .iter()
+            .map(|n| format!("/{}", n.escape_debug()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let chunks = file
+        .chunks
+        .iter()
+        .map(|c| format!("bytes {}..{} ({})", c.bytes.start, c.bytes.end, c.why))
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!("DAMAGED {names}: {chunks}")
+}

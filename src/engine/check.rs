@@ -1,0 +1,153 @@
+//! `fsck`: every pad the index references is fetched from the store and checked whole
+//! (signature, owner, version and content), and the files whose data is damaged can be set
+//! aside under `lost+found/<UTC time>/`, with their damaged chunks made holes and a
+//! `DAMAGE.txt` saying which bytes were lost, so that no name keeps answering `EIO`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use futures::StreamExt;
+
+use super::recover::{fresh_dir, make_parents, shown, write_text};
+use super::{Engine, Result};
+use crate::index::{inode_key, inode_of_key, ChunkMap};
+
+/// A file with damaged data: the index key holding its chunks, the names it has, and each
+/// damaged chunk.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    /// The key that holds the chunks (the path, or the file's inode key if it has several names).
+    pub key: String,
+    /// Its paths; empty for a file deleted while still open.
+    pub names: Vec<String>,
+    pub chunks: Vec<DamagedChunk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DamagedChunk {
+    pub index: u64,
+    /// The file's bytes the chunk held.
+    pub bytes: Range<u64>,
+    pub why: String,
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Pads read and checked.
+    pub pads: u64,
+    /// Their plaintext bytes.
+    pub bytes: u64,
+    pub damaged: Vec<Damaged>,
+}
+
+impl Engine {
+    /// Checks every data pad the index references, fetched from the store, never the cache.
+    /// `progress(done, total)` is called after each pad. Index pages were checked when the
+    /// engine opened (it does not open otherwise).
+    pub async fn check(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> CheckReport {
+        let cs = self.chunk_size() as u64;
+        let (chunks, names) = {
+            let state = self.inner.state.lock().await;
+            let mut chunks = Vec::new();
+            let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (key, entry) in state.index.entries() {
+                match entry.link {
+                    Some(id) => names.entry(inode_key(id)).or_default().push(key.clone()),
+                    None if inode_of_key(key).is_none() && !key.starts_with('\0') => {
+                        names.entry(key.clone()).or_default().push(key.clone())
+                    }
+                    None => {}
+                }
+                for (idx, chunk) in entry.chunks.iter() {
+                    if chunk.pad.is_some() {
+                        chunks.push((key.clone(), idx, chunk.clone()));
+                    }
+                }
+            }
+            (chunks, names)
+        };
+        let total = chunks.len() as u64;
+        let checks = chunks.into_iter().map(|(key, idx, chunk)| {
+            let pads = &self.inner.pads;
+            async move {
+                let pad = chunk.pad.expect("filtered");
+                let result = pads.verify(&pad, chunk.hash, chunk.hash_kind).await;
+                (key, idx, chunk.len, result)
+            }
+        });
+        let mut results = futures::stream::iter(checks).buffer_unordered(self.parallelism());
+        let mut report = CheckReport::default();
+        let mut damaged: BTreeMap<String, Vec<DamagedChunk>> = BTreeMap::new();
+        while let Some((key, index, len, result)) = results.next().await {
+            report.pads += 1;
+            report.bytes += len as u64;
+            if let Err(e) = result {
+                damaged.entry(key).or_default().push(DamagedChunk {
+                    index,
+                    bytes: index * cs..index * cs + len as u64,
+                    why: e.to_string(),
+                });
+            }
+            progress(report.pads, total);
+        }
+        report.damaged = damaged
+            .into_iter()
+            .map(|(key, mut chunks)| {
+                chunks.sort_by_key(|c| c.index);
+                let names = names.get(&key).cloned().unwrap_or_default();
+                Damaged { key, names, chunks }
+            })
+            .collect();
+        report
+    }
+
+    /// Sets damaged files aside: each loses its damaged chunks (they read as zeros from now
+    /// on, and their pads are freed), and every name of it moves under a new
+    /// `lost+found/<UTC time>/`, beside a `DAMAGE.txt` listing what was lost. Committed before
+    /// it returns; returns that directory.
+    pub async fn set_aside(&self, damaged: &[Damaged]) -> Result<String> {
+        let base = fresh_dir(self).await?;
+        let mut text = String::from(
+            "Files set aside by mutant-mount fsck --repair: the byte ranges listed could not \
+             be read back intact and now read as zeros.\n\n",
+        );
+        for file in damaged {
+            let Some(mut entry) = self.entry(&file.key).await else {
+                continue;
+            };
+            let mut kept = ChunkMap::default();
+            for (idx, chunk) in entry.chunks.iter() {
+                if !file.chunks.iter().any(|c| c.index == idx) {
+                    kept.insert(idx, chunk.clone());
+                }
+            }
+            entry.chunks = kept;
+            self.install(&file.key, entry).await?;
+            if file.names.is_empty() {
+                let _ = writeln!(text, "a file deleted while open: its damaged bytes zeroed");
+            }
+            for name in &file.names {
+                let target = format!("{base}/{name}");
+                make_parents(self, &target).await?;
+                self.rename(name, &target).await?;
+                let _ = writeln!(text, "{} -> {}", shown(name), shown(&target));
+            }
+            for chunk in &file.chunks {
+                let _ = writeln!(
+                    text,
+                    "  bytes {}..{}: {}",
+                    chunk.bytes.start, chunk.bytes.end, chunk.why
+                );
+            }
+        }
+        write_text(self, &format!("{base}/DAMAGE.txt"), text).await?;
+        self.commit().await?;
+        Ok(base)
+    }
+
+    fn parallelism(&self) -> usize {
+        self.inner.opts.parallelism.max(1)
+    }
+}
