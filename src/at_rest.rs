@@ -25,6 +25,7 @@ const JOURNAL_LABEL: &[u8] = b"mutant-mount/local/journal/v1";
 const INDEX_CACHE_LABEL: &[u8] = b"mutant-mount/local/index-cache/v1";
 const INDEX_CACHE_NAMES_LABEL: &[u8] = b"mutant-mount/local/index-cache-names/v1";
 const ROOT_RECORD_LABEL: &[u8] = b"mutant-mount/local/root-record/v1";
+const FRESH_PADS_LABEL: &[u8] = b"mutant-mount/local/fresh-pads/v1";
 
 /// A key for one kind of local file.
 #[derive(Clone)]
@@ -87,6 +88,7 @@ pub struct LocalKeys {
     /// Names index-cache files (a keyed hash), so a name reveals no page hash.
     pub index_cache_names: [u8; 32],
     pub root_record: LocalKey,
+    pub fresh_pads: LocalKey,
 }
 
 impl LocalKeys {
@@ -96,6 +98,7 @@ impl LocalKeys {
             index_cache: LocalKey::derive(master, INDEX_CACHE_LABEL),
             index_cache_names: derive_bytes(master, INDEX_CACHE_NAMES_LABEL),
             root_record: LocalKey::derive(master, ROOT_RECORD_LABEL),
+            fresh_pads: LocalKey::derive(master, FRESH_PADS_LABEL),
         }
     }
 }

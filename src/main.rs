@@ -270,15 +270,24 @@ fn main() -> ExitCode {
             store,
             repair,
             log_level,
-        }) => fsck(store, repair, &log_level),
+        }) => offline(store, &log_level, |cfg| cli::offline::fsck(cfg, repair)),
+        Some(Command::Gc {
+            store,
+            free,
+            log_level,
+        }) => offline(store, &log_level, |cfg| cli::offline::gc(cfg, free)),
         Some(command) => cli::run(command),
         None => mount(cli.mount),
     }
 }
 
-/// `mutant-mount fsck`: the store opened with the mount's own configuration (every mount
-/// option at its default), so it checks exactly what a mount would serve.
-fn fsck(store: StoreArgs, repair: bool, log_level: &str) -> ExitCode {
+/// `fsck` and `gc`: the store opened with the mount's own configuration (every mount option
+/// at its default), so they see exactly what a mount would serve.
+fn offline(
+    store: StoreArgs,
+    log_level: &str,
+    command: impl FnOnce(&MountConfig) -> ExitCode,
+) -> ExitCode {
     init_logging(log_level);
     let wallet = take_wallet_key();
     // Clap's defaults for every mount option; the mount point is not used.
@@ -286,10 +295,10 @@ fn fsck(store: StoreArgs, repair: bool, log_level: &str) -> ExitCode {
     args.paths.clear();
     args.store = store;
     match config(&args, wallet) {
-        Ok(cfg) => cli::fsck::run(&cfg, repair),
+        Ok(cfg) => command(&cfg),
         Err(e) => {
             eprintln!("mutant-mount: {e}");
-            ExitCode::from(cli::fsck::EXIT_CANNOT_CHECK)
+            ExitCode::from(cli::offline::EXIT_CANNOT_CHECK)
         }
     }
 }

@@ -643,3 +643,66 @@ fn fsck_without_a_key_or_with_a_bad_flag_says_so() {
     let out = run(&["fsck", "--frobnicate"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// The number at the start of gc's report line.
+fn leading_number(report: &str) -> usize {
+    let line = report.lines().next().unwrap_or("");
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report:?}"))
+}
+
+#[test]
+fn gc_finds_the_pads_a_killed_mount_left_and_new_files_reuse_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let mnt = dir.path().join("mnt");
+    // Chunks of 64 KiB, each upload a quarter of a second, four at a time: a 4 MiB copy
+    // takes about four seconds, and the kill lands half-way.
+    let slow = [
+        "--chunk-size",
+        "65536",
+        "--simulate",
+        "put=250ms+0s,concurrency=4",
+    ];
+    let mount = Mount::start(&data, &mnt, &slow);
+    let kept = common::content_for("kept", 300_000);
+    std::fs::write(mnt.join("kept"), &kept).unwrap();
+    assert!(run(&["sync", mnt.to_str().unwrap()]).status.success());
+    let copy = format!("head -c 4194304 /dev/urandom > {}/cut", mnt.display());
+    let mut writer = Command::new("sh").arg("-c").arg(copy).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    mount.kill();
+    let _ = writer.wait();
+
+    let found = run(&["gc", "--data-dir", data_arg]);
+    assert!(found.status.success(), "{}", text(&found));
+    let leaked = leading_number(&text(&found));
+    assert!((1..=64).contains(&leaked), "{}", text(&found));
+    assert!(text(&found).contains("gc --free"), "{}", text(&found));
+    let freed = run(&["gc", "--free", "--data-dir", data_arg]);
+    assert!(freed.status.success(), "{}", text(&freed));
+    assert_eq!(leading_number(&text(&freed)), leaked, "{}", text(&freed));
+    let again = run(&["gc", "--data-dir", data_arg]);
+    assert_eq!(text(&again).trim(), "no pads to reclaim");
+    let fsck = run(&["fsck", "--data-dir", data_arg]);
+    assert_eq!(fsck.status.code(), Some(0), "{}", text(&fsck));
+
+    // The next 64-chunk file takes the freed pads instead of creating as many.
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert_eq!(std::fs::read(mnt.join("kept")).unwrap(), kept);
+    let next = common::content_for("next", 4 << 20);
+    std::fs::write(mnt.join("next"), &next).unwrap();
+    assert!(run(&["sync", mnt.to_str().unwrap()]).status.success());
+    let created = status_json(&mnt)["pads_created"].as_u64().unwrap() as usize;
+    assert!(
+        created + leaked <= 64 + 4,
+        "{created} created after {leaked} freed"
+    );
+    mount.unmount();
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert_eq!(std::fs::read(mnt.join("next")).unwrap(), next);
+    mount.unmount();
+}

@@ -72,6 +72,20 @@ pub enum Command {
         #[arg(long, default_value = "warn")]
         log_level: String,
     },
+    /// Find the pads that writes cut short by a crash left behind (created, on the network
+    /// paid for, and referenced by nothing), on a file system that is not mounted; with
+    /// --free, return them to the free list, where new files reuse them. Stops, changing
+    /// nothing, if the store cannot say whether a pad exists
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Return the pads found to the free list (without it, only report them)
+        #[arg(long)]
+        free: bool,
+        /// Log level for gc's own messages
+        #[arg(long, default_value = "warn")]
+        log_level: String,
+    },
 }
 
 /// Where the key is: the same defaults as the mount's.

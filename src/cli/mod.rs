@@ -1,8 +1,8 @@
 //! The subcommands: each a thin front end over the library.
 
 pub mod args;
-pub mod fsck;
 pub mod mount_options;
+pub mod offline;
 pub mod status;
 
 use std::io::Read;
@@ -35,7 +35,9 @@ pub fn run(command: Command) -> ExitCode {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| format!("cannot write the man page: {e}")),
-        Command::Fsck { .. } => unreachable!("run by main, which has the mount's configuration"),
+        Command::Fsck { .. } | Command::Gc { .. } => {
+            unreachable!("run by main, which has the mount's configuration")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

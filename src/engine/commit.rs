@@ -17,6 +17,7 @@ use crate::index::persist::{
     decode_free_page, decode_page, encode_free_page, encode_page, FreePageRef, PageRef, Root,
 };
 use crate::index::{Entry, Index, PadRef};
+use crate::keys::PadSeed;
 use crate::seal::MAX_PLAINTEXT;
 use crate::store::StoreError;
 
@@ -113,6 +114,7 @@ pub(super) async fn load(
         in_doubt: None,
         free_unsaved: false,
         conflict: false,
+        fresh: Default::default(),
     }))
 }
 
@@ -172,7 +174,7 @@ fn plan_free_list(
         if taken.len() >= pages {
             break (kept, kept_len, pages);
         }
-        taken.push(state.index.free_pads.pop().unwrap_or_else(PadRef::fresh));
+        taken.push(state.take_pad());
     };
     // Taken one too many (the last one shortened the list by a page): it stays free.
     state.index.free_pads.extend(taken.drain(pages..));
@@ -214,6 +216,8 @@ struct Plan {
     root_counter: Option<u64>,
     /// The last journaled change this commit covers.
     journal_upto: u64,
+    /// Fresh pads whose place this commit records (see `fresh_pads.rs`).
+    settling: Vec<PadSeed>,
 }
 
 impl Engine {
@@ -366,6 +370,9 @@ impl Engine {
                 state.index.free_pads.extend(plan.old_page_pads);
                 state.index.free_pads.extend(plan.releasing);
                 state.index.free_pads.landed();
+                let mut settled = plan.settling;
+                settled.extend(new_page_pads.iter().map(|p| p.seed));
+                self.inner.settle_fresh(&mut state, &settled);
                 drop(state);
                 self.note_root(counter, root.generation, root_hash);
                 self.journal_committed(plan.journal_upto, root_hash);
@@ -420,12 +427,18 @@ impl Engine {
                 .filter_map(|&n| state.committed_pages[n].map(|p| p.pad));
             (state.committed_pages.clone(), old.collect())
         };
+        // Fresh pads not in flight are in the index or on the free list now: once this
+        // commit lands, the store says where they went.
+        let settling: Vec<PadSeed> = (state.fresh.this_run.iter())
+            .filter(|seed| !state.in_flight.contains(*seed))
+            .copied()
+            .collect();
         let mut writes = Vec::new();
         for &n in &dirty {
             pages[n] = None;
             if !state.index.page(n).is_empty() {
                 let page = state.index.page(n).clone();
-                let pad = state.index.free_pads.pop().unwrap_or_else(PadRef::fresh);
+                let pad = state.take_pad();
                 writes.push((n, page, pad));
             }
         }
@@ -438,6 +451,7 @@ impl Engine {
             &mut old_page_pads,
             &releasing,
         );
+        self.inner.log_fresh(state);
         // Under the state lock: exactly the changes journaled so far are in this plan.
         let journal_upto = self.inner.journal.get().map_or(0, |j| j.last_seq());
         let root = Root {
@@ -456,6 +470,7 @@ impl Engine {
             releasing,
             root_counter: state.root_counter,
             journal_upto,
+            settling,
         })
     }
 

@@ -28,6 +28,8 @@ pub mod check;
 mod commit;
 mod crypto_pool;
 pub mod error;
+mod fresh_pads;
+pub mod gc;
 pub mod journal;
 pub mod pads;
 pub mod page_cache;
@@ -144,6 +146,7 @@ struct Inner {
     local_keys: LocalKeys,
     page_cache: Option<PageCache>,
     root_record: Option<RootRecord>,
+    fresh_log: Option<fresh_pads::FreshLog>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -167,6 +170,18 @@ struct State {
     free_unsaved: bool,
     /// A commit found the stored index changed by someone else: no commit can land any more.
     conflict: bool,
+    fresh: FreshSeeds,
+}
+
+/// Seeds of pads created fresh that no commit has accounted for yet (see `fresh_pads.rs`).
+#[derive(Default)]
+struct FreshSeeds {
+    /// Minted and not yet in the log.
+    unlogged: Vec<PadSeed>,
+    /// Minted by this run and logged.
+    this_run: HashSet<PadSeed>,
+    /// Left in the log by earlier runs: for `gc` to check.
+    suspects: HashSet<PadSeed>,
 }
 
 impl Engine {
@@ -198,7 +213,9 @@ impl Engine {
             check_rollback(record, loaded.as_ref(), opts.accept_rollback)?;
         }
         let fresh = loaded.is_none();
-        let state = match loaded {
+        let fresh_log = (opts.journal_dir.as_deref())
+            .map(|dir| fresh_pads::FreshLog::new(dir, local_keys.fresh_pads.clone()));
+        let mut state = match loaded {
             Some(state) => state,
             None if opts.create_if_missing => State {
                 index: Index::new(opts.scratchpad_size),
@@ -212,9 +229,11 @@ impl Engine {
                 in_doubt: None,
                 free_unsaved: false,
                 conflict: false,
+                fresh: FreshSeeds::default(),
             },
             None => return Err(Error::NoIndex),
         };
+        state.fresh.suspects = fresh_log.as_ref().map(|l| l.read()).unwrap_or_default();
         let chunk_size = state.index.scratchpad_size;
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -232,6 +251,7 @@ impl Engine {
                 local_keys,
                 page_cache,
                 root_record,
+                fresh_log,
             }),
         };
         if fresh {
@@ -490,8 +510,9 @@ impl Engine {
             let mut state = self.inner.state.lock().await;
             let mut taken = Vec::with_capacity(wanted);
             while taken.len() < wanted {
-                taken.push(state.index.free_pads.pop().unwrap_or_else(PadRef::fresh));
+                taken.push(state.take_pad());
             }
+            self.inner.log_fresh(&mut state);
             state.in_flight.extend(taken.iter().map(|p| p.seed));
             taken
         }
@@ -778,36 +799,12 @@ impl Engine {
     pub async fn check_accounting(&self) -> std::result::Result<usize, String> {
         let state = self.inner.state.lock().await;
         let mut places: std::collections::HashMap<PadSeed, String> = Default::default();
-        let mut note = |seed: PadSeed, place: String| match places.insert(seed, place.clone()) {
-            Some(other) => Err(format!(
-                "pad {} is both in {other} and {place}",
-                crate::codec::sha256(&seed)[0]
-            )),
-            None => Ok(()),
-        };
-        for (key, entry) in state.index.entries() {
-            for pad in entry.pads() {
-                note(pad.seed, format!("key {key}"))?;
-            }
-        }
-        for pad in &state.index.free_pads {
-            note(pad.seed, "free_pads".into())?;
-        }
-        for pad in &state.pending_free {
-            note(pad.seed, "pending_free".into())?;
-        }
-        for page in state.committed_pages.iter().flatten() {
-            note(page.pad.seed, "an index page".into())?;
-        }
-        for page in &state.committed_free_pages {
-            note(page.pad.seed, "a free-list page".into())?;
-        }
-        for seed in &state.in_flight {
-            note(*seed, "in flight".into())?;
-        }
-        if let Some(attempt) = &state.in_doubt {
-            for pad in attempt.unsettled_pads() {
-                note(pad.seed, "an unsettled commit".into())?;
+        for (seed, place) in state.pad_places() {
+            if let Some(other) = places.insert(seed, place.clone()) {
+                return Err(format!(
+                    "pad {} is both in {other} and {place}",
+                    crate::codec::sha256(&seed)[0]
+                ));
             }
         }
         Ok(places.len())
@@ -921,6 +918,39 @@ impl Op {
 }
 
 impl State {
+    /// Every pad the engine knows of, with where it is: in a file, free, an index page, in
+    /// flight.
+    fn pad_places(&self) -> Vec<(PadSeed, String)> {
+        let mut places = Vec::new();
+        for (key, entry) in self.index.entries() {
+            places.extend(entry.pads().map(|pad| (pad.seed, format!("key {key}"))));
+        }
+        let free = self.index.free_pads.iter().chain(&self.pending_free);
+        places.extend(free.map(|pad| (pad.seed, "the free list".to_string())));
+        for page in self.committed_pages.iter().flatten() {
+            places.push((page.pad.seed, "an index page".into()));
+        }
+        for page in &self.committed_free_pages {
+            places.push((page.pad.seed, "a free-list page".into()));
+        }
+        places.extend(self.in_flight.iter().map(|s| (*s, "in flight".to_string())));
+        if let Some(attempt) = &self.in_doubt {
+            for pad in attempt.unsettled_pads() {
+                places.push((pad.seed, "an unsettled commit".into()));
+            }
+        }
+        places
+    }
+
+    /// A pad for a new write: a free one, else a fresh one (noted for the log).
+    fn take_pad(&mut self) -> PadRef {
+        self.index.free_pads.pop().unwrap_or_else(|| {
+            let pad = PadRef::fresh();
+            self.fresh.unlogged.push(pad.seed);
+            pad
+        })
+    }
+
     /// Whether `op` can be applied. A replayed install may also claim pads from the free list
     /// and pads no one references (written before a crash, never committed).
     fn check(&self, op: &Op, replay: bool) -> Result<()> {
@@ -1025,6 +1055,29 @@ impl State {
 }
 
 impl Inner {
+    /// Logs the fresh seeds `state` minted, before their pads are written.
+    fn log_fresh(&self, state: &mut State) {
+        let minted = std::mem::take(&mut state.fresh.unlogged);
+        if let Some(log) = &self.fresh_log {
+            log.append(&minted);
+        }
+        state.fresh.this_run.extend(minted);
+    }
+
+    /// Drops from the log the seeds a landed commit accounted for.
+    fn settle_fresh(&self, state: &mut State, settled: &[PadSeed]) {
+        if settled.is_empty() {
+            return;
+        }
+        for seed in settled {
+            state.fresh.this_run.remove(seed);
+        }
+        if let Some(log) = &self.fresh_log {
+            let kept = state.fresh.this_run.union(&state.fresh.suspects);
+            log.rewrite(&kept.copied().collect());
+        }
+    }
+
     async fn write_data_pad(&self, pad: PadRef, piece: Bytes) -> Result<Chunk> {
         let (hash, piece) = tokio::task::spawn_blocking(move || {
             let hash = HashKind::default().hash(&piece);

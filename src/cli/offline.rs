@@ -1,5 +1,6 @@
 //! `mutant-mount fsck [--repair]`: a progress bar while the pads are checked, then one line
-//! per damaged file. The exit status follows e2fsck's, which scripts already know.
+//! per damaged file; the exit status follows e2fsck's, which scripts already know.
+//! `mutant-mount gc [--free]`: the pads interrupted writes left behind.
 
 use std::process::ExitCode;
 
@@ -11,13 +12,13 @@ pub const EXIT_REPAIRED: u8 = 1;
 pub const EXIT_DAMAGE_LEFT: u8 = 4;
 pub const EXIT_CANNOT_CHECK: u8 = 8;
 
-pub fn run(cfg: &MountConfig, repair: bool) -> ExitCode {
+pub fn fsck(cfg: &MountConfig, repair: bool) -> ExitCode {
     let bar = super::progress_bar("{spinner} checking pads: {bar:30} {pos}/{len} {eta}");
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let outcome = mutant_mount::fsck::fsck(cfg, repair, &progress);
+    let outcome = mutant_mount::offline::fsck(cfg, repair, &progress);
     bar.finish_and_clear();
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -68,4 +69,25 @@ fn describe(file: &Damaged) -> String {
         .collect::<Vec<_>>()
         .join("; ");
     format!("DAMAGED {names}: {chunks}")
+}
+
+pub fn gc(cfg: &MountConfig, free: bool) -> ExitCode {
+    let leaked = match mutant_mount::offline::gc(cfg, free) {
+        Ok(leaked) => leaked,
+        Err(e) => {
+            eprintln!("mutant-mount gc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let n = leaked.pads.len();
+    let pads = if n == 1 { "pad" } else { "pads" };
+    match (n, free) {
+        (0, _) => println!("no pads to reclaim"),
+        (_, true) => println!("{n} {pads} that nothing referenced returned to the free list"),
+        (_, false) => println!(
+            "{n} {pads} left by interrupted writes, referenced by nothing; \
+             `mutant-mount gc --free` returns them to the free list"
+        ),
+    }
+    ExitCode::SUCCESS
 }
