@@ -83,6 +83,12 @@ fn set(args: &mut MountArgs, name: &str, value: &str) -> Result<(), String> {
         "chunk_size" => args.chunk_size = Some(parse_chunk_size(value).map_err(bad)?),
         "log_level" => args.log_level = value.to_string(),
         "estimate" => args.estimate = Some(parse_bytes(value).map_err(bad)?),
+        "upload" => {
+            args.upload = clap::ValueEnum::from_str(value, false).map_err(bad)?;
+        }
+        "cache_dir" => args.cache_dir = path(value)?,
+        "cache_max_size" => args.cache_max_size = parse_bytes(value).map_err(bad)?,
+        "unmount_wait" => args.unmount_wait = value.parse().map_err(|e| bad(format!("{e}")))?,
         other => {
             return Err(format!(
                 "unknown mount option '{other}={value}' (see --help)"
