@@ -487,3 +487,37 @@ fn a_freed_pad_reused_in_the_next_epoch_stays_behind_its_root() {
     }
     run_ops(with_stops).unwrap();
 }
+
+/// `fsync(2)` calls `Engine::flush_store` after its commit: it returns once the commit is on the
+/// network, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_until_the_commit_is_on_the_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::gated(&tmp.path().join("net"));
+    let master = MasterKey::generate();
+    let tier = TieredStore::open(
+        net.clone(),
+        master.root_key().public_key(),
+        config(&tmp.path().join("tier")),
+    )
+    .await
+    .unwrap();
+    let engine = Engine::open(tier.clone(), master.clone(), options())
+        .await
+        .unwrap();
+    let data = vec![7u8; 3 * CHUNK as usize];
+    engine.store("f", &data, Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    let flush = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.flush_store().await }
+    });
+    // Nothing can reach the network: the flush waits (however long this takes to look).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!flush.is_finished(), "flush returned before the upload");
+    assert_eq!(network_view(&net, &master).await, None);
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    flush.await.unwrap().unwrap();
+    let view = network_view(&net, &master).await.unwrap();
+    assert_eq!(view.get("f").map(|v| &v.0), Some(&data));
+}

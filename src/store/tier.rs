@@ -152,6 +152,9 @@ struct TierState {
     stopped: Option<String>,
     paused: bool,
     uploading: u64,
+    /// Pads and bytes uploaded since the last progress line, and when that was.
+    since_report: (u64, u64),
+    last_report: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -363,6 +366,8 @@ fn recover(dir: &Path, root_owner: &PublicKey) -> Result<(LocalStore, TierState,
         stopped: None,
         paused: false,
         uploading: 0,
+        since_report: (0, 0),
+        last_report: std::time::Instant::now(),
     };
     for h in held {
         state.cached(h.owner, h.bytes);
@@ -802,18 +807,27 @@ impl Shared {
             finished
         };
         self.evict();
-        let left = {
+        let report = {
             let mut state = lock(&self.state);
             state.uploaded = epoch;
-            state.backlog()
+            state.since_report.0 += finished.pads.len() as u64;
+            state.since_report.1 += finished.pads.values().sum::<u64>();
+            let left = state.backlog();
+            let due = state.last_report.elapsed() >= PROGRESS_EVERY;
+            (left.committed_pads == 0 || due).then(|| {
+                state.last_report = std::time::Instant::now();
+                (std::mem::take(&mut state.since_report), left)
+            })
         };
-        tracing::info!(
-            "uploaded {} pads ({}); {} pads ({}) still staged",
-            finished.pads.len(),
-            mib(finished.pads.values().sum()),
-            left.pads,
-            mib(left.bytes)
-        );
+        // Progress at most every few seconds, and when everything committed is up.
+        if let Some(((pads, bytes), left)) = report {
+            tracing::info!(
+                "uploaded {pads} pads ({}); {} pads ({}) still staged",
+                mib(bytes),
+                left.pads,
+                mib(left.bytes)
+            );
+        }
         self.bump();
         Ok(())
     }
