@@ -143,6 +143,23 @@ mod tests {
     }
 
     #[test]
+    fn the_tier_options_come_as_mount_options_too() {
+        let args = parse(&[
+            "mutant-mount",
+            "-o",
+            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(args.upload, crate::cli::args::UploadMode::Sync);
+        assert_eq!(args.cache_dir, Some(PathBuf::from("/var/cache/m")));
+        assert_eq!(args.cache_max_size, 2 << 30);
+        assert_eq!(args.unmount_wait, 5);
+        let err = parse(&["mutant-mount", "-o", "upload=later", "/m"]).unwrap_err();
+        assert!(err.contains("upload"), "{err}");
+    }
+
+    #[test]
     fn unknown_options_and_types_are_refused() {
         let err = parse(&["mutant-mount", "-o", "bogus", "/m"]).unwrap_err();
         assert!(err.contains("unknown mount option 'bogus'"), "{err}");
