@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cli::args::{Cli, Command, MountArgs, StoreArgs};
+use cli::args::{Cli, Command, MountArgs, StoreArgs, UploadMode};
 use mutant_mount::key_seal::{self, PassphraseSource};
 use mutant_mount::mount::{default_data_dir, run, MountConfig, StoreChoice};
 use mutant_mount::store::network::{
     take_env_wallet_key, NetworkConfig, NetworkKind, WalletKey, WalletSource, SECRET_KEY_ENV,
 };
+use mutant_mount::store::tier::TierOptions;
 use zeroize::Zeroizing;
 
 /// Set on the background mount process, whose parent writes the wallet key to its stdin (before
@@ -108,6 +109,12 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
         chunk_size: args.chunk_size,
         discard_damaged_journal: args.discard_damaged_journal,
         accept_rollback: args.accept_rollback,
+        tier: TierOptions {
+            staged: args.upload == UploadMode::Staged,
+            dir: args.store.cache_dir.clone(),
+            max_bytes: args.cache_max_size,
+            unmount_wait: std::time::Duration::from_secs(args.unmount_wait),
+        },
     };
     for opt in args.options.iter().map(|o| o.trim()) {
         match opt {

@@ -12,6 +12,7 @@ use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, FsCore};
 use crate::keys::MasterKey;
 use crate::store::network::{NetworkConfig, NetworkStore};
+use crate::store::tier::{TierConfig, TierOptions, TieredStore};
 use crate::store::{
     CountingStore, HealthStats, HealthStore, LocalStore, PadStore, RetryPolicy, RetryingStore,
     SimConfig, SimStore, StoreError, StoreStats,
@@ -58,6 +59,8 @@ pub struct MountConfig {
     pub discard_damaged_journal: bool,
     /// Mount a root older than the newest this machine has seen.
     pub accept_rollback: bool,
+    /// The local tier in front of the network (unused on the local store).
+    pub tier: TierOptions,
 }
 
 /// A failure to start, as the user should read it.
@@ -222,6 +225,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let Opened {
         engine,
         network,
+        tier,
         store_stats,
         health,
     } = open_engine(&cfg, key, new_key, &rt)?;
@@ -285,7 +289,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         fingerprint,
         store_stats.clone(),
         health,
-        &network,
+        (&network, &tier),
     );
     let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
@@ -311,6 +315,9 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     crate::service::stopping();
     committer.abort();
     let synced = rt.block_on(core.sync_all());
+    if let Some(tier) = &tier {
+        wait_for_uploads(&rt, tier, cfg.tier.unmount_wait);
+    }
     tracing::info!("store operations: {store_stats}");
     if let Some(network) = &network {
         log_network_cost(network);
@@ -349,6 +356,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
 pub struct Opened {
     pub engine: Engine,
     network: Option<Arc<NetworkStore>>,
+    tier: Option<Arc<TieredStore>>,
     store_stats: Arc<StoreStats>,
     health: StoreHealth,
 }
@@ -379,6 +387,13 @@ pub fn open_engine(
             cfg.simulate.clone(),
             RetryPolicy::network(),
         ),
+    };
+    let (store, tier) = match (&cfg.store, cfg.tier.staged) {
+        (StoreChoice::Network(net), true) => {
+            let tier = rt.block_on(open_tier(cfg, net, &key, store))?;
+            (tier.clone() as Arc<dyn PadStore>, Some(tier))
+        }
+        (_, _) => (store, None),
     };
     // Every field is set today; the default keeps options added later at their defaults.
     #[allow(clippy::needless_update)]
@@ -433,6 +448,7 @@ pub fn open_engine(
     Ok(Opened {
         engine,
         network,
+        tier,
         store_stats,
         health,
     })
@@ -484,7 +500,7 @@ fn serve_control(
     fingerprint: String,
     store_stats: Arc<StoreStats>,
     health: StoreHealth,
-    network: &Option<Arc<NetworkStore>>,
+    (network, tier): (&Option<Arc<NetworkStore>>, &Option<Arc<TieredStore>>),
 ) -> Option<crate::control::server::ControlSocket> {
     let sources = crate::control::server::Sources {
         core: core.clone(),
@@ -501,12 +517,62 @@ fn serve_control(
         tokens_spent: network.clone().map(|n| {
             Box::new(move || n.total_cost().to_string()) as Box<dyn Fn() -> String + Send + Sync>
         }),
+        tier: tier.clone(),
     };
     match crate::control::server::serve(rt.handle(), sources) {
         Ok(socket) => Some(socket),
         Err(e) => {
             tracing::warn!("no control socket (status and sync will not reach this mount): {e}");
             None
+        }
+    }
+}
+
+/// The tier in front of the network store: `--cache-dir`, or `tier-NETWORK` beside the key.
+async fn open_tier(
+    cfg: &MountConfig,
+    net: &NetworkConfig,
+    key: &MasterKey,
+    network: Arc<dyn PadStore>,
+) -> Result<Arc<TieredStore>, StartError> {
+    let dir = cfg.tier.dir.clone().unwrap_or_else(|| {
+        let data = cfg.key_file.parent().unwrap_or(Path::new("."));
+        data.join(format!("tier-{}", net.network))
+    });
+    let tier_cfg = TierConfig {
+        max_bytes: cfg.tier.max_bytes,
+        ..TierConfig::new(&dir)
+    };
+    TieredStore::open(network, key.root_key().public_key(), tier_cfg)
+        .await
+        .map_err(|e| {
+            StartError(format!(
+                "cannot open the local tier in {}: {e}",
+                dir.display()
+            ))
+        })
+}
+
+/// At unmount: waits up to `bound` for the uploads of everything committed, then leaves the
+/// rest staged for the next mount, saying so on stderr and in the log.
+pub fn wait_for_uploads(
+    rt: &tokio::runtime::Runtime,
+    tier: &TieredStore,
+    bound: std::time::Duration,
+) {
+    let left = tier.backlog();
+    if left.pads > 0 {
+        tracing::info!(
+            "unmount: waiting up to {} s for {} pads to upload",
+            bound.as_secs(),
+            left.pads
+        );
+    }
+    match rt.block_on(tier.drain(bound)) {
+        Ok(()) => tracing::info!("every commit is uploaded"),
+        Err(message) => {
+            tracing::warn!("{message}");
+            eprintln!("mutant-mount: {message}");
         }
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! scripts/local-network.sh start
-//! MUTANT_NETWORK_TESTS=1 cargo test --test network -- --nocapture
+//! cargo test --test network -- --ignored --nocapture
 //! scripts/local-network.sh stop
 //! ```
 //!
-//! Without MUTANT_NETWORK_TESTS=1 every test says it was skipped and passes. Peers come from
+//! The tests are `#[ignore]`d, so a plain `cargo test` reports them as ignored, never as passed;
+//! `-- --ignored` runs them, and without a network they fail. Peers come from
 //! ANT_PEERS or the script's state dir (MUTANT_LOCALNET_DIR, default
 //! ~/.cache/mutant-mount/localnet); the wallet from SECRET_KEY or the state dir's wallet.key (the
 //! funded anvil account). The tests run one at a time: they pay from the same EVM account, and
@@ -29,22 +30,15 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const ENCODING: u64 = 42;
 
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("MUTANT_NETWORK_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!(
-            "{test}: skipped (set MUTANT_NETWORK_TESTS=1 with a network up: scripts/local-network.sh start)"
-        );
-    } else {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mutant_mount=info")),
-            )
-            .with_test_writer()
-            .try_init();
-    }
-    on
+/// Logs to the test's output.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mutant_mount=info")),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 fn state_dir() -> PathBuf {
@@ -97,10 +91,9 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> (T, Du
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 async fn pad_store_round_trip() {
-    if !enabled("pad_store_round_trip") {
-        return;
-    }
+    init_logs();
     let _one = ONE_AT_A_TIME.lock().await;
     let store = connect().await;
     let sk = SecretKey::random();
@@ -249,10 +242,9 @@ async fn pad_store_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 async fn engine_round_trip() {
-    if !enabled("engine_round_trip") {
-        return;
-    }
+    init_logs();
     let _one = ONE_AT_A_TIME.lock().await;
     let master = MasterKey::generate();
     let store = Arc::new(connect().await);
@@ -341,10 +333,9 @@ async fn engine_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 async fn two_engines_same_key_conflict() {
-    if !enabled("two_engines_same_key_conflict") {
-        return;
-    }
+    init_logs();
     let _one = ONE_AT_A_TIME.lock().await;
     let master = MasterKey::generate();
     let store_a = Arc::new(connect().await);

@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! scripts/local-network.sh start
-//! MUTANT_NETWORK_TESTS=1 cargo test --test network_mount -- --nocapture
+//! cargo test --test network_mount -- --ignored --nocapture
 //! scripts/local-network.sh stop
 //! ```
 //!
-//! Without MUTANT_NETWORK_TESTS=1 the test says it was skipped and passes. Peers come from
+//! The tests are `#[ignore]`d: a plain `cargo test` reports them as ignored, never as passed.
+//! Peers come from
 //! ANT_PEERS or the script's state dir (MUTANT_LOCALNET_DIR, default
 //! ~/.cache/mutant-mount/localnet); the wallet from SECRET_KEY or the state dir's wallet.key.
 
@@ -18,16 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::{content_for, describe_tree, sh, Mount};
-
-fn enabled(test: &str) -> bool {
-    let on = std::env::var("MUTANT_NETWORK_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!(
-            "{test}: skipped (set MUTANT_NETWORK_TESTS=1 with a network up: scripts/local-network.sh start)"
-        );
-    }
-    on
-}
 
 fn state_dir() -> PathBuf {
     match std::env::var_os("MUTANT_LOCALNET_DIR") {
@@ -109,11 +100,23 @@ fn make_tree(src: &Path) {
     );
 }
 
+/// Runs `copy` (which fills `dst/` in the mount), checks the copy against `expected`, unmounts;
+/// reports the times and returns the mount's log.
+fn copy_in_and_unmount(mount: Mount, copy: &str, expected: &str) -> PathBuf {
+    let t = Instant::now();
+    sh(Path::new("/"), copy);
+    eprintln!("  {copy}: {:?}", t.elapsed());
+    assert_eq!(describe_tree(&mount.path("dst")), expected);
+    let log = mount.log_path();
+    let t = Instant::now();
+    mount.unmount();
+    eprintln!("  unmount: {:?}", t.elapsed());
+    log
+}
+
 #[test]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 fn rsync_over_the_network_and_remount_from_the_key_alone() {
-    if !enabled("rsync_over_the_network_and_remount_from_the_key_alone") {
-        return;
-    }
     let state = state_dir();
     let (args, env) = network_args(&state);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -128,17 +131,11 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
     let t = Instant::now();
     let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
     eprintln!("  mount (new key): {:?}", t.elapsed());
-    let t = Instant::now();
-    sh(
-        tmp.path(),
+    let log1 = copy_in_and_unmount(
+        mount,
         &format!("rsync -a {}/ {}/dst/", src.display(), mnt.display()),
+        &expected,
     );
-    eprintln!("  rsync -a: {:?}", t.elapsed());
-    assert_eq!(describe_tree(&mnt.join("dst")), expected);
-    let log1 = mount.log_path();
-    let t = Instant::now();
-    mount.unmount();
-    eprintln!("  unmount: {:?}", t.elapsed());
     let cost1 = cost_line(&log1);
     eprintln!("  first session: {cost1}");
     let created1: u64 = field(&cost1, "pads_created").parse().unwrap();
@@ -173,4 +170,83 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
         !data2.join("store").exists(),
         "a network mount made a local store"
     );
+}
+
+/// The antnode processes of the local network, stopped (SIGSTOP) until dropped.
+struct StoppedNodes(Vec<String>);
+
+impl StoppedNodes {
+    fn stop(state: &Path) -> StoppedNodes {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(state.join("pids")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("node-") {
+                pids.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+            }
+        }
+        assert!(
+            !pids.is_empty(),
+            "no antnode pid files in {}",
+            state.display()
+        );
+        sh(state, &format!("kill -STOP {}", pids.join(" ")));
+        StoppedNodes(pids)
+    }
+}
+
+impl Drop for StoppedNodes {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .args(&self.0)
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
+fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
+    let state = state_dir();
+    let (args, env) = network_args(&state);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--unmount-wait", "5"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let expected = describe_tree(&src);
+    let data1 = tmp.path().join("data1");
+    let mnt = tmp.path().join("mnt");
+
+    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let nodes = StoppedNodes::stop(&state);
+    let log1 = copy_in_and_unmount(
+        mount,
+        &format!("cp -a {} {}/dst", src.display(), mnt.display()),
+        &expected,
+    );
+    let text = std::fs::read_to_string(&log1).unwrap();
+    assert!(
+        text.contains("not yet uploaded") && text.contains("uploaded by the next mount"),
+        "no message about what is left:\n{text}"
+    );
+    drop(nodes);
+
+    // The same data dir with the network back: the next mount uploads what was left.
+    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let t = Instant::now();
+    sh(
+        tmp.path(),
+        &format!("{} sync {}", common::binary(), mnt.display()),
+    );
+    eprintln!("  uploads drained: {:?}", t.elapsed());
+    mount.unmount();
+
+    // A fresh data dir holding only the key sees everything.
+    let data2 = tmp.path().join("data2");
+    std::fs::create_dir_all(&data2).unwrap();
+    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    mount.unmount();
 }

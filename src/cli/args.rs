@@ -181,6 +181,11 @@ pub struct StoreArgs {
     #[arg(long, value_name = "FILE", requires = "network")]
     pub wallet_key_file: Option<PathBuf>,
 
+    /// Directory of the local tier in front of the network: pads not yet uploaded and a cache
+    /// of pads read from it, encrypted [default: DATA_DIR/tier-NETWORK]
+    #[arg(long, value_name = "DIR", requires = "network")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Directory for the key and the local store [default: $XDG_DATA_HOME/mutant]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -216,6 +221,25 @@ pub struct MountArgs {
     /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
     pub estimate: Option<u64>,
+
+    /// How writes reach the network: "staged" (close() returns once the pads are sealed and
+    /// durably written to the local tier, uploaded in the background; fsync waits for the
+    /// upload) or "sync" (close() waits for the network, no tier)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "staged",
+        requires = "network"
+    )]
+    pub upload: UploadMode,
+
+    /// Disk the tier's cache may use (e.g. 500M, 10G); pads not yet uploaded are kept beyond it
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "10G")]
+    pub cache_max_size: u64,
+
+    /// Seconds unmount waits for uploads; what is left stays in the tier for the next mount
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub unmount_wait: u64,
 
     /// Memory for cached file chunks, in MiB
     #[arg(long, value_name = "MIB", default_value_t = 256)]
@@ -287,6 +311,13 @@ pub struct MountArgs {
     /// or stale copy): newer changes are then lost for good at the next commit
     #[arg(long)]
     pub accept_rollback: bool,
+}
+
+/// `--upload`: stage in the local tier, or write to the network before close() returns.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadMode {
+    Staged,
+    Sync,
 }
 
 impl MountArgs {

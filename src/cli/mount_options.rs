@@ -83,6 +83,12 @@ fn set(args: &mut MountArgs, name: &str, value: &str) -> Result<(), String> {
         "chunk_size" => args.chunk_size = Some(parse_chunk_size(value).map_err(bad)?),
         "log_level" => args.log_level = value.to_string(),
         "estimate" => args.estimate = Some(parse_bytes(value).map_err(bad)?),
+        "upload" => {
+            args.upload = clap::ValueEnum::from_str(value, false).map_err(bad)?;
+        }
+        "cache_dir" => args.store.cache_dir = path(value)?,
+        "cache_max_size" => args.cache_max_size = parse_bytes(value).map_err(bad)?,
+        "unmount_wait" => args.unmount_wait = value.parse().map_err(|e| bad(format!("{e}")))?,
         other => {
             return Err(format!(
                 "unknown mount option '{other}={value}' (see --help)"
@@ -134,6 +140,23 @@ mod tests {
         .unwrap();
         assert!(args.read_only);
         assert_eq!(args.cache_size, 64);
+    }
+
+    #[test]
+    fn the_tier_options_come_as_mount_options_too() {
+        let args = parse(&[
+            "mutant-mount",
+            "-o",
+            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(args.upload, crate::cli::args::UploadMode::Sync);
+        assert_eq!(args.store.cache_dir, Some(PathBuf::from("/var/cache/m")));
+        assert_eq!(args.cache_max_size, 2 << 30);
+        assert_eq!(args.unmount_wait, 5);
+        let err = parse(&["mutant-mount", "-o", "upload=later", "/m"]).unwrap_err();
+        assert!(err.contains("upload"), "{err}");
     }
 
     #[test]

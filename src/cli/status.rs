@@ -68,6 +68,24 @@ fn describe(s: &Status) -> String {
             bytes(s.upload_bytes_in_flight)
         ),
     );
+    if let Some(staged) = &s.staged {
+        line(
+            "not yet uploaded",
+            match (&staged.stopped, staged.pads) {
+                (Some(why), _) => format!(
+                    "{} pads ({}) kept locally; uploads stopped: {why}",
+                    staged.pads,
+                    bytes(staged.bytes)
+                ),
+                (None, 0) => "nothing: everything committed is on the network".into(),
+                (None, n) => format!(
+                    "{n} pads ({}) staged locally, {} uploading",
+                    bytes(staged.bytes),
+                    staged.uploading
+                ),
+            },
+        );
+    }
     line(
         "last commit",
         s.last_commit_unix.map_or("none since mounted".into(), ago),
@@ -163,7 +181,10 @@ pub fn sync(mountpoint: &Path) -> Result<(), String> {
     })?;
     bar.finish_and_clear();
     if outcome.is_ok() {
-        eprintln!("{}: everything is committed", mountpoint.display());
+        eprintln!(
+            "{}: everything is committed and stored",
+            mountpoint.display()
+        );
     }
     outcome
 }

@@ -77,6 +77,19 @@ pub struct Status {
     pub store_failed_attempts: u64,
     pub store_errors: u64,
     pub last_store_error: Option<String>,
+    /// The local tier (network mounts): pads written here and not yet uploaded, their bytes,
+    /// uploads in flight now, and why uploads stopped if they did. `None` without a tier.
+    #[serde(default)]
+    pub staged: Option<StagedStatus>,
+}
+
+/// What the local tier holds that the network does not have yet.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct StagedStatus {
+    pub pads: u64,
+    pub bytes: u64,
+    pub uploading: u64,
+    pub stopped: Option<String>,
 }
 
 /// One line the server sends.

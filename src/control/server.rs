@@ -12,9 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::{socket_dir, socket_path, Reply, Request, Status};
+use super::{socket_dir, socket_path, Reply, Request, StagedStatus, Status};
 use crate::fs::FsCore;
-use crate::store::{HealthStats, StoreStats};
+use crate::store::{HealthStats, StoreStats, TieredStore};
 
 /// How often a running sync reports what still waits.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -32,6 +32,8 @@ pub struct Sources {
     pub attempts: Arc<HealthStats>,
     pub failures: Arc<HealthStats>,
     pub tokens_spent: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// The local tier in front of the network, if there is one.
+    pub tier: Option<Arc<TieredStore>>,
 }
 
 /// A listening control socket; dropping it stops listening and removes the socket file.
@@ -111,7 +113,8 @@ async fn answer(stream: UnixStream, sources: &Sources) -> io::Result<()> {
         }
         Ok(Request::Sync) => {
             let core = sources.core.clone();
-            let mut sync = tokio::spawn(async move { core.sync_all().await });
+            // Done once the changes are committed and, over a tier, uploaded.
+            let mut sync = tokio::spawn(async move { core.sync_and_flush().await });
             let result = loop {
                 tokio::select! {
                     done = &mut sync => break done,
@@ -119,7 +122,8 @@ async fn answer(stream: UnixStream, sources: &Sources) -> io::Result<()> {
                         let now = sources.core.engine().activity().await;
                         let reply = Reply::Progress {
                             uncommitted_changes: now.uncommitted_changes,
-                            uploads_in_flight: now.pads_in_flight,
+                            uploads_in_flight: now.pads_in_flight
+                                + staged(sources).map_or(0, |s| s.pads as usize),
                         };
                         write.write_all(send(reply).as_bytes()).await?;
                     }
@@ -174,5 +178,18 @@ async fn status(s: &Sources) -> Status {
         store_failed_attempts: s.attempts.errors(),
         store_errors: s.failures.errors(),
         last_store_error: s.failures.last_error().or_else(|| s.attempts.last_error()),
+        staged: staged(s),
     }
+}
+
+fn staged(s: &Sources) -> Option<StagedStatus> {
+    s.tier.as_ref().map(|tier| {
+        let b = tier.backlog();
+        StagedStatus {
+            pads: b.pads,
+            bytes: b.bytes,
+            uploading: b.uploading,
+            stopped: b.stopped,
+        }
+    })
 }

@@ -381,6 +381,12 @@ impl Engine {
         self.inner.state.lock().await.conflict
     }
 
+    /// Waits until the store holds every commit so far where it promises to (a tiered store:
+    /// uploaded to the network). `fsync(2)` calls it after its commit.
+    pub async fn flush_store(&self) -> Result<()> {
+        Ok(self.inner.pads.store().flush().await?)
+    }
+
     /// Whether changes are journaled locally (durable against a crash before the next commit).
     pub fn is_journaled(&self) -> bool {
         self.inner.journal.get().is_some()

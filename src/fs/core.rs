@@ -832,6 +832,15 @@ impl FsCore {
         let (ino, _) = self.handle(fh)?;
         self.commit_file(ino).await?;
         self.engine.commit().await?;
+        self.engine.flush_store().await?;
+        Ok(())
+    }
+
+    /// [`sync_all`](Self::sync_all), then waits until the store holds it where it promises to
+    /// (uploaded, over a tiered store): `fsync` of a directory, `mutant-mount sync`.
+    pub async fn sync_and_flush(&self) -> FsResult<()> {
+        self.sync_all().await?;
+        self.engine.flush_store().await?;
         Ok(())
     }
 

@@ -492,7 +492,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_empty(
             reply,
-            self.run("fsyncdir", Some(ino.0), self.core.sync_all()),
+            self.run("fsyncdir", Some(ino.0), self.core.sync_and_flush()),
         );
     }
 

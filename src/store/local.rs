@@ -84,7 +84,7 @@ fn read_buffered(path: &Path) -> std::io::Result<(Vec<u8>, usize)> {
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (directories that exist keep theirs).
-fn private_dirs(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dirs(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -333,7 +333,7 @@ impl LocalStore {
     }
 
     /// The counter of the stored pad, reading only its header.
-    fn stored_counter(&self, owner: &PublicKey) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn stored_counter(&self, owner: &PublicKey) -> Result<Option<u64>, StoreError> {
         let (file, header_len) = match self.open_pad_file(owner)? {
             None => return Ok(None),
             Some((_, Layout::Record)) => return Ok(self.read(owner)?.map(|pad| pad.counter())),
@@ -367,7 +367,8 @@ impl LocalStore {
         Ok(Some((file, layout)))
     }
 
-    fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
+    /// Writes `pad` durably whatever is stored (the caller checks the rules).
+    pub(crate) fn write(&self, pad: &Scratchpad) -> Result<(), StoreError> {
         let path = self.pad_path(pad.owner());
         let dir = path.parent().expect("pad paths have a parent");
         private_dirs(dir).map_err(|e| io_error(dir, e))?;
@@ -389,6 +390,74 @@ impl LocalStore {
             return Err(io_error(&path, e));
         }
         Ok(())
+    }
+
+    /// Makes the pad file at `from` (written durably by another store on the same file system)
+    /// this store's version of its pad too, as a second name of the same file: no copy.
+    pub(crate) fn adopt(&self, owner: &PublicKey, from: &Path) -> Result<(), StoreError> {
+        let path = self.pad_path(owner);
+        let dir = path.parent().expect("pad paths have a parent");
+        private_dirs(dir).map_err(|e| io_error(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{:016x}",
+            owner.to_hex(),
+            rand::random::<u64>()
+        ));
+        let _guard = self.lock_for(owner);
+        let result = (|| {
+            fs::hard_link(from, &tmp)?;
+            fs::rename(&tmp, &path)?;
+            self.inner.part_files.lock().unwrap().pop(owner);
+            fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error(&path, e));
+        }
+        Ok(())
+    }
+
+    /// Deletes the pad's file, if there is one.
+    pub(crate) fn remove(&self, owner: &PublicKey) -> Result<(), StoreError> {
+        let path = self.pad_path(owner);
+        let _guard = self.lock_for(owner);
+        self.inner.part_files.lock().unwrap().pop(owner);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_error(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every pad file held: its owner, length and modification time. Temporary files left by
+    /// a write that never finished (a crash) are deleted: they were never a pad.
+    pub(crate) fn held(&self) -> Result<Vec<HeldPad>, StoreError> {
+        let pads = self.inner.root.join("pads");
+        let mut found = Vec::new();
+        let list = |dir: &Path| fs::read_dir(dir).map_err(|e| io_error(dir, e));
+        for shard in list(&pads)? {
+            let shard = shard.map_err(|e| io_error(&pads, e))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for file in list(&shard)? {
+                let file = file.map_err(|e| io_error(&shard, e))?;
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    let _ = fs::remove_file(file.path());
+                    continue;
+                }
+                let Ok(owner) = PublicKey::from_hex(&name) else {
+                    continue;
+                };
+                let meta = file.metadata().map_err(|e| io_error(&file.path(), e))?;
+                found.push(HeldPad {
+                    owner,
+                    bytes: meta.len(),
+                    modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Bytes `range` of the stored pad's encrypted data, read from the file alone. The header
@@ -455,6 +524,13 @@ impl LocalStore {
             .put(*owner, open.clone());
         Ok(Some(open))
     }
+}
+
+/// A pad file found by [`LocalStore::held`].
+pub(crate) struct HeldPad {
+    pub owner: PublicKey,
+    pub bytes: u64,
+    pub modified: std::time::SystemTime,
 }
 
 /// How a pad file starts.

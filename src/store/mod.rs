@@ -13,12 +13,14 @@ pub mod network;
 pub mod retry;
 pub mod sim;
 pub mod stats;
+pub mod tier;
 
 pub use health::{HealthStats, HealthStore};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryingStore};
 pub use sim::{SimConfig, SimStore};
 pub use stats::{CountingStore, StoreStats};
+pub use tier::{TierConfig, TieredStore};
 
 /// Largest plaintext a pad can hold with autonomi 0.10.x (4 MiB including metadata).
 pub const MAX_PAD_PLAINTEXT: usize = 4_193_824;
@@ -156,6 +158,11 @@ pub trait PadStore: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         false
     }
+    /// Waits until every write that returned is where this store promises it ends up (the
+    /// network, for a store that stages writes locally). Most stores have it there already.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -181,6 +188,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     fn is_remote(&self) -> bool {
         (**self).is_remote()
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush().await
     }
 }
 

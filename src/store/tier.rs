@@ -1,0 +1,917 @@
+//! The durable local tier in front of the network: writes land on this disk (sealed pads, the
+//! local store's own file format) and return; a background uploader pushes them to the network
+//! in commit order; reads are served from this disk first, which also caches what was fetched.
+//!
+//! Layout of the tier's directory (files 0600, directories 0700, ciphertext only):
+//! - `cache/`: a [`LocalStore`] holding the newest version of every pad the tier knows, staged
+//!   or fetched; what reads are served from. Bounded by `max_bytes`, evicting the least recently
+//!   used pads that are not staged.
+//! - `staging/<epoch>/`: a [`LocalStore`] per epoch holding the versions written in that epoch
+//!   and not yet uploaded; the same files as in `cache/` (hard links), so staging costs no second
+//!   copy while a pad is not written again.
+//!
+//! **Epochs.** The engine writes data and index pages, then the root pad: the root write is the
+//! commit, and it ends an epoch. The network's root must be whole at every instant, so epoch
+//! `e` is uploaded only after epoch `e-1`'s root reached the network: first all its pads (each
+//! at the version written in epoch `e`), then its root, then its staging is dropped. A pad freed
+//! by root `e` may be written again in epoch `e+1`; uploading that version while the network's
+//! root is still `e-1`, which references the pad, would break a file for every other reader, so
+//! epochs are never merged and no version goes up early (docs/architecture.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::{Bytes, PublicKey};
+use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
+use tokio::sync::watch;
+
+use super::{check_size, LocalStore, PadStore, StoreError};
+
+/// Uploads in flight at once: each is a round trip of about a second on the network, and 16
+/// keeps a link busy without queueing more pads in memory than 64 MiB.
+pub const UPLOADS_IN_FLIGHT: usize = 16;
+
+/// Default bound of the tier's disk use: room for a working set of files, never a reason to
+/// drop what is not yet uploaded (staged pads are kept whatever the bound).
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
+
+/// First and longest wait between upload attempts of a pad that failed transiently: a network
+/// that is down is asked again about once a minute, for as long as it takes.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How often a wait for uploads (unmount) logs what is left.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Per-address locks: a pad's rule check, its staging and its caching happen under one.
+const LOCK_SHARDS: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct TierConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub uploads: usize,
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+}
+
+impl TierConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        TierConfig {
+            dir: dir.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            uploads: UPLOADS_IN_FLIGHT,
+            retry_first: RETRY_FIRST,
+            retry_max: RETRY_MAX,
+        }
+    }
+}
+
+/// How a network mount uses the tier (`--upload`, `--cache-dir`, `--cache-max-size`,
+/// `--unmount-wait`).
+#[derive(Clone, Debug)]
+pub struct TierOptions {
+    /// Stage writes in the tier (the default); `false` writes to the network before `close()`
+    /// returns, as without a tier.
+    pub staged: bool,
+    /// The tier's directory [default: beside the key, per network].
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+    /// How long unmount waits for uploads before leaving them to the next mount.
+    pub unmount_wait: Duration,
+}
+
+/// Default of `--unmount-wait`.
+pub const DEFAULT_UNMOUNT_WAIT: Duration = Duration::from_secs(30);
+
+impl Default for TierOptions {
+    fn default() -> Self {
+        TierOptions {
+            staged: true,
+            dir: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+            unmount_wait: DEFAULT_UNMOUNT_WAIT,
+        }
+    }
+}
+
+/// What waits to be uploaded, for `status` and the unmount message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pad versions staged and not yet uploaded (a pad written in two epochs counts twice).
+    pub pads: u64,
+    pub bytes: u64,
+    /// Of `pads`, those committed (in epochs whose root was written): what a flush waits for.
+    pub committed_pads: u64,
+    /// Uploads in flight now.
+    pub uploading: u64,
+    /// Why uploading stopped, if it did (another machine moved the root; a permanent error).
+    pub stopped: Option<String>,
+}
+
+pub struct TieredStore {
+    shared: Arc<Shared>,
+    uploader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TieredStore {
+    fn drop(&mut self) {
+        self.uploader.abort();
+    }
+}
+
+struct Shared {
+    inner: Arc<dyn PadStore>,
+    root_owner: PublicKey,
+    cfg: TierConfig,
+    cache: LocalStore,
+    /// The open epoch: writes hold it shared while they stage, the root write exclusively while
+    /// it ends the epoch, so no write lands in an epoch that is already sealed.
+    open_epoch: RwLock<u64>,
+    locks: Vec<Mutex<()>>,
+    state: Mutex<TierState>,
+    /// Bumped whenever an epoch is sealed or uploaded, uploads pause or resume, or stop.
+    changed: watch::Sender<u64>,
+}
+
+struct TierState {
+    /// Epochs staged and not yet uploaded, oldest first; only the last may still be open.
+    epochs: BTreeMap<u64, Epoch>,
+    /// How many pending epochs hold each pad: such a pad is never evicted.
+    staged: HashMap<PublicKey, usize>,
+    /// Every pad file in the cache with its length, most recently used first.
+    lru: LruCache<PublicKey, u64>,
+    cache_bytes: u64,
+    /// The newest epoch uploaded whole, root included.
+    uploaded: u64,
+    stopped: Option<String>,
+    paused: bool,
+    uploading: u64,
+    /// Pads and bytes uploaded since the last progress line, and when that was.
+    since_report: (u64, u64),
+    last_report: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Epoch {
+    /// Each pad staged in this epoch, with the length of its file.
+    pads: HashMap<PublicKey, u64>,
+    /// Pads the engine created in this epoch (uploaded as creates whatever their counter; after
+    /// a restart, a counter of 0 tells).
+    created: HashSet<PublicKey>,
+    /// Its root was written: nothing more joins it.
+    sealed: bool,
+}
+
+impl TierState {
+    fn cached(&mut self, owner: PublicKey, bytes: u64) {
+        if let Some(old) = self.lru.put(owner, bytes) {
+            self.cache_bytes -= old;
+        }
+        self.cache_bytes += bytes;
+    }
+
+    fn backlog(&self) -> Backlog {
+        let pads = self.epochs.values().flat_map(|e| e.pads.values());
+        let committed = self.epochs.values().filter(|e| e.sealed);
+        Backlog {
+            pads: pads.clone().count() as u64,
+            bytes: pads.sum(),
+            committed_pads: committed.map(|e| e.pads.len() as u64).sum(),
+            uploading: self.uploading,
+            stopped: self.stopped.clone(),
+        }
+    }
+
+    /// The newest sealed epoch: what a flush now waits for.
+    fn last_sealed(&self) -> Option<u64> {
+        self.epochs
+            .iter()
+            .rev()
+            .find(|(_, e)| e.sealed)
+            .map(|(n, _)| *n)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::io(path.display(), e)
+}
+
+/// Whether two pads are the same version (ours, already uploaded).
+fn same_version(a: &Scratchpad, b: &Scratchpad) -> bool {
+    a.counter() == b.counter() && a.signature() == b.signature()
+}
+
+impl TieredStore {
+    /// Opens (creating if needed) the tier in `cfg.dir` for the index whose root pad `root_owner`
+    /// owns, in front of `inner`, and starts uploading what an earlier run left staged. Must be
+    /// called within a tokio runtime.
+    pub async fn open(
+        inner: Arc<dyn PadStore>,
+        root_owner: PublicKey,
+        cfg: TierConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let dir = cfg.dir.clone();
+        let (cache, state, open_epoch) =
+            tokio::task::spawn_blocking(move || recover(&dir, &root_owner))
+                .await
+                .map_err(|e| StoreError::Permanent(format!("tier task failed: {e}")))??;
+        let shared = Arc::new(Shared {
+            inner,
+            root_owner,
+            cfg,
+            cache,
+            open_epoch: RwLock::new(open_epoch),
+            locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+        });
+        let backlog = shared.backlog();
+        if backlog.pads > 0 {
+            tracing::info!(
+                "{} pads ({}) staged by an earlier run wait for upload; uploading in the background",
+                backlog.pads,
+                mib(backlog.bytes)
+            );
+        } else {
+            shared.check_cache().await?;
+        }
+        let uploader = tokio::spawn(shared.clone().upload_forever());
+        Ok(Arc::new(TieredStore { shared, uploader }))
+    }
+
+    /// The tier's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.cfg.dir
+    }
+
+    /// What waits to be uploaded.
+    pub fn backlog(&self) -> Backlog {
+        self.shared.backlog()
+    }
+
+    /// Stops starting uploads of new epochs (an epoch being uploaded finishes), or resumes.
+    pub fn pause_uploads(&self, paused: bool) {
+        lock(&self.shared.state).paused = paused;
+        self.shared.bump();
+    }
+
+    /// Waits up to `bound` for everything committed so far to be uploaded, logging what is left
+    /// as it goes. An error is the message for the user: what was not uploaded and where it is
+    /// kept.
+    pub async fn drain(&self, bound: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let next_log = tokio::time::Instant::now() + PROGRESS_EVERY;
+            let until = next_log.min(deadline);
+            match tokio::time::timeout_at(until, self.flush()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    let left = self.backlog();
+                    return Err(format!(
+                        "{} pads ({}) not uploaded: {e}; they are kept in {}",
+                        left.pads,
+                        mib(left.bytes),
+                        self.dir().display()
+                    ));
+                }
+                Err(_) if until == deadline => {
+                    let left = self.backlog();
+                    return Err(format!(
+                        "{} pads ({}) not yet uploaded; they are kept in {} and uploaded by the \
+                         next mount",
+                        left.pads,
+                        mib(left.bytes),
+                        self.dir().display()
+                    ));
+                }
+                Err(_) => {
+                    let left = self.backlog();
+                    tracing::info!(
+                        "waiting for uploads: {} pads ({}) left, {} in flight",
+                        left.pads,
+                        mib(left.bytes),
+                        left.uploading
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Opens the tier's directory: checks it belongs to this index, drops what crashed writes
+/// left, finds the staged epochs, makes the cache hold each pad's newest staged version (a crash
+/// may have come between staging and caching), and lists the cache for eviction.
+fn recover(dir: &Path, root_owner: &PublicKey) -> Result<(LocalStore, TierState, u64), StoreError> {
+    let cache = LocalStore::open(&dir.join("cache"))?;
+    check_owner(dir, root_owner)?;
+    let staging = dir.join("staging");
+    super::local::private_dirs(&staging).map_err(|e| io_error(&staging, e))?;
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(&staging).map_err(|e| io_error(&staging, e))? {
+        let entry = entry.map_err(|e| io_error(&staging, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match name.parse::<u64>() {
+            Ok(n) => numbers.push(n),
+            // An uploaded epoch whose deletion a crash cut short.
+            Err(_) if name.starts_with(".done-") => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            Err(_) => {}
+        }
+    }
+    numbers.sort_unstable();
+    let mut epochs = BTreeMap::new();
+    let mut staged: HashMap<PublicKey, usize> = HashMap::new();
+    for &n in &numbers {
+        let store = LocalStore::open(&staging.join(n.to_string()))?;
+        let mut epoch = Epoch::default();
+        for held in store.held()? {
+            epoch.sealed |= held.owner == *root_owner;
+            if !same_file(&store.pad_path(&held.owner), &cache.pad_path(&held.owner)) {
+                cache.adopt(&held.owner, &store.pad_path(&held.owner))?;
+            }
+            *staged.entry(held.owner).or_default() += 1;
+            epoch.pads.insert(held.owner, held.bytes);
+        }
+        epochs.insert(n, epoch);
+    }
+    let open_epoch = match epochs.last_key_value() {
+        Some((&n, e)) if !e.sealed => n,
+        Some((&n, _)) => n + 1,
+        None => 1,
+    };
+    let uploaded = numbers.first().map_or(0, |n| n - 1);
+    let mut held = cache.held()?;
+    held.sort_by_key(|h| h.modified);
+    let mut state = TierState {
+        epochs,
+        staged,
+        lru: LruCache::unbounded(),
+        cache_bytes: 0,
+        uploaded,
+        stopped: None,
+        paused: false,
+        uploading: 0,
+        since_report: (0, 0),
+        last_report: std::time::Instant::now(),
+    };
+    for h in held {
+        state.cached(h.owner, h.bytes);
+    }
+    Ok((cache, state, open_epoch))
+}
+
+/// The tier belongs to one index: a directory given to a mount of another key is refused
+/// rather than mixed.
+fn check_owner(dir: &Path, root_owner: &PublicKey) -> Result<(), StoreError> {
+    let file = dir.join("owner");
+    let mine = root_owner.to_hex();
+    match std::fs::read_to_string(&file) {
+        Ok(found) if found.trim() == mine => Ok(()),
+        Ok(_) => Err(StoreError::Permanent(format!(
+            "the tier in {} belongs to another master key",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| f.write_all(format!("{mine}\n").as_bytes()))
+                .map_err(|e| io_error(&file, e))
+        }
+        Err(e) => Err(io_error(&file, e)),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl Shared {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn backlog(&self) -> Backlog {
+        lock(&self.state).backlog()
+    }
+
+    fn lock_for(&self, owner: &PublicKey) -> MutexGuard<'_, ()> {
+        lock(&self.locks[owner.to_bytes()[7] as usize % LOCK_SHARDS])
+    }
+
+    fn epoch_store(&self, epoch: u64) -> Result<LocalStore, StoreError> {
+        LocalStore::open(&self.staging_dir().join(epoch.to_string()))
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.cfg.dir.join("staging")
+    }
+
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Permanent(format!("tier task failed: {e}")))?
+    }
+
+    /// Writes `pad` durably to the open epoch's staging, by the network's rules as far as this
+    /// disk knows the pad (a pad it does not hold is checked by the network at upload).
+    fn stage(&self, pad: &Scratchpad, create: bool) -> Result<(), StoreError> {
+        self.stage_checked(pad, create)?;
+        self.evict();
+        Ok(())
+    }
+
+    fn stage_checked(&self, pad: &Scratchpad, create: bool) -> Result<(), StoreError> {
+        check_size(pad)?;
+        let owner = *pad.owner();
+        let _pad = self.lock_for(&owner);
+        match self.cache.stored_counter(&owner)? {
+            Some(_) if create => return Err(StoreError::AlreadyExists),
+            Some(stored) if pad.counter() <= stored => {
+                return Err(StoreError::StaleCounter {
+                    stored,
+                    offered: pad.counter(),
+                })
+            }
+            _ => {}
+        }
+        if owner == self.root_owner {
+            let mut open = self.open_epoch.write().unwrap_or_else(|p| p.into_inner());
+            self.stage_in(*open, pad, create, true)?;
+            *open += 1;
+            drop(open);
+            self.bump();
+        } else {
+            let open = self.open_epoch.read().unwrap_or_else(|p| p.into_inner());
+            self.stage_in(*open, pad, create, false)?;
+        }
+        Ok(())
+    }
+
+    fn stage_in(
+        &self,
+        epoch: u64,
+        pad: &Scratchpad,
+        create: bool,
+        seals: bool,
+    ) -> Result<(), StoreError> {
+        let owner = *pad.owner();
+        let store = self.epoch_store(epoch)?;
+        let path = store.pad_path(&owner);
+        store.write(pad)?;
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| io_error(&path, e))?
+            .len();
+        if let Err(e) = self.cache.adopt(&owner, &path) {
+            // Not staged after all: the engine gives the pad back.
+            let _ = store.remove(&owner);
+            return Err(e);
+        }
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let epoch = state.epochs.entry(epoch).or_default();
+        if epoch.pads.insert(owner, bytes).is_none() {
+            *state.staged.entry(owner).or_default() += 1;
+        }
+        if create {
+            epoch.created.insert(owner);
+        }
+        epoch.sealed |= seals;
+        state.cached(owner, bytes);
+        Ok(())
+    }
+
+    /// Keeps a pad fetched from the network, unless a version was staged meanwhile.
+    fn keep_fetched(&self, pad: &Scratchpad) -> Result<(), StoreError> {
+        let owner = *pad.owner();
+        {
+            let _pad = self.lock_for(&owner);
+            let path = self.cache.pad_path(&owner);
+            if path.exists() {
+                return Ok(());
+            }
+            self.cache.write(pad)?;
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| io_error(&path, e))?
+                .len();
+            lock(&self.state).cached(owner, bytes);
+        }
+        self.evict();
+        Ok(())
+    }
+
+    /// Drops least recently used pads that are uploaded until the cache fits its bound.
+    fn evict(&self) {
+        loop {
+            let victim = {
+                let state = lock(&self.state);
+                if state.cache_bytes <= self.cfg.max_bytes {
+                    return;
+                }
+                let found = state.lru.iter().rev().find(|(owner, _)| {
+                    !state.staged.contains_key(owner) && **owner != self.root_owner
+                });
+                match found {
+                    Some((owner, _)) => *owner,
+                    None => return,
+                }
+            };
+            let _pad = self.lock_for(&victim);
+            let mut state = lock(&self.state);
+            if state.staged.contains_key(&victim) {
+                continue;
+            }
+            if let Err(e) = self.cache.remove(&victim) {
+                tracing::warn!("could not evict a pad from the tier's cache: {e}");
+                return;
+            }
+            if let Some(bytes) = state.lru.pop(&victim) {
+                state.cache_bytes -= bytes;
+            }
+        }
+    }
+
+    /// Drops the cache if the network's root is not the one this disk holds: another machine
+    /// wrote since, and what is cached may be stale. Offline, the cache is served as it is.
+    async fn check_cache(self: &Arc<Self>) -> Result<(), StoreError> {
+        let root = self.root_owner;
+        let local = match self.cache.get(&root).await {
+            Ok(pad) => pad,
+            Err(_) => return Ok(()),
+        };
+        match self.inner.get(&root).await {
+            Ok(net) if same_version(&net, &local) => Ok(()),
+            Ok(_) | Err(StoreError::NotFound) => {
+                tracing::info!(
+                    "the index on the network changed since this machine last saw it: the \
+                     tier's cached pads are dropped"
+                );
+                self.blocking(|s| {
+                    let owners: Vec<PublicKey> =
+                        lock(&s.state).lru.iter().map(|(o, _)| *o).collect();
+                    for owner in owners {
+                        s.cache.remove(&owner)?;
+                    }
+                    let mut state = lock(&s.state);
+                    state.lru.clear();
+                    state.cache_bytes = 0;
+                    Ok(())
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot reach the network to check the tier's cache ({e}); serving it as it is"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The uploader: epoch after epoch, as they are sealed, until stopped for good.
+    async fn upload_forever(self: Arc<Self>) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let next = {
+                let state = lock(&self.state);
+                match state.epochs.first_key_value() {
+                    Some((&n, e)) if e.sealed && !state.paused && state.stopped.is_none() => {
+                        let pads = e.pads.keys().map(|o| (*o, e.created.contains(o)));
+                        Some((n, pads.collect::<Vec<_>>()))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((epoch, pads)) = next else {
+                if changed.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let uploaded = self.upload_epoch(epoch, pads).await;
+            let finished = match uploaded {
+                Ok(()) => self.blocking(move |s| s.finish_epoch(epoch)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = finished {
+                let why = e.to_string();
+                tracing::error!(
+                    "uploads stopped: {why}. Staged pads are kept in {} (the next mount tries \
+                     again)",
+                    self.cfg.dir.display()
+                );
+                lock(&self.state).stopped = Some(why);
+                self.bump();
+            }
+        }
+    }
+
+    /// Every pad of a sealed epoch, concurrently, then its root.
+    async fn upload_epoch(
+        self: &Arc<Self>,
+        epoch: u64,
+        pads: Vec<(PublicKey, bool)>,
+    ) -> Result<(), StoreError> {
+        let store = self.epoch_store(epoch)?;
+        let (root, others): (Vec<_>, Vec<_>) =
+            pads.into_iter().partition(|(o, _)| *o == self.root_owner);
+        futures::stream::iter(others)
+            .map(|(owner, created)| {
+                let store = store.clone();
+                async move {
+                    let pad = store.get(&owner).await?;
+                    lock(&self.state).uploading += 1;
+                    let pushed = self.push(pad, created).await;
+                    lock(&self.state).uploading -= 1;
+                    pushed
+                }
+            })
+            .buffer_unordered(self.cfg.uploads.max(1))
+            .try_collect::<()>()
+            .await?;
+        for (owner, _) in root {
+            let pad = store.get(&owner).await?;
+            self.push_root(pad).await?;
+        }
+        Ok(())
+    }
+
+    /// `op` until it succeeds or fails for a reason other than a passing one, waiting longer
+    /// after each transient failure.
+    async fn persist<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = self.cfg.retry_first;
+        let mut failures = 0u64;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!("upload failed {failures} times, trying again: {e}");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.cfg.retry_max);
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Uploads one pad version: a pad the engine created as a create, the paid operation;
+    /// later versions as updates. A version that is already there (an upload cut short by a
+    /// crash) counts as uploaded.
+    async fn push(&self, pad: Scratchpad, created: bool) -> Result<(), StoreError> {
+        let create = created || pad.counter() == 0;
+        let first = self
+            .persist(|| {
+                let pad = pad.clone();
+                async move {
+                    if create {
+                        self.inner.create(pad).await
+                    } else {
+                        self.inner.update(pad).await
+                    }
+                }
+            })
+            .await;
+        match first {
+            Ok(()) => Ok(()),
+            // An update of a pad created in the same epoch, before a restart.
+            Err(StoreError::NotFound) if !create => {
+                self.persist(|| self.inner.create(pad.clone())).await
+            }
+            Err(StoreError::AlreadyExists | StoreError::StaleCounter { .. }) => {
+                let stored = self.persist(|| self.inner.get(pad.owner())).await?;
+                if same_version(&stored, &pad) {
+                    Ok(())
+                } else if stored.counter() < pad.counter() {
+                    self.persist(|| self.inner.update(pad.clone())).await
+                } else {
+                    Err(StoreError::Permanent(format!(
+                        "the network holds version {} of a pad this machine wrote as version {}: \
+                         another machine writes with the same key",
+                        stored.counter(),
+                        pad.counter()
+                    )))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads an epoch's root, only over the root the previous epoch uploaded: a root that
+    /// someone else moved stops the uploads (their index is not overwritten).
+    async fn push_root(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        let counter = pad.counter();
+        let stored = match self.persist(|| self.inner.get(pad.owner())).await {
+            Ok(stored) => Some(stored),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let conflict = |found: Option<u64>| {
+            StoreError::Permanent(format!(
+                "the index root on the network is at version {} where this machine expected {}: \
+                 another machine with the same key changed it",
+                found.map_or("none".to_string(), |c| c.to_string()),
+                counter
+                    .checked_sub(1)
+                    .map_or("none".to_string(), |c| c.to_string()),
+            ))
+        };
+        match &stored {
+            Some(stored) if same_version(stored, &pad) => return Ok(()),
+            Some(stored) if counter > 0 && stored.counter() == counter - 1 => {}
+            None if counter == 0 => {}
+            _ => return Err(conflict(stored.map(|s| s.counter()))),
+        }
+        let result = self
+            .persist(|| {
+                let pad = pad.clone();
+                async move {
+                    if counter == 0 {
+                        self.inner.create(pad).await
+                    } else {
+                        self.inner.update(pad).await
+                    }
+                }
+            })
+            .await;
+        match result {
+            Err(StoreError::AlreadyExists | StoreError::StaleCounter { .. }) => {
+                let stored = self.persist(|| self.inner.get(pad.owner())).await?;
+                if same_version(&stored, &pad) {
+                    Ok(())
+                } else {
+                    Err(conflict(Some(stored.counter())))
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Drops an uploaded epoch's staging: renamed first, so a crash mid-deletion never leaves
+    /// what looks like an epoch without its root.
+    fn finish_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        let staging = self.staging_dir();
+        let dir = staging.join(epoch.to_string());
+        let done = staging.join(format!(".done-{epoch}"));
+        std::fs::rename(&dir, &done)
+            .and_then(|()| std::fs::File::open(&staging)?.sync_all())
+            .map_err(|e| io_error(&dir, e))?;
+        if let Err(e) = std::fs::remove_dir_all(&done) {
+            tracing::warn!("could not delete {}: {e}", done.display());
+        }
+        let finished = {
+            let mut state = lock(&self.state);
+            let state = &mut *state;
+            let finished = state.epochs.remove(&epoch).unwrap_or_default();
+            for owner in finished.pads.keys() {
+                if let Some(n) = state.staged.get_mut(owner) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.staged.remove(owner);
+                    }
+                }
+            }
+            finished
+        };
+        self.evict();
+        let report = {
+            let mut state = lock(&self.state);
+            state.uploaded = epoch;
+            state.since_report.0 += finished.pads.len() as u64;
+            state.since_report.1 += finished.pads.values().sum::<u64>();
+            let left = state.backlog();
+            let due = state.last_report.elapsed() >= PROGRESS_EVERY;
+            (left.committed_pads == 0 || due).then(|| {
+                state.last_report = std::time::Instant::now();
+                (std::mem::take(&mut state.since_report), left)
+            })
+        };
+        // Progress at most every few seconds, and when everything committed is up.
+        if let Some(((pads, bytes), left)) = report {
+            tracing::info!(
+                "uploaded {pads} pads ({}); {} pads ({}) still staged",
+                mib(bytes),
+                left.pads,
+                mib(left.bytes)
+            );
+        }
+        self.bump();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PadStore for TieredStore {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.shared.blocking(move |s| s.stage(&pad, true)).await
+    }
+
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.shared.blocking(move |s| s.stage(&pad, false)).await
+    }
+
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let shared = &self.shared;
+        match shared.cache.get(owner).await {
+            Ok(pad) => {
+                lock(&shared.state).lru.get(owner);
+                return Ok(pad);
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => {
+                let staged = lock(&shared.state).staged.contains_key(owner);
+                if staged {
+                    return Err(e);
+                }
+                // A damaged copy of an uploaded pad: the network has it.
+                tracing::warn!("a pad in the tier's cache is damaged ({e}); fetching it again");
+                let owner = *owner;
+                shared.blocking(move |s| s.cache.remove(&owner)).await?;
+            }
+        }
+        let pad = shared.inner.get(owner).await?;
+        let kept = pad.clone();
+        if let Err(e) = shared.blocking(move |s| s.keep_fetched(&kept)).await {
+            tracing::warn!("could not keep a fetched pad in the tier: {e}");
+        }
+        Ok(pad)
+    }
+
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        if self.shared.cache.exists(owner).await? {
+            return Ok(true);
+        }
+        self.shared.inner.exists(owner).await
+    }
+
+    async fn get_part(
+        &self,
+        owner: &PublicKey,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        match self.shared.cache.get_part(owner, range).await {
+            Err(StoreError::NotFound) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn is_remote(&self) -> bool {
+        self.shared.inner.is_remote()
+    }
+
+    /// Waits until every epoch sealed so far is uploaded.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let mut changed = self.shared.changed.subscribe();
+        let Some(target) = lock(&self.shared.state).last_sealed() else {
+            return Ok(());
+        };
+        loop {
+            changed.borrow_and_update();
+            {
+                let state = lock(&self.shared.state);
+                if state.uploaded >= target {
+                    return Ok(());
+                }
+                if let Some(why) = &state.stopped {
+                    return Err(StoreError::Permanent(format!("uploads stopped: {why}")));
+                }
+            }
+            if changed.changed().await.is_err() {
+                return Err(StoreError::Permanent("the uploader ended".into()));
+            }
+        }
+    }
+}

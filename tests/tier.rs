@@ -1,0 +1,523 @@
+//! The local tier in front of the network (`src/store/tier.rs`), over a fake network: a local
+//! store that can be taken down (every operation fails transiently) and held at a gate (writes
+//! wait for a permit), so a test can stop the uploader at any point and look at what the
+//! "network" holds by itself.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autonomi::scratchpad::Scratchpad;
+use autonomi::{Bytes, PublicKey, SecretKey};
+use mutant_mount::engine::{Engine, EngineOptions, Error};
+use mutant_mount::index::Meta;
+use mutant_mount::keys::MasterKey;
+use mutant_mount::store::{LocalStore, PadStore, StoreError, TierConfig, TieredStore};
+use proptest::prelude::*;
+use tokio::sync::Semaphore;
+
+mod engine_common;
+use engine_common::{pad_files, value, Model, Value, KEYS};
+
+/// The fake network: a local store, down or up, with writes let through a gate.
+struct FakeNetwork {
+    store: LocalStore,
+    down: AtomicBool,
+    /// Writes wait here for a permit (tests add permits; `open` adds plenty).
+    gate: Semaphore,
+    /// Writes that got through the gate and finished.
+    writes_done: AtomicU64,
+    /// Every write that landed: (owner, counter, was a create).
+    log: Mutex<Vec<(PublicKey, u64, bool)>>,
+}
+
+impl FakeNetwork {
+    fn new(dir: &Path) -> Arc<Self> {
+        Arc::new(FakeNetwork {
+            store: LocalStore::open(dir).unwrap(),
+            down: AtomicBool::new(false),
+            gate: Semaphore::new(Semaphore::MAX_PERMITS),
+            writes_done: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A network whose writes wait at the gate until `let_through` opens it.
+    fn gated(dir: &Path) -> Arc<Self> {
+        let net = Self::new(dir);
+        net.gate.forget_permits(Semaphore::MAX_PERMITS);
+        net
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient("the network is down".into()));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, pad: Scratchpad, create: bool) -> Result<(), StoreError> {
+        self.gate.acquire().await.unwrap().forget();
+        let result = match self.check_up() {
+            Ok(()) => {
+                let (owner, counter) = (*pad.owner(), pad.counter());
+                let result = if create {
+                    self.store.create(pad).await
+                } else {
+                    self.store.update(pad).await
+                };
+                if result.is_ok() {
+                    self.log.lock().unwrap().push((owner, counter, create));
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        self.writes_done.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+}
+
+#[async_trait]
+impl PadStore for FakeNetwork {
+    async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.write(pad, true).await
+    }
+    async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
+        self.write(pad, false).await
+    }
+    async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.check_up()?;
+        self.store.get(owner).await
+    }
+    async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.check_up()?;
+        self.store.exists(owner).await
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+fn config(dir: &Path) -> TierConfig {
+    TierConfig {
+        retry_first: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        ..TierConfig::new(dir)
+    }
+}
+
+fn pad(sk: &SecretKey, data: &[u8], counter: u64) -> Scratchpad {
+    Scratchpad::new(sk, 7, &Bytes::copy_from_slice(data), counter)
+}
+
+/// A tier over a fake network (down or up) for the index whose root `root` owns.
+async fn tier_over_a_network(
+    down: bool,
+) -> (
+    tempfile::TempDir,
+    Arc<FakeNetwork>,
+    SecretKey,
+    Arc<TieredStore>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::new(&tmp.path().join("net"));
+    net.down.store(down, Ordering::SeqCst);
+    let root = SecretKey::random();
+    let tier = TieredStore::open(
+        net.clone(),
+        root.public_key(),
+        config(&tmp.path().join("tier")),
+    )
+    .await
+    .unwrap();
+    (tmp, net, root, tier)
+}
+
+/// Waits (with a generous bound, never part of what a test asserts) for `done`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("gave up waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_return_while_the_network_is_down_and_upload_once_it_is_back() {
+    let (_tmp, net, root, tier) = tier_over_a_network(true).await;
+    let a = SecretKey::random();
+    tier.create(pad(&a, b"a0", 0)).await.unwrap();
+    tier.update(pad(&a, b"a1", 1)).await.unwrap();
+    tier.create(pad(&root, b"root0", 0)).await.unwrap();
+    // The tier answers by the network's rules for the pads it holds.
+    assert_eq!(
+        tier.create(pad(&a, b"again", 0)).await.unwrap_err(),
+        StoreError::AlreadyExists
+    );
+    assert!(matches!(
+        tier.update(pad(&a, b"old", 1)).await,
+        Err(StoreError::StaleCounter {
+            stored: 1,
+            offered: 1
+        })
+    ));
+    // Reads come from the tier while the network is down.
+    let got = tier.get(&a.public_key()).await.unwrap();
+    assert_eq!(&got.decrypt_data(&a).unwrap()[..], b"a1");
+    assert!(tier.exists(&root.public_key()).await.unwrap());
+    let backlog = tier.backlog();
+    assert_eq!(backlog.pads, 2, "{backlog:?}");
+    assert!(net.log.lock().unwrap().is_empty());
+
+    net.down.store(false, Ordering::SeqCst);
+    tier.flush().await.unwrap();
+    assert_eq!(tier.backlog().pads, 0);
+    let uploaded = net.store.get(&a.public_key()).await.unwrap();
+    assert_eq!(&uploaded.decrypt_data(&a).unwrap()[..], b"a1");
+    // Created on the network (the paid operation), with the version written last in its
+    // epoch, then the root.
+    let log = net.log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        vec![(a.public_key(), 1, true), (root.public_key(), 0, true)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_uploading_and_ignores_torn_staging_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::new(&tmp.path().join("net"));
+    net.down.store(true, Ordering::SeqCst);
+    let root = SecretKey::random();
+    let dir = tmp.path().join("tier");
+    let a = SecretKey::random();
+    {
+        let tier = TieredStore::open(net.clone(), root.public_key(), config(&dir))
+            .await
+            .unwrap();
+        tier.create(pad(&a, b"a0", 0)).await.unwrap();
+        tier.create(pad(&root, b"root0", 0)).await.unwrap();
+        tier.update(pad(&a, b"a1", 1)).await.unwrap();
+        tier.update(pad(&root, b"root1", 1)).await.unwrap();
+        assert_eq!(tier.backlog().pads, 4);
+    }
+    // A write cut short by a crash: its temp file, half written, in the open epoch.
+    let torn = SecretKey::random();
+    let shard = dir
+        .join("staging/3/pads")
+        .join(&torn.public_key().to_hex()[..2]);
+    std::fs::create_dir_all(&shard).unwrap();
+    let tmp_file = shard.join(format!(
+        ".{}.tmp0123456789abcdef",
+        torn.public_key().to_hex()
+    ));
+    std::fs::write(&tmp_file, b"half a pad").unwrap();
+
+    net.down.store(false, Ordering::SeqCst);
+    let tier = TieredStore::open(net.clone(), root.public_key(), config(&dir))
+        .await
+        .unwrap();
+    assert!(!tmp_file.exists(), "the torn temp file is dropped");
+    tier.flush().await.unwrap();
+    let got = net.store.get(&root.public_key()).await.unwrap();
+    assert_eq!(&got.decrypt_data(&root).unwrap()[..], b"root1");
+    let got = net.store.get(&a.public_key()).await.unwrap();
+    assert_eq!(&got.decrypt_data(&a).unwrap()[..], b"a1");
+    assert!(!net.store.exists(&torn.public_key()).await.unwrap());
+    // Epoch by epoch: a0 and root0 before a1 and root1.
+    let log: Vec<(PublicKey, u64)> = net.log.lock().unwrap().iter().map(|w| (w.0, w.1)).collect();
+    assert_eq!(
+        log,
+        vec![
+            (a.public_key(), 0),
+            (root.public_key(), 0),
+            (a.public_key(), 1),
+            (root.public_key(), 1)
+        ]
+    );
+    assert!(!dir.join("staging/1").exists() && !dir.join("staging/2").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_drops_only_uploaded_pads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::new(&tmp.path().join("net"));
+    net.down.store(true, Ordering::SeqCst);
+    let root = SecretKey::random();
+    let tier_cfg = TierConfig {
+        max_bytes: 1,
+        ..config(&tmp.path().join("tier"))
+    };
+    let tier = TieredStore::open(net.clone(), root.public_key(), tier_cfg)
+        .await
+        .unwrap();
+    let keys: Vec<SecretKey> = (0..5).map(|_| SecretKey::random()).collect();
+    for (i, sk) in keys.iter().enumerate() {
+        tier.create(pad(sk, &[i as u8; 3000], 0)).await.unwrap();
+    }
+    tier.create(pad(&root, b"root", 0)).await.unwrap();
+    // Far over the bound, and all of it still readable with the network down.
+    for (i, sk) in keys.iter().enumerate() {
+        let got = tier.get(&sk.public_key()).await.unwrap();
+        assert_eq!(got.decrypt_data(sk).unwrap()[..], [i as u8; 3000]);
+    }
+    net.down.store(false, Ordering::SeqCst);
+    tier.flush().await.unwrap();
+    let cache_files = pad_files(&tmp.path().join("tier/cache"));
+    assert!(
+        cache_files.len() <= 1,
+        "uploaded pads stay cached over the bound: {cache_files:?}"
+    );
+    // Evicted pads come back from the network.
+    for (i, sk) in keys.iter().enumerate() {
+        let got = tier.get(&sk.public_key()).await.unwrap();
+        assert_eq!(got.decrypt_data(sk).unwrap()[..], [i as u8; 3000]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_moved_by_another_machine_stops_the_uploads() {
+    let (_tmp, net, root, tier) = tier_over_a_network(false).await;
+    tier.create(pad(&root, b"mine 0", 0)).await.unwrap();
+    tier.flush().await.unwrap();
+    // Another machine commits over the root this one uploaded...
+    net.store.update(pad(&root, b"theirs 1", 1)).await.unwrap();
+    // ...and this one commits too, knowing nothing of it.
+    let a = SecretKey::random();
+    tier.create(pad(&a, b"a", 0)).await.unwrap();
+    tier.update(pad(&root, b"mine 1", 1)).await.unwrap();
+    let flushed = tier.flush().await;
+    assert!(
+        matches!(flushed, Err(StoreError::Permanent(_))),
+        "{flushed:?}"
+    );
+    let backlog = tier.backlog();
+    assert!(
+        backlog.stopped.is_some() && backlog.pads == 2,
+        "{backlog:?}"
+    );
+    let got = net.store.get(&root.public_key()).await.unwrap();
+    assert_eq!(&got.decrypt_data(&root).unwrap()[..], b"theirs 1");
+    // What this machine wrote is kept, for the next mount (and the engine's conflict handling).
+    let got = tier.get(&root.public_key()).await.unwrap();
+    assert_eq!(&got.decrypt_data(&root).unwrap()[..], b"mine 1");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Store {
+        key: usize,
+        value: Value,
+    },
+    Remove {
+        key: usize,
+    },
+    Commit,
+    /// Let this many writes through to the network, wait for them, and check what it holds.
+    Upload(u32),
+}
+
+const CHUNK: u32 = 256;
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0..KEYS.len();
+    prop_oneof![
+        6 => (key.clone(), value(CHUNK as usize)).prop_map(|(key, value)| Op::Store { key, value }),
+        2 => key.prop_map(|key| Op::Remove { key }),
+        3 => Just(Op::Commit),
+        3 => (1u32..12).prop_map(Op::Upload),
+    ]
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        scratchpad_size: CHUNK,
+        cache_bytes: 0,
+        parallelism: 4,
+        free_page_pads: 2,
+        ..Default::default()
+    }
+}
+
+/// What an engine opened on the network alone (no tier, no local state) reads; `None` if the
+/// network holds no index yet.
+async fn network_view(net: &Arc<FakeNetwork>, master: &MasterKey) -> Option<Model> {
+    let store: Arc<dyn PadStore> = Arc::new(net.store.clone());
+    let opts = EngineOptions {
+        create_if_missing: false,
+        ..options()
+    };
+    let engine = match Engine::open(store, master.clone(), opts).await {
+        Ok(engine) => engine,
+        Err(Error::NoIndex) => return None,
+        Err(e) => panic!("the network's index does not open: {e}"),
+    };
+    let mut found = Model::new();
+    for key in engine.list_keys().await {
+        let data = engine.fetch(&key).await;
+        let data = data.unwrap_or_else(|e| panic!("key {key} unreadable from the network: {e}"));
+        found.insert(key, (data, 0));
+    }
+    Some(found)
+}
+
+/// Random engine operations over a tier whose uploads are let through a few writes at a time:
+/// at every stop, an engine on the network alone reads exactly one committed state, never an
+/// older one than at the last stop; once everything is let through, the last committed state.
+fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let net = FakeNetwork::gated(&tmp.path().join("net"));
+        let master = MasterKey::generate();
+        let tier = TieredStore::open(
+            net.clone(),
+            master.root_key().public_key(),
+            config(&tmp.path().join("tier")),
+        )
+        .await
+        .unwrap();
+        let engine = Engine::open(tier.clone(), master.clone(), options())
+            .await
+            .unwrap();
+        let mut model = Model::new();
+        // The states a root was written for, in order (the empty index first).
+        let mut committed: Vec<Model> = vec![Model::new()];
+        let mut seen = 0usize;
+        let mut let_through = 0u64;
+        for op in ops {
+            match op {
+                Op::Store { key, value } => {
+                    let data = value.bytes(CHUNK as usize);
+                    engine.store(KEYS[key], &data, Meta::file()).await.unwrap();
+                    model.insert(KEYS[key].to_string(), (data, 0));
+                }
+                Op::Remove { key } => {
+                    if model.remove(KEYS[key]).is_some() {
+                        engine.remove(KEYS[key]).await.unwrap();
+                    }
+                }
+                Op::Commit => {
+                    if engine.has_uncommitted().await {
+                        engine.commit().await.unwrap();
+                        committed.push(model.clone());
+                    }
+                }
+                Op::Upload(n) => {
+                    let_through += u64::from(n);
+                    net.gate.add_permits(n as usize);
+                    // Stopped: every write let through is done, or nothing is left to upload.
+                    eventually("the uploader to stop at the gate", || {
+                        net.writes_done.load(Ordering::SeqCst) == let_through
+                            || tier.backlog().committed_pads == 0
+                    })
+                    .await;
+                    let view = network_view(&net, &master).await;
+                    if let Some(view) = view {
+                        let at = committed[seen..].iter().position(|m| *m == view);
+                        prop_assert!(
+                            at.is_some(),
+                            "the network's index is no committed state from the last one seen on"
+                        );
+                        seen += at.unwrap();
+                    }
+                }
+            }
+        }
+        if engine.has_uncommitted().await {
+            engine.commit().await.unwrap();
+            committed.push(model.clone());
+        }
+        net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        tier.flush().await.unwrap();
+        let view = network_view(&net, &master).await;
+        prop_assert!(view.as_ref() == committed.last(), "after the drain");
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn the_network_holds_a_whole_committed_index_at_every_stop(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        run_ops(ops)?;
+    }
+}
+
+/// The case the epochs are for: the pads a commit frees are written again in the next epoch;
+/// with uploads let through one write at a time, the network never shows them early.
+#[test]
+fn a_freed_pad_reused_in_the_next_epoch_stays_behind_its_root() {
+    let ops = vec![
+        Op::Store {
+            key: 0,
+            value: Value {
+                len: 3 * CHUNK as usize,
+                pattern: 1,
+                seed: 1,
+            },
+        },
+        Op::Commit,
+        Op::Remove { key: 0 },
+        Op::Commit,
+        Op::Store {
+            key: 1,
+            value: Value {
+                len: 3 * CHUNK as usize,
+                pattern: 1,
+                seed: 2,
+            },
+        },
+        Op::Commit,
+    ];
+    let mut with_stops = ops.clone();
+    for _ in 0..30 {
+        with_stops.push(Op::Upload(1));
+    }
+    run_ops(with_stops).unwrap();
+}
+
+/// `fsync(2)` calls `Engine::flush_store` after its commit: it returns once the commit is on the
+/// network, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_until_the_commit_is_on_the_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::gated(&tmp.path().join("net"));
+    let master = MasterKey::generate();
+    let tier = TieredStore::open(
+        net.clone(),
+        master.root_key().public_key(),
+        config(&tmp.path().join("tier")),
+    )
+    .await
+    .unwrap();
+    let engine = Engine::open(tier.clone(), master.clone(), options())
+        .await
+        .unwrap();
+    let data = vec![7u8; 3 * CHUNK as usize];
+    engine.store("f", &data, Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    let flush = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.flush_store().await }
+    });
+    // Nothing can reach the network: the flush waits (however long this takes to look).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!flush.is_finished(), "flush returned before the upload");
+    assert_eq!(network_view(&net, &master).await, None);
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    flush.await.unwrap().unwrap();
+    let view = network_view(&net, &master).await.unwrap();
+    assert_eq!(view.get("f").map(|v| &v.0), Some(&data));
+}
