@@ -94,8 +94,11 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
             .clone()
             .unwrap_or_else(|| data_dir.join("master.key")),
         passphrase: args.passphrase.source(),
+        memory_bytes: usize::try_from(args.memory).unwrap_or(usize::MAX),
         cache_bytes: args.cache_size << 20,
         write_buffer_bytes: (args.write_buffer.max(1)) << 20,
+        timeout: args.timeout,
+        unmount_wait: args.unmount_wait,
         read_only: args.read_only,
         allow_other: args.allow_other,
         allow_root: false,

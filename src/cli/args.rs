@@ -180,13 +180,29 @@ pub struct MountArgs {
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
 
-    /// Memory for cached file chunks, in MiB
+    /// Memory for file data, the chunk cache and every open file's unsaved changes together
+    /// (e.g. 512M, 2G); writers wait for room rather than the mount growing past it
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Memory for cached file chunks, in MiB, within --memory (at most half of it)
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub cache_size: usize,
 
-    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB
+    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB,
+    /// within --memory
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub write_buffer: usize,
+
+    /// How long a system call waits for the store (e.g. 30s, 2m): a read of data not cached
+    /// then fails with ETIMEDOUT, and so does a close() or fsync() whose upload is not done
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// How long unmount, SIGTERM and SIGINT wait for the last changes to reach the store before
+    /// the mount stops anyway, keeping them in its journal for the next mount (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub unmount_wait: std::time::Duration,
 
     /// Stay in the foreground (logs go to stderr); otherwise run in the background once mounted
     #[arg(short, long)]
@@ -298,6 +314,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
         .ok_or_else(|| format!("not a byte count: {s:?} (e.g. 1048576, 500M, 2G)"))
+}
+
+/// A duration as people write them: 30s, 2m, 1h 30m, 500ms.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("not a duration: {s:?} ({e}; e.g. 30s, 2m)"))
+}
+
+/// A memory size: 512M and 2G are binary (MiB, GiB), as 512MiB and 2GiB are; 500MB is decimal.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| format!("not a size: {s:?} ({e}; e.g. 512M, 2G)"))
 }
 
 pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
