@@ -395,6 +395,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let fs_cfg = FsConfig {
         write_buffer_bytes: cfg.write_buffer_bytes.min(write_budget_bytes),
         write_budget_bytes,
+        uploads_in_flight: parallelism,
         timeout: cfg.timeout,
         read_only: cfg.read_only,
         space_probe: match cfg.store {

@@ -8,6 +8,10 @@
 //! wait for each other in a circle. The queue is first come, first served (a tokio semaphore),
 //! so no writer starves while others keep taking room.
 //!
+//! Uploads of changed chunks are limited mount-wide too ([`MemoryBudget::upload_slot`]):
+//! each holds a sealed copy of its chunk while the store takes it, and one task per chunk of
+//! every writer at once would hold as many copies as the budget holds chunks.
+//!
 //! Some growth cannot wait (a chunk read in to be cut at a truncation, or padded at a commit):
 //! it is charged anyway, as a debt that the next units given back pay first.
 
@@ -20,6 +24,7 @@ pub const SMALL_BUFFER: usize = 64 << 10;
 
 pub struct MemoryBudget {
     units: Semaphore,
+    uploads: Semaphore,
     total: usize,
     /// Units charged past the budget, paid back before any unit is free again.
     debt: Mutex<usize>,
@@ -27,11 +32,12 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     /// A budget of `bytes`, in units of `chunk_size`; at least one unit, so that a single
-    /// writer always gets a chunk.
-    pub fn new(bytes: usize, chunk_size: usize) -> Self {
+    /// writer always gets a chunk. At most `uploads` chunks upload at once.
+    pub fn new(bytes: usize, chunk_size: usize, uploads: usize) -> Self {
         let total = (bytes / chunk_size.max(1)).max(1);
         MemoryBudget {
             units: Semaphore::new(total),
+            uploads: Semaphore::new(uploads.max(1)),
             total,
             debt: Mutex::new(0),
         }
@@ -45,6 +51,14 @@ impl MemoryBudget {
     /// Units taken now, debt included.
     pub fn in_use(&self) -> usize {
         self.total - self.units.available_permits() + *self.debt.lock().unwrap()
+    }
+
+    /// Waits for a turn to upload a chunk; the turn ends when the permit is dropped.
+    pub async fn upload_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.uploads
+            .acquire()
+            .await
+            .expect("the budget's semaphore is never closed")
     }
 
     /// Takes a unit if one is free.
@@ -93,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_gets_the_unit_given_back_and_debt_is_paid_first() {
-        let budget = std::sync::Arc::new(MemoryBudget::new(2 << 20, 1 << 20));
+        let budget = std::sync::Arc::new(MemoryBudget::new(2 << 20, 1 << 20, 1));
         assert_eq!(budget.total(), 2);
         assert!(budget.try_take() && budget.try_take() && !budget.try_take());
         budget.force(1);
@@ -116,6 +130,6 @@ mod tests {
 
     #[test]
     fn a_budget_smaller_than_a_chunk_still_holds_one() {
-        assert_eq!(MemoryBudget::new(1000, 4 << 20).total(), 1);
+        assert_eq!(MemoryBudget::new(1000, 4 << 20, 1).total(), 1);
     }
 }

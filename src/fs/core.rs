@@ -89,6 +89,8 @@ pub struct FsConfig {
     pub timeout: Duration,
     /// Bytes of changed chunks all open files together may hold, uploads in flight included.
     pub write_budget_bytes: usize,
+    /// Chunks uploading at once, over all files.
+    pub uploads_in_flight: usize,
 }
 
 impl Default for FsConfig {
@@ -100,6 +102,7 @@ impl Default for FsConfig {
             commit_interval: Duration::from_secs(1),
             timeout: DEFAULT_TIMEOUT,
             write_budget_bytes: 256 << 20,
+            uploads_in_flight: 16,
         }
     }
 }
@@ -223,6 +226,7 @@ impl FsCore {
         let budget = Arc::new(MemoryBudget::new(
             cfg.write_budget_bytes,
             engine.chunk_size(),
+            cfg.uploads_in_flight,
         ));
         Ok(Arc::new(FsCore {
             engine,

@@ -607,8 +607,11 @@ impl FileData {
                 continue;
             };
             let bytes = buffers::share(buf);
-            let (engine, piece) = (engine.clone(), bytes.clone());
-            let task = tokio::spawn(async move { engine.write_chunks(vec![piece], None).await });
+            let (engine, piece, budget) = (engine.clone(), bytes.clone(), self.budget.clone());
+            let task = tokio::spawn(async move {
+                let _turn = budget.upload_slot().await;
+                engine.write_chunks(vec![piece], None).await
+            });
             self.uploading.insert(idx, Upload { bytes, task });
         }
         self.recount();
