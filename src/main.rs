@@ -82,6 +82,9 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
         None => StoreChoice::Local,
         Some(kind) => StoreChoice::Network(network_config(args, kind, wallet)?),
     };
+    if args.timeout.is_zero() {
+        return Err("--timeout must be more than zero (e.g. 30s)".into());
+    }
     let mut cfg = MountConfig {
         mountpoint: args.mountpoint().cloned().unwrap_or_default(),
         store,

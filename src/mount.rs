@@ -268,14 +268,27 @@ fn kept_message(journal: Option<&Path>) -> String {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, listened for from before the mount appears until the process ends,
+/// so that none is missed between the first and the second.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
@@ -473,6 +486,11 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         health,
         &network,
     );
+    let mut signals = {
+        let _guard = rt.enter();
+        StopSignals::new()
+            .map_err(|e| StartError(format!("cannot handle SIGTERM and SIGINT: {e}")))?
+    };
     let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
         .map_err(|e| StartError(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
@@ -493,7 +511,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         let kept = kept_message(journal_dir.as_deref());
         let _guard = rt.enter();
         rt.spawn(async move {
-            stop_signal().await;
+            signals.next().await;
             if !over.load(Ordering::SeqCst) {
                 tracing::warn!(
                     "signal received: unmounting; pending changes get up to {} s to reach the \
@@ -502,7 +520,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
                 );
                 unmount_for_signal(&mut unmounter, &mountpoint);
                 tokio::select! {
-                    _ = stop_signal() => {}
+                    _ = signals.next() => {}
                     _ = tokio::time::sleep(wait + STOP_GRACE) => {
                         tracing::error!("not stopped {} s after the signal", (wait + STOP_GRACE).as_secs());
                     }
