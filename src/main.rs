@@ -83,6 +83,9 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
         None => StoreChoice::Local,
         Some(kind) => StoreChoice::Network(network_config(args, kind, wallet)?),
     };
+    if args.timeout.is_zero() {
+        return Err("--timeout must be more than zero (e.g. 30s)".into());
+    }
     let mut cfg = MountConfig {
         mountpoint: args.mountpoint().cloned().unwrap_or_default(),
         store,
@@ -97,8 +100,11 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
             .clone()
             .unwrap_or_else(|| data_dir.join("master.key")),
         passphrase: args.store.passphrase.source(),
+        memory_bytes: usize::try_from(args.memory).unwrap_or(usize::MAX),
         cache_bytes: args.cache_size << 20,
         write_buffer_bytes: (args.write_buffer.max(1)) << 20,
+        timeout: args.timeout,
+        unmount_wait: args.unmount_wait,
         read_only: args.read_only,
         allow_other: args.allow_other,
         allow_root: false,
@@ -113,7 +119,6 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
             staged: args.upload == UploadMode::Staged,
             dir: args.store.cache_dir.clone(),
             max_bytes: args.cache_max_size,
-            unmount_wait: std::time::Duration::from_secs(args.unmount_wait),
         },
     };
     for opt in args.options.iter().map(|o| o.trim()) {

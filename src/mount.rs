@@ -1,8 +1,11 @@
 //! From a configuration to a mounted file system: open the key, the store and the engine, mount
 //! with fuser, and on unmount or a signal commit what is pending before exiting.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -31,6 +34,20 @@ pub enum StoreChoice {
 /// milliseconds, so more of them in flight than the local store needs.
 pub const NETWORK_PARALLELISM: usize = 32;
 
+/// How long unmount (or a signal) waits by default for the last changes to reach the store.
+pub const DEFAULT_UNMOUNT_WAIT: Duration = Duration::from_secs(30);
+
+/// The mount's memory for file data by default: chunk cache and write buffers together.
+pub const DEFAULT_MEMORY: usize = 512 << 20;
+
+/// After a signal, how much longer than `--unmount-wait` the process may take to stop on its
+/// own (a busy mount point that unmounts lazily, a commit that ignores its bound) before it
+/// exits regardless.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a wait at unmount says it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// How long joining the network may take before start-up gives up.
 const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -44,8 +61,16 @@ pub struct MountConfig {
     pub key_file: PathBuf,
     /// Where the passphrase of a sealed key file comes from.
     pub passphrase: crate::key_seal::PassphraseSource,
+    /// Memory for file data: the chunk cache and every open file's write buffers together.
+    pub memory_bytes: usize,
+    /// The chunk cache's share of `memory_bytes` (at most half of it).
     pub cache_bytes: usize,
+    /// The most one open file may buffer, within `memory_bytes`.
     pub write_buffer_bytes: usize,
+    /// How long a system call waits for the store.
+    pub timeout: Duration,
+    /// How long unmount and SIGTERM wait for the last changes to reach the store.
+    pub unmount_wait: Duration,
     pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -198,6 +223,98 @@ pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, Start
     }
 }
 
+/// The chunk cache's and the write buffers' shares of `memory` bytes: the cache takes what was
+/// asked for it, up to half.
+pub fn split_memory(memory: usize, cache_wanted: usize) -> (usize, usize) {
+    let cache = cache_wanted.min(memory / 2);
+    (cache, memory - cache)
+}
+
+/// Waits for `work` at most `wait`, saying in the log (stderr in the foreground) what it waits
+/// for and how long it will still wait; `None` if `wait` ran out first. For the last commit
+/// at unmount and anything else a stopping mount waits for.
+pub async fn wait_at_unmount<T>(
+    what: &str,
+    wait: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        PROGRESS_EVERY,
+    );
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("gave up {what} after {} s (--unmount-wait)", wait.as_secs_f32());
+                return None;
+            }
+            _ = ticks.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!("still {what}: waiting up to {} s more", left.as_secs());
+            }
+        }
+    }
+}
+
+/// What a mount that stops with changes not in the store says about them.
+fn kept_message(journal: Option<&Path>) -> String {
+    match journal {
+        Some(dir) => format!(
+            "every change close() acknowledged is kept in the journal ({}); the next mount \
+             replays it and commits it",
+            dir.display()
+        ),
+        None => "this mount keeps no journal".to_string(),
+    }
+}
+
+/// SIGINT and SIGTERM, listened for from before the mount appears until the process ends,
+/// so that none is missed between the first and the second.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// Unmounts `mountpoint` for a signal. A busy mount point cannot be unmounted at once: it is
+/// detached lazily, as `fusermount3 -uz` does, so the signal is honoured anyway.
+fn unmount_for_signal(unmounter: &mut fuser::SessionUnmounter, mountpoint: &Path) {
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!("unmount failed ({e}): detaching the mount lazily");
+        match std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mountpoint)
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => tracing::error!(
+                "fusermount3 -uz failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => tracing::error!("cannot run fusermount3: {e}"),
+        }
+    }
+}
+
 /// Mounts and serves until unmounted (by `fusermount3 -u`, `umount`, SIGINT or SIGTERM).
 pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     // Everything this process creates (key, store, journal, caches, records) is the user's
@@ -228,9 +345,22 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         tier,
         store_stats,
         health,
+        parallelism,
+        journal_dir,
     } = open_engine(&cfg, key, new_key, &rt)?;
+    let (cache_bytes, write_budget_bytes) = split_memory(cfg.memory_bytes, cfg.cache_bytes);
+    if cache_bytes < cfg.cache_bytes {
+        tracing::warn!(
+            "the chunk cache gets {} MiB, half of --memory, not the {} MiB of --cache-size",
+            cache_bytes >> 20,
+            cfg.cache_bytes >> 20
+        );
+    }
     let fs_cfg = FsConfig {
-        write_buffer_bytes: cfg.write_buffer_bytes,
+        write_buffer_bytes: cfg.write_buffer_bytes.min(write_budget_bytes),
+        write_budget_bytes,
+        uploads_in_flight: parallelism,
+        timeout: cfg.timeout,
         read_only: cfg.read_only,
         space_probe: match cfg.store {
             StoreChoice::Local => Some(cfg.store_dir.clone()),
@@ -291,32 +421,66 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         health,
         (&network, &tier),
     );
+    let mut signals = {
+        let _guard = rt.enter();
+        StopSignals::new()
+            .map_err(|e| StartError(format!("cannot handle SIGTERM and SIGINT: {e}")))?
+    };
     let adapter = FuseAdapter::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &cfg.mountpoint, &fuse_cfg)
         .map_err(|e| StartError(format!("cannot mount on {}: {e}", cfg.mountpoint.display())))?;
     tracing::info!("mounted on {}", cfg.mountpoint.display());
     crate::service::ready(&cfg.mountpoint);
 
+    // The first SIGINT or SIGTERM unmounts; the last commit then gets `unmount_wait`. A
+    // second one, or one during that commit, stops the process at once: what is not in the
+    // store yet is in the journal.
     let mut unmounter = session.unmount_callable();
-    rt.spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("signal received: committing and unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!("unmount failed: {e}");
-        }
-    });
+    let session_over = Arc::new(AtomicBool::new(false));
+    {
+        let (over, mountpoint, wait) = (
+            session_over.clone(),
+            cfg.mountpoint.clone(),
+            cfg.unmount_wait,
+        );
+        let kept = kept_message(journal_dir.as_deref());
+        let _guard = rt.enter();
+        rt.spawn(async move {
+            signals.next().await;
+            if !over.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    "signal received: unmounting; pending changes get up to {} s to reach the \
+                     store (a second signal stops at once)",
+                    wait.as_secs_f32()
+                );
+                unmount_for_signal(&mut unmounter, &mountpoint);
+                tokio::select! {
+                    _ = signals.next() => {}
+                    _ = tokio::time::sleep(wait + STOP_GRACE) => {
+                        tracing::error!("not stopped {} s after the signal", (wait + STOP_GRACE).as_secs());
+                    }
+                }
+            }
+            tracing::error!("stopping now, before the last commit ended: {kept}");
+            std::process::exit(1);
+        });
+    }
 
     let served = session.run();
+    session_over.store(true, Ordering::SeqCst);
     crate::service::stopping();
     committer.abort();
-    let synced = rt.block_on(core.sync_all());
+    let stopping = std::time::Instant::now();
+    let synced = rt
+        .block_on(wait_at_unmount(
+            "committing the last changes",
+            cfg.unmount_wait,
+            core.sync_all(),
+        ))
+        .unwrap_or(Err(crate::fs::Errno(libc::ETIMEDOUT)));
     if let Some(tier) = &tier {
-        wait_for_uploads(&rt, tier, cfg.tier.unmount_wait);
+        let left = cfg.unmount_wait.saturating_sub(stopping.elapsed());
+        wait_for_uploads(&rt, tier, left);
     }
     tracing::info!("store operations: {store_stats}");
     if let Some(network) = &network {
@@ -344,8 +508,9 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             };
         }
         return fail(format!(
-            "could not commit pending changes at unmount (errno {})",
-            e.0
+            "could not commit pending changes at unmount ({}): {}",
+            std::io::Error::from_raw_os_error(e.0),
+            kept_message(journal_dir.as_deref())
         ));
     }
     tracing::info!("unmounted {}", cfg.mountpoint.display());
@@ -359,6 +524,9 @@ pub struct Opened {
     tier: Option<Arc<TieredStore>>,
     store_stats: Arc<StoreStats>,
     health: StoreHealth,
+    /// Pad operations the engine keeps in flight.
+    parallelism: usize,
+    journal_dir: Option<PathBuf>,
 }
 
 /// Opens the store `cfg` names (connecting to the network if it is one) and the index in it,
@@ -376,16 +544,21 @@ pub fn open_engine(
             NETWORK_PARALLELISM,
         ),
     };
+    // No single attempt may outlast what a system call waits for.
+    let limited = |policy: RetryPolicy| RetryPolicy {
+        attempt_limit: Some(cfg.timeout),
+        ..policy
+    };
     let (store, store_stats, health) = match &network {
         None => wrap(
             open_local_store(&cfg.store_dir, &key)?,
             cfg.simulate.clone(),
-            RetryPolicy::default(),
+            limited(RetryPolicy::default()),
         ),
         Some(network) => wrap(
             network.clone(),
             cfg.simulate.clone(),
-            RetryPolicy::network(),
+            limited(RetryPolicy::network()),
         ),
     };
     let (store, tier) = match (&cfg.store, cfg.tier.staged) {
@@ -398,7 +571,7 @@ pub fn open_engine(
     // Every field is set today; the default keeps options added later at their defaults.
     #[allow(clippy::needless_update)]
     let opts = EngineOptions {
-        cache_bytes: cfg.cache_bytes,
+        cache_bytes: split_memory(cfg.memory_bytes, cfg.cache_bytes).0,
         create_if_missing: new_key || cfg.create_index,
         scratchpad_size: cfg
             .chunk_size
@@ -431,6 +604,7 @@ pub fn open_engine(
         accept_rollback: cfg.accept_rollback,
         ..Default::default()
     };
+    let journal_dir = opts.journal_dir.clone();
     let engine = rt.block_on(Engine::open(store, key, opts)).map_err(|e| match e {
             crate::engine::Error::NoIndex => StartError(format!(
                 "{} holds no index for the key in {}: check the key file, or pass --new-index to start an empty file system",
@@ -451,6 +625,8 @@ pub fn open_engine(
         tier,
         store_stats,
         health,
+        parallelism,
+        journal_dir,
     })
 }
 

@@ -97,6 +97,7 @@ fn faulty_store(dir: &Path, faults: &Faults) -> Arc<dyn PadStore> {
         attempts: faults.attempts,
         first_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(4),
+        attempt_limit: None,
     };
     Arc::new(RetryingStore::new(sim, policy))
 }

@@ -84,6 +84,7 @@ async fn run(ops: Vec<Op>, crash_after: u64, seed: u64) -> Result<(), TestCaseEr
             attempts: 1,
             first_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(1),
+            attempt_limit: None,
         },
     ));
     let Ok(engine) = Engine::open(faulty, master.clone(), options(journal.path())).await else {
@@ -658,6 +659,7 @@ async fn recovery_failing_half_way_loses_nothing() {
                 attempts: 1,
                 first_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(1),
+                attempt_limit: None,
             },
         ));
         let failed = Engine::open(dying, master.clone(), options(journal_b.path())).await;

@@ -219,7 +219,7 @@ pub struct MountArgs {
 
     /// Print what storing BYTES of file data on the network would cost (e.g. 500M, 2G), then
     /// exit; nothing is mounted or paid and no wallet is needed. Needs --network
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "network")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "network")]
     pub estimate: Option<u64>,
 
     /// How writes reach the network: "staged" (close() returns once the pads are sealed and
@@ -234,20 +234,33 @@ pub struct MountArgs {
     pub upload: UploadMode,
 
     /// Disk the tier's cache may use (e.g. 500M, 10G); pads not yet uploaded are kept beyond it
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "10G")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "10G")]
     pub cache_max_size: u64,
 
-    /// Seconds unmount waits for uploads; what is left stays in the tier for the next mount
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub unmount_wait: u64,
+    /// Memory for file data, the chunk cache and every open file's unsaved changes together
+    /// (e.g. 512M, 2G); writers wait for room rather than the mount growing past it
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
 
-    /// Memory for cached file chunks, in MiB
+    /// Memory for cached file chunks, in MiB, within --memory (at most half of it)
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub cache_size: usize,
 
-    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB
+    /// Memory one open file may use for unsaved changes, uploads in flight included, in MiB,
+    /// within --memory
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub write_buffer: usize,
+
+    /// How long a system call waits for the store (e.g. 30s, 2m): a read of data not cached
+    /// then fails with ETIMEDOUT, and so does a close() or fsync() whose upload is not done
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// How long unmount, SIGTERM and SIGINT wait for the last changes to reach the store (with
+    /// the tier: to be uploaded) before the mount stops anyway, keeping them in its journal or
+    /// its tier for the next mount (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub unmount_wait: std::time::Duration,
 
     /// Stay in the foreground (logs go to stderr); otherwise run in the background once mounted
     #[arg(short, long)]
@@ -343,29 +356,19 @@ const EXAMPLES: &str = "Examples:
   . ~/.cache/mutant-mount/localnet/env && mutant-mount --network local \\
       --wallet-key-file ~/.cache/mutant-mount/localnet/wallet.key ~/mnt";
 
-/// A byte count, with an optional binary suffix: 1048576, 512K, 500M, 2G, 1T.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                'B' => 0,
-                _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| format!("not a byte count: {s:?} (e.g. 1048576, 500M, 2G)"))
+/// A duration as people write them: 30s, 2m, 1h 30m, 500ms.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("not a duration: {s:?} ({e}; e.g. 30s, 2m)"))
+}
+
+/// A size in bytes (memory, disk, data): 512M and 2G are binary (MiB, GiB), as 512MiB and
+/// 2GiB are; 500MB is decimal; a plain number is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| format!("not a size: {s:?} ({e}; e.g. 512M, 2G)"))
 }
 
 pub fn parse_chunk_size(s: &str) -> Result<u32, String> {

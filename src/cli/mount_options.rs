@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use super::args::{parse_bytes, parse_chunk_size, MountArgs};
+use super::args::{parse_chunk_size, parse_duration, parse_size, MountArgs};
 
 /// Options that say something to mount(8), fstab or systemd rather than to the file system.
 const IGNORED: &[&str] = &[
@@ -79,16 +79,18 @@ fn set(args: &mut MountArgs, name: &str, value: &str) -> Result<(), String> {
         "network" => args.store.network = Some(value.parse().map_err(bad)?),
         "cache_size" => args.cache_size = number(value)?,
         "write_buffer" => args.write_buffer = number(value)?,
+        "memory" => args.memory = parse_size(value).map_err(bad)?,
+        "timeout" => args.timeout = parse_duration(value).map_err(bad)?,
+        "unmount_wait" => args.unmount_wait = parse_duration(value).map_err(bad)?,
         "threads" => args.threads = number(value)?,
         "chunk_size" => args.chunk_size = Some(parse_chunk_size(value).map_err(bad)?),
         "log_level" => args.log_level = value.to_string(),
-        "estimate" => args.estimate = Some(parse_bytes(value).map_err(bad)?),
+        "estimate" => args.estimate = Some(parse_size(value).map_err(bad)?),
         "upload" => {
             args.upload = clap::ValueEnum::from_str(value, false).map_err(bad)?;
         }
         "cache_dir" => args.store.cache_dir = path(value)?,
-        "cache_max_size" => args.cache_max_size = parse_bytes(value).map_err(bad)?,
-        "unmount_wait" => args.unmount_wait = value.parse().map_err(|e| bad(format!("{e}")))?,
+        "cache_max_size" => args.cache_max_size = parse_size(value).map_err(bad)?,
         other => {
             return Err(format!(
                 "unknown mount option '{other}={value}' (see --help)"
@@ -147,16 +149,39 @@ mod tests {
         let args = parse(&[
             "mutant-mount",
             "-o",
-            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5",
+            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5s",
             "/m",
         ])
         .unwrap();
         assert_eq!(args.upload, crate::cli::args::UploadMode::Sync);
         assert_eq!(args.store.cache_dir, Some(PathBuf::from("/var/cache/m")));
         assert_eq!(args.cache_max_size, 2 << 30);
-        assert_eq!(args.unmount_wait, 5);
+        assert_eq!(args.unmount_wait, std::time::Duration::from_secs(5));
         let err = parse(&["mutant-mount", "-o", "upload=later", "/m"]).unwrap_err();
         assert!(err.contains("upload"), "{err}");
+    }
+
+    #[test]
+    fn limits_take_human_durations_and_sizes_both_ways() {
+        let args = parse(&["mutant-mount", "/m"]).unwrap();
+        assert_eq!(args.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(args.unmount_wait, std::time::Duration::from_secs(30));
+        assert_eq!(args.memory, 512 << 20);
+        let args = parse(&[
+            "mutant-mount",
+            "--timeout",
+            "2m",
+            "-o",
+            "memory=2G,unmount_wait=1m 30s",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(args.timeout, std::time::Duration::from_secs(120));
+        assert_eq!(args.unmount_wait, std::time::Duration::from_secs(90));
+        assert_eq!(args.memory, 2 << 30);
+        let err = parse(&["mutant-mount", "-o", "timeout=soon", "/m"]).unwrap_err();
+        assert!(err.contains("timeout"), "{err}");
+        assert!(parse(&["mutant-mount", "--memory", "lots", "/m"]).is_err());
     }
 
     #[test]

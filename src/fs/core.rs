@@ -10,6 +10,7 @@ use std::time::Duration;
 use autonomi::Bytes;
 use tokio::sync::Mutex;
 
+use super::budget::MemoryBudget;
 use super::children::FIRST_COOKIE;
 use super::namespace::{is_orphan_key, join, orphan_key, KeyInfo, Namespace, ROOT_INO};
 use super::open_file::OpenFile;
@@ -84,6 +85,12 @@ pub struct FsConfig {
     /// How often changes are committed to the store (all changes: closed files too when the
     /// engine journals them).
     pub commit_interval: Duration,
+    /// How long a system call waits for the store before it fails with `ETIMEDOUT`.
+    pub timeout: Duration,
+    /// Bytes of changed chunks all open files together may hold, uploads in flight included.
+    pub write_budget_bytes: usize,
+    /// Chunks uploading at once, over all files.
+    pub uploads_in_flight: usize,
 }
 
 impl Default for FsConfig {
@@ -93,9 +100,16 @@ impl Default for FsConfig {
             read_only: false,
             space_probe: None,
             commit_interval: Duration::from_secs(1),
+            timeout: DEFAULT_TIMEOUT,
+            write_budget_bytes: 256 << 20,
+            uploads_in_flight: 16,
         }
     }
 }
+
+/// How long a system call waits for the store by default: long enough for a slow network
+/// round trip and its retries, short enough that a program (and its user) hears of an outage.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Default)]
 pub struct StatFs {
@@ -125,6 +139,7 @@ pub struct FsCore {
     handles: StdMutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     cfg: FsConfig,
+    budget: Arc<MemoryBudget>,
 }
 
 const NAME_MAX: usize = 255;
@@ -208,13 +223,62 @@ impl FsCore {
             }
             engine.commit().await?;
         }
+        let budget = Arc::new(MemoryBudget::new(
+            cfg.write_budget_bytes,
+            engine.chunk_size(),
+            cfg.uploads_in_flight,
+        ));
         Ok(Arc::new(FsCore {
             engine,
             ns: Mutex::new(ns),
             handles: StdMutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cfg,
+            budget,
         }))
+    }
+
+    /// The mount's budget for write buffers.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// When a system call starting now stops waiting for the store.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.cfg.timeout
+    }
+
+    /// An index commit, waited for until `deadline`: past it the caller hears `ETIMEDOUT` and
+    /// the commit goes on in its own task (a commit dropped half way would leave its pads
+    /// nowhere).
+    async fn commit_by(&self, deadline: tokio::time::Instant) -> FsResult<()> {
+        let engine = self.engine.clone();
+        let commit = tokio::spawn(async move { engine.commit().await });
+        match tokio::time::timeout_at(deadline, commit).await {
+            Ok(done) => Ok(done.expect("commit task panicked")?),
+            Err(_) => {
+                tracing::warn!(
+                    "the store did not take a commit within {:?}: ETIMEDOUT (the commit goes on)",
+                    self.cfg.timeout
+                );
+                err(libc::ETIMEDOUT)
+            }
+        }
+    }
+
+    /// Waits until `deadline` for the store to hold what is committed where it promises to
+    /// (uploaded, over a tiered store); past it `ETIMEDOUT`, and the uploads go on.
+    async fn flush_by(&self, deadline: tokio::time::Instant) -> FsResult<()> {
+        match tokio::time::timeout_at(deadline, self.engine.flush_store()).await {
+            Ok(flushed) => Ok(flushed?),
+            Err(_) => {
+                tracing::warn!(
+                    "the store did not finish uploading within {:?}: ETIMEDOUT (uploads go on)",
+                    self.cfg.timeout
+                );
+                err(libc::ETIMEDOUT)
+            }
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -664,7 +728,7 @@ impl FsCore {
                 return err(libc::EFBIG);
             }
             let open = self.open_state(ino).await?;
-            let result = open.truncate(&self.engine, size).await;
+            let result = open.truncate(&self.engine, size, self.deadline()).await;
             let committed = match result {
                 Ok(()) => self.commit_file(ino).await,
                 Err(e) => Err(e.into()),
@@ -731,7 +795,11 @@ impl FsCore {
             Some(open) => open.clone(),
             None => {
                 let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
-                Arc::new(OpenFile::new(&entry, self.engine.chunk_size()))
+                Arc::new(OpenFile::new(
+                    &entry,
+                    self.engine.chunk_size(),
+                    self.budget.clone(),
+                ))
             }
         };
         let node = ns.get_mut(ino).unwrap();
@@ -750,11 +818,13 @@ impl FsCore {
         }
         let open = node.open.take();
         let unlinked = node.unlinked;
+        // Pads of a file that is gone, or whose last commit failed (a store that timed out),
+        // were never installed: they go back, those still uploading once they are done.
+        if let Some(open) = open {
+            let uploaded = open.data.lock().await.take_uploaded(&self.engine);
+            self.engine.discard_chunks(&uploaded).await;
+        }
         if unlinked {
-            if let Some(open) = open {
-                let uploaded = open.data.lock().await.take_uploaded(&self.engine).await;
-                self.engine.discard_chunks(&uploaded).await;
-            }
             let key = ns.key(ino).unwrap_or_else(|| orphan_key(ino));
             if let Err(e) = self.engine.remove(&key).await {
                 tracing::warn!("dropping unlinked file {ino}: {e}");
@@ -770,7 +840,7 @@ impl FsCore {
         }
         let open = self.open_state(ino).await?;
         if flags & libc::O_TRUNC != 0 && accmode != libc::O_RDONLY {
-            if let Err(e) = open.truncate(&self.engine, 0).await {
+            if let Err(e) = open.truncate(&self.engine, 0, self.deadline()).await {
                 self.close_state(ino).await;
                 return Err(e.into());
             }
@@ -802,7 +872,22 @@ impl FsCore {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, _) = self.handle(fh)?;
         let open = self.open_of(ino).await?;
-        Ok(open.read(&self.engine, offset, size as usize).await?)
+        // A read leaves nothing half done when dropped: the fetches it waits for go on.
+        match tokio::time::timeout(
+            self.cfg.timeout,
+            open.read(&self.engine, offset, size as usize),
+        )
+        .await
+        {
+            Ok(read) => Ok(read?),
+            Err(_) => {
+                tracing::warn!(
+                    "the store did not deliver within {:?}: a read fails with ETIMEDOUT",
+                    self.cfg.timeout
+                );
+                err(libc::ETIMEDOUT)
+            }
+        }
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -816,9 +901,16 @@ impl FsCore {
         {
             return err(libc::EFBIG);
         }
-        open.write(&self.engine, offset, data, self.cfg.write_buffer_bytes)
+        let written = open
+            .write(
+                &self.engine,
+                offset,
+                data,
+                self.cfg.write_buffer_bytes,
+                self.deadline(),
+            )
             .await?;
-        Ok(data.len() as u32)
+        Ok(written as u32)
     }
 
     /// Uploads a file's changes and installs them in the index, so that `close()` reports a
@@ -830,10 +922,10 @@ impl FsCore {
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _) = self.handle(fh)?;
-        self.commit_file(ino).await?;
-        self.engine.commit().await?;
-        self.engine.flush_store().await?;
-        Ok(())
+        let deadline = self.deadline();
+        self.commit_file_by(ino, deadline).await?;
+        self.commit_by(deadline).await?;
+        self.flush_by(deadline).await
     }
 
     /// [`sync_all`](Self::sync_all), then waits until the store holds it where it promises to
@@ -861,10 +953,15 @@ impl FsCore {
     /// Uploads the changed chunks of an open file and installs its new entry; commits too
     /// unless the engine journals changes.
     async fn commit_file(&self, ino: u64) -> FsResult<()> {
+        self.commit_file_by(ino, self.deadline()).await
+    }
+
+    async fn commit_file_by(&self, ino: u64, deadline: tokio::time::Instant) -> FsResult<()> {
         let Some(open) = self.ns.lock().await.get(ino).and_then(|n| n.open.clone()) else {
             return Ok(());
         };
-        let Some((mut data, chunks, size)) = open.prepare_commit(&self.engine).await? else {
+        let Some((mut data, chunks, size)) = open.prepare_commit(&self.engine, deadline).await?
+        else {
             return Ok(());
         };
         {
@@ -886,7 +983,7 @@ impl FsCore {
         // A journaled change survives a crash of this process; the committer writes it to
         // the store within `commit_interval`, together with its neighbours.
         if !self.engine.is_journaled() {
-            self.engine.commit().await?;
+            self.commit_by(deadline).await?;
         }
         Ok(())
     }

@@ -175,12 +175,6 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn destroy(&mut self) {
-        if let Err(e) = self.rt.block_on(self.core.sync_all()) {
-            tracing::error!("final commit at unmount failed: errno {}", e.0);
-        }
-    }
-
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = name_str(name)
             .and_then(|name| self.run("lookup", Some(parent.0), self.core.lookup(parent.0, name)));
@@ -383,10 +377,21 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run("write", Some(fh.0), self.core.write(fh.0, offset, data)) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+        // A write may wait for room in the memory budget, which other files' writes make by
+        // finishing their chunks. It waits in a task, not on one of the few FUSE threads, so
+        // that those writes are still served (all threads waiting would wait for ever).
+        let (core, data) = (self.core.clone(), data.to_vec());
+        let span = tracing::debug_span!("fuse", op = "write", node = fh.0);
+        let request = async move {
+            match core.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => {
+                    tracing::debug!(errno = e.0, "failed");
+                    reply.error(errno(e))
+                }
+            }
+        };
+        self.rt.spawn(request.instrument(span));
     }
 
     fn flush(

@@ -1,5 +1,6 @@
 //! The file system: a thin FUSE adapter over a core that tests drive without FUSE.
 
+pub mod budget;
 mod children;
 pub mod core;
 pub mod fuse;
@@ -7,4 +8,6 @@ pub mod namespace;
 pub mod open_file;
 mod read_pattern;
 
-pub use self::core::{Attr, Caller, DirEntry, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs};
+pub use self::core::{
+    Attr, Caller, DirEntry, Errno, FsConfig, FsCore, SetAttr, SetTime, StatFs, DEFAULT_TIMEOUT,
+};

@@ -7,14 +7,22 @@
 //! soon as it is full, so encryption and the store work while the writer goes on, with as
 //! many chunks in flight as the write buffer holds. The writer waits only when the buffer is
 //! full of uploads not yet done. A random writer's full chunks upload once half the buffer is
-//! dirty. Memory stays within the write buffer.
+//! dirty. Memory stays within the write buffer, and all open files' buffers within the mount's
+//! [`MemoryBudget`].
+//!
+//! Every wait for the store (a chunk read in, an upload, room in the budget) ends at the
+//! caller's deadline with `ETIMEDOUT`, and leaves nothing half done: an upload that is late
+//! goes on in its task and is taken in by the next call.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex as StdMutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use autonomi::Bytes;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
+use super::budget::{MemoryBudget, SMALL_BUFFER};
 use super::read_pattern::{ReadPattern, ReadPlan};
 use crate::buffers;
 use crate::engine::{Engine, Error as EngineError};
@@ -51,6 +59,9 @@ pub struct FileData {
     /// Where the last write ended: a write starting there continues a sequential stream.
     write_head: u64,
     reads: ReadPattern,
+    /// The mount's budget, and the units of it these buffers hold.
+    budget: Arc<MemoryBudget>,
+    charged: usize,
 }
 
 struct Upload {
@@ -60,7 +71,17 @@ struct Upload {
 
 /// A write this big into a new chunk is likely the first of many: give the chunk a whole
 /// chunk's room at once. Smaller ones (small files) grow their buffer as they go.
-const BIG_WRITE: usize = 64 << 10;
+const BIG_WRITE: usize = SMALL_BUFFER;
+
+/// `f`, or a timeout (`ETIMEDOUT`) at `deadline`. `f` must leave nothing half done if dropped.
+async fn by_deadline<T>(
+    deadline: Instant,
+    f: impl Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout_at(deadline, f)
+        .await
+        .unwrap_or(Err(EngineError::Store(crate::store::StoreError::Timeout)))
+}
 
 /// Where the bytes of one chunk are now.
 enum Source<'a> {
@@ -71,7 +92,7 @@ enum Source<'a> {
 }
 
 impl OpenFile {
-    pub fn new(entry: &Entry, chunk_size: usize) -> Self {
+    pub fn new(entry: &Entry, chunk_size: usize, budget: Arc<MemoryBudget>) -> Self {
         OpenFile {
             data: Mutex::new(FileData {
                 chunk_size: chunk_size as u64,
@@ -84,6 +105,8 @@ impl OpenFile {
                 changed: false,
                 write_head: 0,
                 reads: ReadPattern::new(chunk_size as u64),
+                budget,
+                charged: 0,
             }),
             attrs: StdMutex::new(PendingAttrs {
                 size: entry.size,
@@ -108,31 +131,49 @@ impl OpenFile {
         }
     }
 
-    /// Writes at `offset`. Past `memory_limit` bytes of buffered chunks, full chunks are
-    /// uploaded now (their pads stay in flight until the commit).
+    /// Writes at `offset` and returns how many bytes were written: fewer than asked (a short
+    /// write) when room for the rest did not come by `deadline`. Past `memory_limit` bytes of
+    /// buffered chunks, full chunks are uploaded now (their pads stay in flight until the
+    /// commit).
     pub async fn write(
         &self,
         engine: &Engine,
         offset: u64,
         bytes: &[u8],
         memory_limit: usize,
-    ) -> Result<(), EngineError> {
+        deadline: Instant,
+    ) -> Result<usize, EngineError> {
         // A write of nothing changes nothing, not even the size (POSIX).
         if bytes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let mut data = self.data.lock().await;
+        let mut data = by_deadline(deadline, async { Ok(self.data.lock().await) }).await?;
         let size = self.size();
         let cs = data.chunk_size;
         data.check_room(offset / cs..=(offset + bytes.len() as u64 - 1) / cs)?;
+        data.reap_uploads(engine, false, deadline).await?;
+        // This file's own share: its uploads drain before it buffers more.
+        while data.dirty_bytes + data.uploading_bytes > memory_limit && !data.uploading.is_empty() {
+            data.reap_one(engine, deadline).await?;
+        }
         let mut done = 0usize;
         while done < bytes.len() {
             let pos = offset + done as u64;
             let idx = pos / cs;
             let within = (pos % cs) as usize;
             let n = (cs as usize - within).min(bytes.len() - done);
-            let buf = data.materialize(engine, idx, size, n).await?;
             let piece = &bytes[done..done + n];
+            let buf = match data
+                .prepare_chunk(engine, idx, size, within, n, deadline)
+                .await
+            {
+                Ok(buf) => buf,
+                Err(e) if done == 0 => return Err(e),
+                Err(e) => {
+                    tracing::debug!("short write of {done} bytes: {e}");
+                    break;
+                }
+            };
             // Overwrite what the buffer has, append the rest (zero-filling only a gap).
             let overlap = buf.len().saturating_sub(within).min(n);
             if overlap > 0 {
@@ -146,7 +187,7 @@ impl OpenFile {
         }
         data.recount();
         data.changed = true;
-        let end = offset + bytes.len() as u64;
+        let end = offset + done as u64;
         self.set_size(size.max(end), true);
         if offset == data.write_head {
             // The chunks this write finished are behind a sequential writer: upload them now.
@@ -156,7 +197,6 @@ impl OpenFile {
             data.start_uploads(engine, finished);
         }
         data.write_head = end;
-        data.reap_uploads(engine, false).await?;
         if data.dirty_bytes > memory_limit / 2 {
             let full = data
                 .dirty
@@ -166,16 +206,18 @@ impl OpenFile {
                 .collect();
             data.start_uploads(engine, full);
         }
-        while data.dirty_bytes + data.uploading_bytes > memory_limit && !data.uploading.is_empty() {
-            data.reap_one(engine).await?;
-        }
-        Ok(())
+        Ok(done)
     }
 
     /// Cuts or extends the file to `size`; bytes past the old end read as zeros.
-    pub async fn truncate(&self, engine: &Engine, size: u64) -> Result<(), EngineError> {
-        let mut data = self.data.lock().await;
-        data.reap_uploads(engine, true).await?;
+    pub async fn truncate(
+        &self,
+        engine: &Engine,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
+        let mut data = by_deadline(deadline, async { Ok(self.data.lock().await) }).await?;
+        data.reap_uploads(engine, true, deadline).await?;
         let old = self.size();
         if size == old {
             return Ok(());
@@ -185,7 +227,7 @@ impl OpenFile {
             let keep = size.div_ceil(cs);
             if !size.is_multiple_of(cs) {
                 let last = size / cs;
-                let buf = data.materialize(engine, last, old, 0).await?;
+                let buf = data.materialize(engine, last, old, 0, deadline).await?;
                 buf.truncate((size % cs) as usize);
             }
             data.base.truncate(keep);
@@ -309,15 +351,18 @@ impl OpenFile {
     pub async fn prepare_commit<'a>(
         &'a self,
         engine: &Engine,
+        deadline: Instant,
     ) -> Result<Option<(tokio::sync::MutexGuard<'a, FileData>, ChunkMap, u64)>, EngineError> {
-        let mut data = self.data.lock().await;
+        let mut data = by_deadline(deadline, async { Ok(self.data.lock().await) }).await?;
         if !data.changed {
             return Ok(None);
         }
-        data.reap_uploads(engine, true).await?;
+        data.reap_uploads(engine, true, deadline).await?;
         let size = self.size();
-        data.normalize(engine, size).await?;
-        data.upload_all(engine).await?;
+        data.normalize(engine, size, deadline).await?;
+        let all = data.dirty.keys().copied().collect();
+        data.start_uploads(engine, all);
+        data.reap_uploads(engine, true, deadline).await?;
         let count = size.div_ceil(data.chunk_size);
         let mut chunks = data.base.clone();
         chunks.truncate(count);
@@ -387,11 +432,15 @@ impl FileData {
         idx: u64,
         size: u64,
         writing: usize,
+        deadline: Instant,
     ) -> Result<&mut Vec<u8>, EngineError> {
         if !self.dirty.contains_key(&idx) {
             let cs = self.chunk_size as usize;
             let mut buf = match self.source(idx) {
-                Source::Stored(chunk) => buffers::copy_of(&engine.read_chunk(&chunk).await?, cs),
+                Source::Stored(chunk) => {
+                    let stored = by_deadline(deadline, engine.read_chunk(&chunk)).await?;
+                    buffers::copy_of(&stored, cs)
+                }
                 Source::Dirty(uploading) => buffers::copy_of(uploading, cs),
                 Source::Zeros if writing >= BIG_WRITE => buffers::take(cs),
                 Source::Zeros => Vec::new(),
@@ -406,14 +455,121 @@ impl FileData {
         Ok(self.dirty.get_mut(&idx).expect("inserted above"))
     }
 
+    /// The big buffers other than chunk `keep`'s (only the full ones, with `full_only`).
+    fn spare_buffers(&self, keep: u64, full_only: bool) -> Vec<u64> {
+        self.dirty
+            .iter()
+            .filter(|(&i, b)| {
+                i != keep
+                    && b.len() >= SMALL_BUFFER
+                    && (!full_only || b.len() as u64 == self.chunk_size)
+            })
+            .map(|(&i, _)| i)
+            .collect()
+    }
+
+    /// Counts the buffered bytes again, and settles the units of the budget they hold.
     fn recount(&mut self) {
         self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
         self.uploading_bytes = self.uploading.values().map(|u| u.bytes.len()).sum();
+        let wanted = self.units_wanted();
+        if wanted > self.charged {
+            self.budget.force(wanted - self.charged);
+        } else {
+            self.budget.give_back(self.charged - wanted);
+        }
+        self.charged = wanted;
+    }
+
+    /// Units of the budget the buffers need: one per buffer past [`SMALL_BUFFER`].
+    fn units_wanted(&self) -> usize {
+        let big = |len: usize| len >= SMALL_BUFFER;
+        self.dirty.values().filter(|b| big(b.len())).count()
+            + self
+                .uploading
+                .values()
+                .filter(|u| big(u.bytes.len()))
+                .count()
+    }
+
+    /// Readies chunk `idx` for a write of `n` bytes at `within`: room in the budget if its
+    /// buffer is to grow big, then the buffer (read in from the store if need be).
+    async fn prepare_chunk(
+        &mut self,
+        engine: &Engine,
+        idx: u64,
+        size: u64,
+        within: usize,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<&mut Vec<u8>, EngineError> {
+        let now = match self.dirty.get(&idx) {
+            Some(buf) => buf.len(),
+            None => size
+                .saturating_sub(idx * self.chunk_size)
+                .min(self.chunk_size) as usize,
+        };
+        let charged_now = self
+            .dirty
+            .get(&idx)
+            .is_some_and(|b| b.len() >= SMALL_BUFFER);
+        if !charged_now
+            && now.max(within + n) >= SMALL_BUFFER
+            && self.charged <= self.units_wanted()
+        {
+            self.make_room(engine, idx, deadline).await?;
+        }
+        self.materialize(engine, idx, size, n, deadline).await
+    }
+
+    /// Takes a unit of the budget for chunk `keep`. With none free, this file's own buffers go
+    /// first: its full chunks start uploading, its uploads are waited for, then its other
+    /// buffers upload too (a short one is read back at the commit if the file goes on past
+    /// it). Only holding nothing does it queue for room others give back.
+    async fn make_room(
+        &mut self,
+        engine: &Engine,
+        keep: u64,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
+        loop {
+            if self.budget.try_take() {
+                self.charged += 1;
+                return Ok(());
+            }
+            let full = self.spare_buffers(keep, true);
+            if !full.is_empty() {
+                self.start_uploads(engine, full);
+                continue;
+            }
+            if !self.uploading.is_empty() {
+                self.reap_one(engine, deadline).await?;
+                continue;
+            }
+            let partial = self.spare_buffers(keep, false);
+            if !partial.is_empty() {
+                self.start_uploads(engine, partial);
+                continue;
+            }
+            let budget = self.budget.clone();
+            by_deadline(deadline, async move {
+                budget.take().await;
+                Ok(())
+            })
+            .await?;
+            self.charged += 1;
+            return Ok(());
+        }
     }
 
     /// Brings every kept chunk to its exact extent: a stored chunk that is no longer the last
     /// must be full, and a buffer is padded with zeros.
-    async fn normalize(&mut self, engine: &Engine, size: u64) -> Result<(), EngineError> {
+    async fn normalize(
+        &mut self,
+        engine: &Engine,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
         let cs = self.chunk_size;
         let count = size.div_ceil(cs);
         // Only chunks that hold something can be short; the rest are holes.
@@ -424,40 +580,12 @@ impl FileData {
                 _ => None,
             };
             if stored_len.is_some_and(|len| len != extent) {
-                self.materialize(engine, idx, size, 0).await?;
+                self.materialize(engine, idx, size, 0, deadline).await?;
             }
             if let Some(buf) = self.dirty.get_mut(&idx) {
                 buf.resize(extent, 0);
             }
         }
-        self.recount();
-        Ok(())
-    }
-
-    async fn upload(&mut self, engine: &Engine, which: Vec<u64>) -> Result<(), EngineError> {
-        if which.is_empty() {
-            return Ok(());
-        }
-        // Buffers move to the upload (no copy); a failed upload puts them back.
-        let pieces: Vec<Bytes> = which
-            .iter()
-            .map(|idx| buffers::share(self.dirty.remove(idx).expect("dirty chunk")))
-            .collect();
-        let chunks = match engine.write_chunks(pieces.clone(), None).await {
-            Ok(chunks) => chunks,
-            Err(e) => {
-                for (idx, piece) in which.into_iter().zip(pieces) {
-                    self.dirty.insert(idx, piece.to_vec());
-                }
-                self.recount();
-                return Err(e);
-            }
-        };
-        let mut replaced = Vec::new();
-        for (idx, chunk) in which.into_iter().zip(chunks) {
-            replaced.extend(self.uploaded.insert(idx, chunk));
-        }
-        engine.discard_chunks(&replaced).await;
         self.recount();
         Ok(())
     }
@@ -479,8 +607,11 @@ impl FileData {
                 continue;
             };
             let bytes = buffers::share(buf);
-            let (engine, piece) = (engine.clone(), bytes.clone());
-            let task = tokio::spawn(async move { engine.write_chunks(vec![piece], None).await });
+            let (engine, piece, budget) = (engine.clone(), bytes.clone(), self.budget.clone());
+            let task = tokio::spawn(async move {
+                let _turn = budget.upload_slot().await;
+                engine.write_chunks(vec![piece], None).await
+            });
             self.uploading.insert(idx, Upload { bytes, task });
         }
         self.recount();
@@ -489,7 +620,12 @@ impl FileData {
     /// Takes in the uploads that are done, or (with `wait`) all of them. A failed upload's
     /// buffer becomes dirty again (unless rewritten since); the first error is returned once
     /// every upload waited for is settled.
-    async fn reap_uploads(&mut self, engine: &Engine, wait: bool) -> Result<(), EngineError> {
+    async fn reap_uploads(
+        &mut self,
+        engine: &Engine,
+        wait: bool,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
         let done: Vec<u64> = self
             .uploading
             .iter()
@@ -498,7 +634,7 @@ impl FileData {
             .collect();
         let mut first_error = None;
         for idx in done {
-            if let Err(e) = self.settle(engine, idx).await {
+            if let Err(e) = self.settle(engine, idx, deadline).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -506,16 +642,27 @@ impl FileData {
     }
 
     /// Waits for the earliest chunk's upload.
-    async fn reap_one(&mut self, engine: &Engine) -> Result<(), EngineError> {
+    async fn reap_one(&mut self, engine: &Engine, deadline: Instant) -> Result<(), EngineError> {
         match self.uploading.keys().next().copied() {
-            Some(idx) => self.settle(engine, idx).await,
+            Some(idx) => self.settle(engine, idx, deadline).await,
             None => Ok(()),
         }
     }
 
-    async fn settle(&mut self, engine: &Engine, idx: u64) -> Result<(), EngineError> {
+    /// Takes in chunk `idx`'s upload once it is done. Past `deadline` the upload stays where
+    /// it is, still running.
+    async fn settle(
+        &mut self,
+        engine: &Engine,
+        idx: u64,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
+        let running = &mut self.uploading.get_mut(&idx).expect("an upload").task;
+        let result = by_deadline(deadline, async {
+            Ok(running.await.expect("upload task panicked"))
+        })
+        .await?;
         let upload = self.uploading.remove(&idx).expect("an upload in progress");
-        let result = upload.task.await.expect("upload task panicked");
         let outcome = match result {
             Ok(chunks) => {
                 let chunk = chunks.into_iter().next().expect("one chunk per upload");
@@ -534,11 +681,6 @@ impl FileData {
         outcome
     }
 
-    async fn upload_all(&mut self, engine: &Engine) -> Result<(), EngineError> {
-        let all = self.dirty.keys().copied().collect();
-        self.upload(engine, all).await
-    }
-
     /// After the new chunk list is installed in the index: it is the new base.
     pub fn committed(&mut self, chunks: ChunkMap) {
         self.base = chunks;
@@ -546,13 +688,33 @@ impl FileData {
         self.changed = false;
     }
 
-    /// Pads in flight that will never be installed (the file is gone).
-    pub async fn take_uploaded(&mut self, engine: &Engine) -> Vec<Chunk> {
-        if let Err(e) = self.reap_uploads(engine, true).await {
-            tracing::debug!("upload of a deleted file failed: {e}");
+    /// Pads in flight that will never be installed (the file is gone). Uploads still running
+    /// give theirs back when they end, without anyone waiting for them.
+    pub fn take_uploaded(&mut self, engine: &Engine) -> Vec<Chunk> {
+        let running: Vec<_> = std::mem::take(&mut self.uploading)
+            .into_values()
+            .map(|u| u.task)
+            .collect();
+        if !running.is_empty() {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for task in running {
+                    match task.await.expect("upload task panicked") {
+                        Ok(chunks) => engine.discard_chunks(&chunks).await,
+                        Err(e) => tracing::debug!("upload of a deleted file failed: {e}"),
+                    }
+                }
+            });
         }
         self.dirty.clear();
         self.changed = false;
+        self.recount();
         std::mem::take(&mut self.uploaded).into_values().collect()
+    }
+}
+
+impl Drop for FileData {
+    fn drop(&mut self) {
+        self.budget.give_back(self.charged);
     }
 }

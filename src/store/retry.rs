@@ -19,6 +19,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub first_delay: Duration,
     pub max_delay: Duration,
+    /// How long one attempt may take before it counts as a transient timeout (a store that
+    /// went silent must not hold an upload or a commit for ever).
+    pub attempt_limit: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -27,6 +30,7 @@ impl Default for RetryPolicy {
             attempts: 5,
             first_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(2),
+            attempt_limit: None,
         }
     }
 }
@@ -44,6 +48,7 @@ impl RetryPolicy {
             attempts: 8,
             first_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),
+            attempt_limit: None,
         }
     }
 }
@@ -66,7 +71,13 @@ impl<S: PadStore> RetryingStore<S> {
         let mut delay = self.policy.first_delay;
         let mut attempt = 1;
         loop {
-            match op().await {
+            let attempt_result = match self.policy.attempt_limit {
+                Some(limit) => tokio::time::timeout(limit, op())
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout)),
+                None => op().await,
+            };
+            match attempt_result {
                 Err(e) if e.is_transient() && attempt < self.policy.attempts => {
                     tracing::debug!(%e, attempt, "{what} failed, retrying in {delay:?}");
                     tokio::time::sleep(delay).await;

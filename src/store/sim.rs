@@ -19,6 +19,9 @@ use super::{CountingStore, PadStore, StoreError, StoreStats};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// How often an operation held by a simulated outage looks whether it has ended.
+const OUTAGE_POLL: Duration = Duration::from_millis(50);
+
 /// Latency, bandwidth and fault settings. Parsed from `key=value,...`, e.g.
 /// `get=20ms+200ms,put=60ms+700ms,concurrency=16,errors=0.01,seed=7` (the second time of a
 /// pair is per MiB moved).
@@ -42,6 +45,9 @@ pub struct SimConfig {
     /// After this many writes, every operation fails (a simulated crash); the write at the
     /// crash point lands or not, by the seed.
     pub crash_after_writes: Option<u64>,
+    /// While this file exists, every operation waits (a network that is gone without a word:
+    /// tests create and remove it to start and end an outage).
+    pub outage_while: Option<std::path::PathBuf>,
     pub seed: u64,
 }
 
@@ -123,6 +129,7 @@ impl FromStr for SimConfig {
                     cfg.crash_after_writes =
                         Some(value.parse().map_err(|_| format!("bad count '{value}'"))?)
                 }
+                "outage-while" => cfg.outage_while = Some(value.into()),
                 "seed" => cfg.seed = value.parse().map_err(|_| format!("bad seed '{value}'"))?,
                 _ => return Err(format!("unknown store simulation setting '{key}'")),
             }
@@ -236,6 +243,15 @@ impl<S: PadStore> SimStore<S> {
         matches!(self.cfg.crash_after_writes, Some(limit) if self.writes.load(Ordering::SeqCst) >= limit)
     }
 
+    /// Waits out a simulated outage.
+    async fn outage(&self) {
+        if let Some(marker) = &self.cfg.outage_while {
+            while marker.exists() {
+                tokio::time::sleep(OUTAGE_POLL).await;
+            }
+        }
+    }
+
     async fn delay(&self, base: Duration, per_mib: Duration, bytes: usize) {
         let total = base + per_mib.mul_f64(bytes as f64 / MIB);
         if !total.is_zero() {
@@ -244,6 +260,7 @@ impl<S: PadStore> SimStore<S> {
     }
 
     async fn write(&self, op: Op, pad: Scratchpad) -> Result<(), StoreError> {
+        self.outage().await;
         let _permit = match &self.limit {
             Some(s) => Some(s.acquire().await.expect("semaphore never closed")),
             None => None,
@@ -306,6 +323,7 @@ impl<S: PadStore> PadStore for SimStore<S> {
     }
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.outage().await;
         let _permit = match &self.limit {
             Some(s) => Some(s.acquire().await.expect("semaphore never closed")),
             None => None,
@@ -342,6 +360,7 @@ impl<S: PadStore> PadStore for SimStore<S> {
         if self.is_remote() {
             return Ok(None);
         }
+        self.outage().await;
         match self.fate(Op::Get, owner) {
             Fate::Fail(e) => Err(e),
             Fate::Hang => {
@@ -361,6 +380,7 @@ impl<S: PadStore> PadStore for SimStore<S> {
     }
 
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
+        self.outage().await;
         if let Fate::Fail(e) = self.fate(Op::Exists, owner) {
             return Err(e);
         }
@@ -393,5 +413,7 @@ mod tests {
         assert!("get=fast".parse::<SimConfig>().is_err());
         let net: SimConfig = "local-network,seed=1".parse().unwrap();
         assert_eq!(net.get_latency, Duration::from_millis(20));
+        let out: SimConfig = "outage-while=/tmp/gone".parse().unwrap();
+        assert_eq!(out.outage_while, Some("/tmp/gone".into()));
     }
 }

@@ -82,12 +82,7 @@ pub struct TierOptions {
     /// The tier's directory [default: beside the key, per network].
     pub dir: Option<PathBuf>,
     pub max_bytes: u64,
-    /// How long unmount waits for uploads before leaving them to the next mount.
-    pub unmount_wait: Duration,
 }
-
-/// Default of `--unmount-wait`.
-pub const DEFAULT_UNMOUNT_WAIT: Duration = Duration::from_secs(30);
 
 impl Default for TierOptions {
     fn default() -> Self {
@@ -95,7 +90,6 @@ impl Default for TierOptions {
             staged: true,
             dir: None,
             max_bytes: DEFAULT_MAX_BYTES,
-            unmount_wait: DEFAULT_UNMOUNT_WAIT,
         }
     }
 }

@@ -142,7 +142,14 @@ impl Mount {
         self.child.as_ref().unwrap().id()
     }
 
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+    /// Sends `signal` (libc::SIGTERM, ...) to the mount process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// Waits for the mount process to exit (it must within `limit`) and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().unwrap();
         let deadline = Instant::now() + limit;
         loop {
