@@ -356,8 +356,11 @@ const EXAMPLES: &str = "Examples:
   . ~/.cache/mutant-mount/localnet/env && mutant-mount --network local \\
       --wallet-key-file ~/.cache/mutant-mount/localnet/wallet.key ~/mnt";
 
-/// A duration as people write them: 30s, 2m, 1h 30m, 500ms.
+/// A duration as people write them: 30s, 2m, 1h 30m, 500ms; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.trim().parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("not a duration: {s:?} ({e}; e.g. 30s, 2m)"))
 }

@@ -149,7 +149,7 @@ mod tests {
         let args = parse(&[
             "mutant-mount",
             "-o",
-            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5s",
+            "network=local,upload=sync,cache_dir=/var/cache/m,cache_max_size=2G,unmount_wait=5",
             "/m",
         ])
         .unwrap();

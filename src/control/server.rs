@@ -161,7 +161,7 @@ async fn status(s: &Sources) -> Status {
             .last_commit
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs()),
-        files: stats.keys,
+        files: stats.files,
         data_bytes: stats.data_bytes,
         pads_in_use: stats.pads_in_use,
         free_pads: stats.free_pads,

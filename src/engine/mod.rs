@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use crate::codec::HashKind;
 use crate::index::persist::{FreePageRef, PageRef};
 use crate::index::{
-    inode_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef, MAX_DATA_CHUNKS,
-    MAX_FILE_SIZE,
+    inode_key, inode_of_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef,
+    MAX_DATA_CHUNKS, MAX_FILE_SIZE,
 };
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
@@ -118,6 +118,8 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
     pub keys: usize,
+    /// Files, directories and symlinks, each counted once.
+    pub files: usize,
     pub data_bytes: u64,
     pub pads_in_use: usize,
     pub free_pads: usize,
@@ -785,9 +787,15 @@ impl Engine {
             chunk_size: self.inner.chunk_size,
             ..Default::default()
         };
-        for (_, entry) in state.index.entries() {
+        for (key, entry) in state.index.entries() {
             stats.data_bytes += entry.size;
             stats.pads_in_use += entry.pads().count();
+            // What a user counts: each file once however many names it has, not the root,
+            // not a name's link to its file, not a file deleted while still open.
+            let internal = key.starts_with('\0') && inode_of_key(key).is_none();
+            if !key.is_empty() && entry.link.is_none() && !internal {
+                stats.files += 1;
+            }
         }
         stats
     }
