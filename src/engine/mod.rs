@@ -985,9 +985,11 @@ impl State {
                         || self.in_flight.contains(&pad.seed)
                         || (replay && !self.pending_free.iter().any(|p| p.seed == pad.seed));
                     if !known || !seen.insert(pad.seed) {
-                        return Err(Error::Store(crate::store::StoreError::Permanent(format!(
-                            "refusing to install {key}: it references a pad it does not own"
-                        ))));
+                        // No name in the message: errors reach the log, and names never do.
+                        return Err(Error::Store(crate::store::StoreError::Permanent(
+                            "refusing to install a file that references a pad it does not own"
+                                .into(),
+                        )));
                     }
                 }
                 Ok(())
