@@ -335,10 +335,7 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
             cfg.key_file.display()
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    let rt = runtime()?;
     let Opened {
         engine,
         network,
@@ -347,15 +344,8 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         health,
         parallelism,
         journal_dir,
+        write_budget_bytes,
     } = open_engine(&cfg, key, new_key, &rt)?;
-    let (cache_bytes, write_budget_bytes) = split_memory(cfg.memory_bytes, cfg.cache_bytes);
-    if cache_bytes < cfg.cache_bytes {
-        tracing::warn!(
-            "the chunk cache gets {} MiB, half of --memory, not the {} MiB of --cache-size",
-            cache_bytes >> 20,
-            cfg.cache_bytes >> 20
-        );
-    }
     let fs_cfg = FsConfig {
         write_buffer_bytes: cfg.write_buffer_bytes.min(write_budget_bytes),
         write_budget_bytes,
@@ -517,6 +507,14 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The multi-threaded runtime the mount and the commands around it run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, StartError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))
+}
+
 /// A store opened as a mount opens it, and the engine over it.
 pub struct Opened {
     pub engine: Engine,
@@ -527,6 +525,8 @@ pub struct Opened {
     /// Pad operations the engine keeps in flight.
     parallelism: usize,
     journal_dir: Option<PathBuf>,
+    /// What `--memory` leaves for write buffers once the chunk cache has its part.
+    write_budget_bytes: usize,
 }
 
 /// Opens the store `cfg` names (connecting to the network if it is one) and the index in it,
@@ -568,10 +568,18 @@ pub fn open_engine(
         }
         (_, _) => (store, None),
     };
+    let (cache_bytes, write_budget_bytes) = split_memory(cfg.memory_bytes, cfg.cache_bytes);
+    if cache_bytes < cfg.cache_bytes {
+        tracing::warn!(
+            "the chunk cache gets {} MiB, half of --memory, not the {} MiB of --cache-size",
+            cache_bytes >> 20,
+            cfg.cache_bytes >> 20
+        );
+    }
     // Every field is set today; the default keeps options added later at their defaults.
     #[allow(clippy::needless_update)]
     let opts = EngineOptions {
-        cache_bytes: split_memory(cfg.memory_bytes, cfg.cache_bytes).0,
+        cache_bytes,
         create_if_missing: new_key || cfg.create_index,
         scratchpad_size: cfg
             .chunk_size
@@ -627,6 +635,7 @@ pub fn open_engine(
         health,
         parallelism,
         journal_dir,
+        write_budget_bytes,
     })
 }
 
@@ -795,10 +804,7 @@ fn log_network_cost(network: &NetworkStore) {
 /// What storing `bytes` of file data would cost: one pad per chunk, at the price nodes quote
 /// now for a new scratchpad. No wallet is needed and nothing is paid.
 pub fn estimate(net: NetworkConfig, bytes: u64, chunk_size: u32) -> Result<String, StartError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    let rt = runtime()?;
     rt.block_on(async {
         let store = connect_network(net).await?;
         let probe = autonomi::SecretKey::random().public_key();

@@ -6,7 +6,7 @@ use crate::engine::check::CheckReport;
 use crate::engine::gc::Leaked;
 use crate::engine::Engine;
 use crate::keys::MasterKey;
-use crate::mount::{open_engine, MountConfig, StartError};
+use crate::mount::{open_engine, runtime, MountConfig, StartError};
 
 /// What `fsck` found, and where damaged files went if it repaired.
 pub struct FsckOutcome {
@@ -69,10 +69,7 @@ where
     }
     let key = MasterKey::load_with(&cfg.key_file, &cfg.passphrase)
         .map_err(|e| StartError(e.to_string()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError(format!("cannot start the runtime: {e}")))?;
+    let rt = runtime()?;
     let engine = open_engine(cfg, key, false, &rt)?.engine;
     rt.block_on(async {
         engine
