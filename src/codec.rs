@@ -10,8 +10,10 @@ const MAGIC: &[u8; 8] = b"MUTANTMT";
 /// 2: chunks may hold inline bytes.
 /// 3: a file's chunks are a map by chunk number without its holes (`index::ChunkMap`).
 /// 4: the root holds the free list in free-list pages and a tail (`index::persist::Root`).
+/// 5: a chunk may be a piece of a pack (`Chunk::pad_offset`), which an older program cannot
+///    read; the encoding is version 4's.
 /// Records of every earlier version are still read (docs/format.md).
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 const HEADER_LEN: usize = 8 + 2 + 1 + 32;
 
 /// What a blob holds, so a page can never be mistaken for a root or a pad record.

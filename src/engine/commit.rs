@@ -5,6 +5,7 @@
 //! the pages that changed go to new pads, and the old ones are free once the root landed.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use autonomi::{Bytes, SecretKey};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -102,8 +103,10 @@ pub(super) async fn load(
         .await?;
     let mut free = free_pages.concat();
     free.extend(root.free_tail);
+    let index = Index::from_parts(pages, free, root.scratchpad_size);
     Ok(Some(State {
-        index: Index::from_parts(pages, free, root.scratchpad_size),
+        pack_users: super::pack_users_of(&index),
+        index,
         pending_free: Vec::new(),
         in_flight: HashSet::new(),
         committed_pages: root.pages,
@@ -234,7 +237,16 @@ impl Engine {
         }
         settled?;
         loop {
-            match self.try_commit().await {
+            self.inner.pack_commit_asked.store(false, Ordering::Relaxed);
+            // Most pieces are packed while changes go on; the rest with them held back, so
+            // that the pages snapshotted next hold none (`pack.rs`).
+            self.compact_packs().await;
+            self.pack_pending().await?;
+            let gate = self.inner.pack_gate.write().await;
+            self.pack_pending().await?;
+            // Nothing waits to be packed now but what closes are still writing.
+            self.inner.pack_backlog.store(0, Ordering::Relaxed);
+            match self.try_commit(gate).await {
                 // A page outgrew a pad: split the pages and write them all.
                 Err(Error::PageTooBig) => self.inner.state.lock().await.index.split_pages(),
                 other => return other,
@@ -242,8 +254,10 @@ impl Engine {
         }
     }
 
-    async fn try_commit(&self) -> Result<()> {
-        let Some(plan) = self.plan_commit().await else {
+    async fn try_commit(&self, packing_gate: tokio::sync::RwLockWriteGuard<'_, ()>) -> Result<()> {
+        let plan = self.plan_commit().await;
+        drop(packing_gate);
+        let Some(plan) = plan else {
             return Ok(());
         };
         let parallelism = self.inner.opts.parallelism.max(1);

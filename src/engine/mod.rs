@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use crate::codec::HashKind;
 use crate::index::persist::{FreePageRef, PageRef};
 use crate::index::{
-    inode_key, inode_of_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef,
+    inode_key, inode_of_key, is_retired_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef,
     MAX_DATA_CHUNKS, MAX_FILE_SIZE,
 };
 use crate::keys::{MasterKey, PadSeed};
@@ -31,6 +31,7 @@ pub mod error;
 mod fresh_pads;
 pub mod gc;
 pub mod journal;
+mod pack;
 pub mod pads;
 pub mod page_cache;
 mod recover;
@@ -149,6 +150,14 @@ struct Inner {
     page_cache: Option<PageCache>,
     root_record: Option<RootRecord>,
     fresh_log: Option<fresh_pads::FreshLog>,
+    /// Bytes of pieces held inline until a commit packs them (`pack.rs`), roughly.
+    pack_backlog: std::sync::atomic::AtomicUsize,
+    /// A commit was started for the backlog and has not begun packing yet.
+    pack_commit_asked: std::sync::atomic::AtomicBool,
+    /// Held by a commit's last packing pass; a change bringing a piece to pack waits for it.
+    pack_gate: tokio::sync::RwLock<()>,
+    /// Keys keeping compacted packs referenced, with when they were compacted.
+    retired: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
@@ -167,6 +176,8 @@ struct State {
     root_counter: Option<u64>,
     generation: u64,
     in_doubt: Option<commit::Attempt>,
+    /// How many chunks of the index lie in each pack: a pack is freed with its last piece.
+    pack_users: HashMap<PadSeed, pack::PackUse>,
     /// Pads went back to the free list that the committed index does not list as free (the
     /// pads of a failed write): a commit must save the list, or they are lost on restart.
     free_unsaved: bool,
@@ -229,6 +240,7 @@ impl Engine {
                 root_counter: None,
                 generation: 0,
                 in_doubt: None,
+                pack_users: HashMap::new(),
                 free_unsaved: false,
                 conflict: false,
                 fresh: FreshSeeds::default(),
@@ -236,6 +248,12 @@ impl Engine {
             None => return Err(Error::NoIndex),
         };
         state.fresh.suspects = fresh_log.as_ref().map(|l| l.read()).unwrap_or_default();
+        // Packs an earlier run compacted: nothing in this process names them.
+        let opened_at = std::time::Instant::now();
+        let retired: Vec<(String, std::time::Instant)> = (state.index.entries())
+            .filter(|(key, _)| is_retired_key(key))
+            .map(|(key, _)| (key.clone(), opened_at))
+            .collect();
         let chunk_size = state.index.scratchpad_size;
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -254,6 +272,10 @@ impl Engine {
                 page_cache,
                 root_record,
                 fresh_log,
+                pack_backlog: Default::default(),
+                pack_commit_asked: Default::default(),
+                pack_gate: Default::default(),
+                retired: std::sync::Mutex::new(retired),
             }),
         };
         if fresh {
@@ -446,6 +468,15 @@ impl Engine {
 
     /// Validates a change, journals it, then applies it: an error leaves nothing changed.
     async fn change(&self, op: Op) -> Result<()> {
+        let limit = self.inline_limit();
+        let brings_pieces = match &op {
+            Op::Install { entry, .. } => entry.chunks.iter().any(|(_, c)| c.awaits_packing(limit)),
+            _ => false,
+        };
+        let _packing_waits = match brings_pieces {
+            true => Some(self.inner.pack_gate.read().await),
+            false => None,
+        };
         let mut state = self.inner.state.lock().await;
         state.check(&op, false)?;
         if let Some(journal) = self.inner.journal.get() {
@@ -496,21 +527,26 @@ impl Engine {
     }
 
     /// Writes chunks to pads (recycled first, from the end of the free list, then new), with
-    /// bounded parallelism; pieces of zeros become holes and small pieces inline chunks. The pads stay in flight until `install` or `discard_chunks`. If any
-    /// pad fails, every pad taken goes back and the first error is returned.
+    /// bounded parallelism; pieces of zeros become holes, small pieces inline chunks, and
+    /// pieces up to [`pack_limit`](Self::pack_limit) inline chunks the next commit packs
+    /// (`pack.rs`). The pads stay in flight until `install` or `discard_chunks`. If any pad
+    /// fails, every pad taken goes back and the first error is returned.
     pub async fn write_chunks(
         &self,
         pieces: Vec<Bytes>,
         progress: Option<ProgressFn>,
     ) -> Result<Vec<Chunk>> {
-        let inline_limit = self.inline_limit();
+        let (inline_limit, pack_limit) = (self.inline_limit(), self.pack_limit());
         let mut inline = Vec::with_capacity(pieces.len());
         let needs_pad: Vec<bool> = pieces
             .iter()
             .map(|p| {
                 let zeros = p.iter().all(|&b| b == 0);
-                inline.push(!zeros && p.len() <= inline_limit);
-                !zeros && p.len() > inline_limit
+                let held = !zeros
+                    && (p.len() <= inline_limit
+                        || (p.len() <= pack_limit && self.may_hold_for_packing(p.len())));
+                inline.push(held);
+                !zeros && !held
             })
             .collect();
         let wanted = needs_pad.iter().filter(|&&n| n).count();
@@ -765,16 +801,18 @@ impl Engine {
         .await
     }
 
+    /// The keys stored, without the engine's own (`is_retired_key`).
     pub async fn list_keys(&self) -> Vec<String> {
-        self.inner.state.lock().await.index.keys()
+        let mut keys = self.inner.state.lock().await.index.keys();
+        keys.retain(|k| !is_retired_key(k));
+        keys
     }
 
-    /// Keys with their entries, for the file system's start-up scan.
+    /// Keys with their entries, for the file system's start-up scan (not the engine's own).
     pub async fn snapshot(&self) -> Vec<(String, Entry)> {
         let state = self.inner.state.lock().await;
-        state
-            .index
-            .entries()
+        (state.index.entries())
+            .filter(|(k, _)| !is_retired_key(k))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
@@ -785,11 +823,13 @@ impl Engine {
             keys: state.index.len(),
             free_pads: state.index.free_pads.len() + state.pending_free.len(),
             chunk_size: self.inner.chunk_size,
+            pads_in_use: state.pack_users.len(),
             ..Default::default()
         };
         for (key, entry) in state.index.entries() {
+            stats.keys -= usize::from(is_retired_key(key));
             stats.data_bytes += entry.size;
-            stats.pads_in_use += entry.pads().count();
+            stats.pads_in_use += entry.own_pads().count();
             // What a user counts: each file once however many names it has, not the root,
             // not a name's link to its file, not a file deleted while still open.
             let internal = key.starts_with('\0') && inode_of_key(key).is_none();
@@ -812,6 +852,14 @@ impl Engine {
     /// Checks invariant 3: every pad is in exactly one place. Returns the number of pads.
     pub async fn check_accounting(&self) -> std::result::Result<usize, String> {
         let state = self.inner.state.lock().await;
+        let counted = pack_users_of(&state.index);
+        if counted != state.pack_users {
+            return Err(format!(
+                "the pieces counted per pack ({} packs) differ from the index's ({} packs)",
+                state.pack_users.len(),
+                counted.len()
+            ));
+        }
         let mut places: std::collections::HashMap<PadSeed, String> = Default::default();
         for (seed, place) in state.pad_places() {
             if let Some(other) = places.insert(seed, place.clone()) {
@@ -841,11 +889,15 @@ impl Engine {
                 let inner = self.inner.clone();
                 async move {
                     let pad = chunk.pad.expect("filtered");
-                    inner
-                        .pads
-                        .read(&pad, chunk.hash, chunk.hash_kind)
-                        .await
-                        .map(|_| ())
+                    if !chunk.is_packed() {
+                        let read = inner.pads.read(&pad, chunk.hash, chunk.hash_kind);
+                        return read.await.map(|_| ());
+                    }
+                    let pack = inner.pads.read_pack(&pad, Priority::Background).await?;
+                    check::piece_check(&pack, &chunk).map_err(|why| Error::CorruptPad {
+                        pad: format!("{:02x?}", &pad.seed[..4]),
+                        why,
+                    })
                 }
             })
             .collect();
@@ -854,6 +906,26 @@ impl Engine {
             .try_collect::<()>()
             .await
     }
+}
+
+/// How many chunks of `index` lie in each pack.
+fn pack_users_of(index: &Index) -> HashMap<PadSeed, pack::PackUse> {
+    let mut users: HashMap<PadSeed, pack::PackUse> = HashMap::new();
+    for (_, entry) in index.entries() {
+        for piece in entry.pieces() {
+            let pad = piece.pad.expect("a piece has a pad");
+            users.entry(pad.seed).or_default().add(piece.len);
+        }
+    }
+    users
+}
+
+/// The error of a change referencing a pad that is not the changed file's to reference. No
+/// name in the message: errors reach the log, and names never do.
+fn not_owned() -> Error {
+    Error::Store(crate::store::StoreError::Permanent(
+        "refusing to install a file that references a pad it does not own".into(),
+    ))
 }
 
 /// Makes the journal directory (0700) and takes its lock, waiting up to `wait` for a process
@@ -932,13 +1004,18 @@ impl Op {
 }
 
 impl State {
-    /// Every pad the engine knows of, with where it is: in a file, free, an index page, in
-    /// flight.
+    /// Every pad the engine knows of, with where it is: in a file, a pack, free, an index
+    /// page, in flight.
     fn pad_places(&self) -> Vec<(PadSeed, String)> {
         let mut places = Vec::new();
         for (key, entry) in self.index.entries() {
-            places.extend(entry.pads().map(|pad| (pad.seed, format!("key {key}"))));
+            places.extend(entry.own_pads().map(|pad| (pad.seed, format!("key {key}"))));
         }
+        places.extend(
+            self.pack_users
+                .keys()
+                .map(|seed| (*seed, "a pack".to_string())),
+        );
         let free = self.index.free_pads.iter().chain(&self.pending_free);
         places.extend(free.map(|pad| (pad.seed, "the free list".to_string())));
         for page in self.committed_pages.iter().flatten() {
@@ -954,6 +1031,23 @@ impl State {
             }
         }
         places
+    }
+
+    /// Releases the pads of an entry that left the index, but those in `kept` (still the key's):
+    /// a pad of its own at once, a pack with its last piece. They are free once committed.
+    fn release(&mut self, old: &Entry, kept: &HashSet<PadSeed>) {
+        for pad in old.own_pads().filter(|p| !kept.contains(&p.seed)) {
+            self.pending_free.push(pad);
+        }
+        for piece in old.pieces() {
+            let pack = piece.pad.expect("a piece has a pad");
+            if let Some(users) = self.pack_users.get_mut(&pack.seed) {
+                if users.remove(piece.len) {
+                    self.pack_users.remove(&pack.seed);
+                    self.pending_free.push(pack);
+                }
+            }
+        }
     }
 
     /// A pad for a new write: a free one, else a fresh one (noted for the log).
@@ -980,16 +1074,24 @@ impl State {
                     .map(|e| e.pads().map(|p| p.seed).collect())
                     .unwrap_or_default();
                 let mut seen = HashSet::new();
-                for pad in entry.pads() {
+                let unreleased =
+                    |seed: &PadSeed| !self.pending_free.iter().any(|p| &p.seed == seed);
+                for pad in entry.own_pads() {
                     let known = current.contains(&pad.seed)
                         || self.in_flight.contains(&pad.seed)
-                        || (replay && !self.pending_free.iter().any(|p| p.seed == pad.seed));
-                    if !known || !seen.insert(pad.seed) {
-                        // No name in the message: errors reach the log, and names never do.
-                        return Err(Error::Store(crate::store::StoreError::Permanent(
-                            "refusing to install a file that references a pad it does not own"
-                                .into(),
-                        )));
+                        || (replay && unreleased(&pad.seed));
+                    let shared = self.pack_users.contains_key(&pad.seed);
+                    if !known || shared || !seen.insert(pad.seed) {
+                        return Err(not_owned());
+                    }
+                }
+                // A pack is shared: any number of pieces, of this file or others, may lie in it.
+                for pack in entry.pieces().filter_map(|c| c.pad) {
+                    let known = self.pack_users.contains_key(&pack.seed)
+                        || current.contains(&pack.seed)
+                        || (replay && unreleased(&pack.seed));
+                    if !known || seen.contains(&pack.seed) {
+                        return Err(not_owned());
                     }
                 }
                 Ok(())
@@ -1038,14 +1140,17 @@ impl State {
                 for seed in &seen {
                     self.in_flight.remove(seed);
                 }
+                for piece in entry.pieces() {
+                    let pack = piece.pad.expect("a piece has a pad");
+                    self.pack_users.entry(pack.seed).or_default().add(piece.len);
+                }
                 if let Some(old) = self.index.insert(key.clone(), entry.clone()) {
-                    let released = old.pads().filter(|p| !seen.contains(&p.seed));
-                    self.pending_free.extend(released);
+                    self.release(&old, &seen);
                 }
             }
             Op::Remove { key } => {
                 let old = self.index.remove(key).expect("checked");
-                self.pending_free.extend(old.pads());
+                self.release(&old, &HashSet::new());
             }
             Op::Rename { moves } => {
                 let taken: Vec<(String, Entry)> = moves
@@ -1054,7 +1159,7 @@ impl State {
                     .collect();
                 for (to, entry) in taken {
                     if let Some(old) = self.index.insert(to, entry) {
-                        self.pending_free.extend(old.pads());
+                        self.release(&old, &HashSet::new());
                     }
                 }
             }
@@ -1147,14 +1252,11 @@ impl Inner {
             .clone()
     }
 
-    async fn fetch_chunk(&self, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
-        let pad = chunk.pad.expect("holes are not fetched");
-        if chunk.pad_offset != 0 {
-            return Err(Error::CorruptPad {
-                pad: format!("{:02x?}", &pad.seed[..4]),
-                why: "a chunk inside a shared pad, which this program does not read".into(),
-            });
+    async fn fetch_chunk(self: &Arc<Self>, chunk: &Chunk, priority: Priority) -> Result<Bytes> {
+        if chunk.is_packed() {
+            return self.fetch_piece(chunk, priority).await;
         }
+        let pad = chunk.pad.expect("holes are not fetched");
         let data = self
             .pads
             .read_checked(&pad, chunk.hash, chunk.hash_kind, priority)

@@ -24,6 +24,8 @@ use crate::store::{PadStore, StoreError};
 pub const DATA_ENCODING: u64 = Format::Aead.encoding(1);
 /// `data_encoding` of index root and page pads.
 pub const INDEX_ENCODING: u64 = Format::Aead.encoding(2);
+/// `data_encoding` of packs: pads shared by small pieces (`pack.rs`).
+pub const PACK_ENCODING: u64 = Format::Aead.encoding(3);
 /// The same, of the BLS-encrypted pads of earlier versions: read, never written.
 pub const BLS_DATA_ENCODING: u64 = Format::Bls.encoding(1);
 pub const BLS_INDEX_ENCODING: u64 = Format::Bls.encoding(2);
@@ -179,6 +181,16 @@ impl PadIo {
         Ok(read.await?.0)
     }
 
+    /// Reads a pack: the version the index holds, its plaintext bound to no content hash (each
+    /// piece is checked by its own).
+    pub async fn read_pack(&self, pad: &PadRef, priority: Priority) -> Result<Bytes> {
+        let sk = self.master.pad_key(&pad.seed);
+        Ok(self
+            .fetch_and_open(sk, pad.counter, None, priority)
+            .await?
+            .0)
+    }
+
     /// Reads the pad owned by `sk`, whatever its counter; returns its plaintext and counter.
     pub async fn read_with_key(
         &self,
@@ -210,8 +222,9 @@ impl PadIo {
 
     /// Fetches a data or page pad and checks everything about it: its signature (which reads
     /// otherwise leave to the nodes, who check it on write), its owner, and that it opens as
-    /// the version and content the index holds. For `fsck`.
-    pub async fn verify(&self, pad: &PadRef, hash: [u8; 32], kind: HashKind) -> Result<()> {
+    /// the version and content the index holds (`hash`; `None` for a pack). For `fsck`; returns
+    /// the plaintext.
+    pub async fn verify(&self, pad: &PadRef, hash: Option<([u8; 32], HashKind)>) -> Result<Bytes> {
         let sk = self.master.pad_key(&pad.seed);
         let owner = sk.public_key();
         let fetched = {
@@ -226,14 +239,8 @@ impl PadIo {
         if !signed {
             return Err(corrupt_pad(&owner, "bad signature"));
         }
-        let opened = self.open_fetched(
-            sk,
-            checked,
-            pad.counter,
-            Some((hash, kind)),
-            Priority::Background,
-        );
-        opened.await.map(|_| ())
+        let opened = self.open_fetched(sk, checked, pad.counter, hash, Priority::Background);
+        opened.await.map(|(data, _)| data)
     }
 
     /// Opens a fetched pad: see [`fetch_and_open`](Self::fetch_and_open).

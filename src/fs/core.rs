@@ -319,6 +319,14 @@ impl FsCore {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(fs) = weak.upgrade() else { return };
+                let oldest_open = {
+                    let ns = fs.ns.lock().await;
+                    ns.open_files().map(|open| open.opened_at).min()
+                };
+                let now = std::time::Instant::now();
+                if let Err(e) = fs.engine.drop_retired(oldest_open.unwrap_or(now)).await {
+                    tracing::warn!("could not free compacted packs (will retry): {e}");
+                }
                 if fs.engine.has_uncommitted().await {
                     match fs.engine.commit().await {
                         Ok(()) => {}
@@ -794,11 +802,13 @@ impl FsCore {
         let open = match &node.open {
             Some(open) => open.clone(),
             None => {
+                let opened_at = std::time::Instant::now();
                 let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
                 Arc::new(OpenFile::new(
                     &entry,
                     self.engine.chunk_size(),
                     self.budget.clone(),
+                    opened_at,
                 ))
             }
         };

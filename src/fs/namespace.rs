@@ -124,6 +124,11 @@ impl Namespace {
         self.nodes.get(&ino)
     }
 
+    /// The state of every file open now.
+    pub fn open_files(&self) -> impl Iterator<Item = &std::sync::Arc<OpenFile>> {
+        self.nodes.values().filter_map(|n| n.open.as_ref())
+    }
+
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
         self.nodes.get_mut(&ino)
     }

@@ -33,6 +33,9 @@ pub struct OpenFile {
     pub data: Mutex<FileData>,
     /// What `getattr` needs while data may be busy uploading.
     pub attrs: StdMutex<PendingAttrs>,
+    /// When the entry its chunks came from was read: a pack compacted later may still be
+    /// named by them (`Engine::drop_retired`).
+    pub opened_at: std::time::Instant,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,8 +95,15 @@ enum Source<'a> {
 }
 
 impl OpenFile {
-    pub fn new(entry: &Entry, chunk_size: usize, budget: Arc<MemoryBudget>) -> Self {
+    /// `opened_at`: taken before `entry` was read.
+    pub fn new(
+        entry: &Entry,
+        chunk_size: usize,
+        budget: Arc<MemoryBudget>,
+        opened_at: std::time::Instant,
+    ) -> Self {
         OpenFile {
+            opened_at,
             data: Mutex::new(FileData {
                 chunk_size: chunk_size as u64,
                 base: entry.chunks.clone(),

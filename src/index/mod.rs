@@ -43,9 +43,9 @@ pub struct Chunk {
     pub hash_kind: HashKind,
     /// The bytes themselves, for a piece small enough to live in the index.
     pub inline: Option<Vec<u8>>,
-    /// Where the chunk's `len` bytes start in its pad's plaintext. Always 0 today (a chunk has
-    /// its pad to itself); the format has room for pads shared by several small pieces, so that
-    /// packing them needs no new index format. A chunk with another offset is refused on read.
+    /// Where the chunk's `len` bytes start in its pad's plaintext: 0 for a chunk with a pad of
+    /// its own, past the pack header for a piece of a pad shared with other small pieces (a
+    /// pack, `engine/pack.rs`), so that a chunk with an offset is exactly a packed one.
     pub pad_offset: u32,
 }
 
@@ -82,6 +82,26 @@ impl Chunk {
             inline: None,
             pad_offset: 0,
         }
+    }
+
+    /// Bytes `offset..offset + len` of the pack `pad`, shared with other pieces.
+    pub fn packed(pad: PadRef, offset: u32, len: u32, hash: [u8; 32], hash_kind: HashKind) -> Self {
+        debug_assert!(offset > 0, "a pack's pieces start after its header");
+        Chunk {
+            pad_offset: offset,
+            ..Chunk::in_pad(pad, len, hash, hash_kind)
+        }
+    }
+
+    /// Whether the chunk is a piece of a pack rather than a pad of its own.
+    pub fn is_packed(&self) -> bool {
+        self.pad.is_some() && self.pad_offset > 0
+    }
+
+    /// Whether the chunk holds more bytes inline than an index page keeps (`limit`): a piece
+    /// written since the last commit, which that commit packs.
+    pub fn awaits_packing(&self, limit: usize) -> bool {
+        self.inline.as_ref().is_some_and(|data| data.len() > limit)
     }
 
     /// Whether the chunk holds bytes (in a pad or inline) rather than zeros.
@@ -140,6 +160,10 @@ impl ChunkMap {
     /// The chunks that hold data, in file order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Chunk)> {
         self.0.iter().map(|(&idx, chunk)| (idx, chunk))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Chunk> {
+        self.0.values_mut()
     }
 
     pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
@@ -310,6 +334,20 @@ pub struct Entry {
 /// never clash with a name.
 const INODE_PREFIX: &str = "\0inode/";
 
+/// The prefix of the keys that keep a compacted pack referenced until the next mount (see
+/// `engine/pack.rs`): a reader or writer may still hold a chunk naming it.
+const RETIRED_PREFIX: &str = "\0retired/";
+
+/// The key that keeps the compacted pack of `seed` referenced.
+pub fn retired_key(seed: &PadSeed) -> String {
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{RETIRED_PREFIX}{hex}")
+}
+
+pub fn is_retired_key(key: &str) -> bool {
+    key.starts_with(RETIRED_PREFIX)
+}
+
 /// Where the file with several names numbered `id` lives.
 pub fn inode_key(id: u64) -> String {
     format!("{INODE_PREFIX}{id}")
@@ -339,8 +377,21 @@ impl Entry {
         }
     }
 
+    /// The pad of every chunk in a pad, a pack once per piece in it.
     pub fn pads(&self) -> impl Iterator<Item = PadRef> + '_ {
         self.chunks.iter().filter_map(|(_, c)| c.pad)
+    }
+
+    /// The pads this entry has to itself (not packs).
+    pub fn own_pads(&self) -> impl Iterator<Item = PadRef> + '_ {
+        (self.chunks.iter())
+            .filter(|(_, c)| !c.is_packed())
+            .filter_map(|(_, c)| c.pad)
+    }
+
+    /// The chunks that are pieces of packs.
+    pub fn pieces(&self) -> impl Iterator<Item = &Chunk> + '_ {
+        self.chunks.iter().map(|(_, c)| c).filter(|c| c.is_packed())
     }
 }
 
@@ -458,6 +509,32 @@ impl Index {
         }
         self.pages = pages;
         self.dirty = (0..n).collect();
+    }
+
+    /// The chunks of the entries in the pages changed since the last commit: where the pieces
+    /// a commit packs are (an entry changed or moved lands in a changed page).
+    pub fn dirty_chunks_mut(&mut self) -> impl Iterator<Item = &mut Chunk> {
+        let dirty = &self.dirty;
+        (self.pages.iter_mut().enumerate())
+            .filter(move |(n, _)| dirty.contains(n))
+            .flat_map(|(_, page)| page.values_mut())
+            .flat_map(|entry| entry.chunks.iter_mut())
+    }
+
+    /// Calls `change` on every chunk of every entry; a page where it changed one (returned
+    /// true) is marked changed.
+    pub fn change_chunks(&mut self, mut change: impl FnMut(&mut Chunk) -> bool) {
+        for (n, page) in self.pages.iter_mut().enumerate() {
+            let mut changed = false;
+            for entry in page.values_mut() {
+                for chunk in entry.chunks.iter_mut() {
+                    changed |= change(chunk);
+                }
+            }
+            if changed {
+                self.dirty.insert(n);
+            }
+        }
     }
 
     /// Pages changed since the last call, for a commit.
