@@ -592,3 +592,88 @@ fn a_running_program_cannot_be_truncated_under_itself() {
     running.wait().unwrap();
     assert!(fs::read(&program).unwrap() == original);
 }
+
+/// Pad files of the store under `data`.
+fn pad_count(data: &Path) -> usize {
+    let pads = data.join("store/pads");
+    let shards = fs::read_dir(pads).unwrap().map(|s| s.unwrap().path());
+    shards
+        .map(|s| fs::read_dir(s).unwrap().count())
+        .sum::<usize>()
+}
+
+/// A source tree of small files (5 KiB to 60 KiB) rsynced in takes about its size in pads, not a
+/// pad per file, and reads back from a fresh mount; so does a file held open while the packs it
+/// lies in are merged by later saves of one small file each.
+#[test]
+fn small_files_share_pads_and_read_back_after_a_remount() {
+    let (dir, mount) = setup();
+    let src = dir.path().join("src");
+    let mut bytes = 0;
+    for i in 0..400usize {
+        let sub = src.join(format!("mod{}", i % 9));
+        fs::create_dir_all(&sub).unwrap();
+        let len = 5_000 + (i * 7_919) % 55_000;
+        fs::write(
+            sub.join(format!("f{i}.rs")),
+            content_for(&format!("f{i}"), len),
+        )
+        .unwrap();
+        bytes += len;
+    }
+    let dst = mount.path("tree");
+    sh(dir.path(), &format!("rsync -a src/ {}/", dst.display()));
+    sh(
+        dir.path(),
+        &format!("{} sync {}", common::binary(), mount.mnt.display()),
+    );
+    let data = dir.path().join("data");
+    let pads = pad_count(&data);
+    // The data in ceil(bytes / chunk) packs, one more for first fit, the index root and a page
+    // or two; a pad per file would be 400.
+    let most = bytes.div_ceil(4 << 20) + 1 + 3;
+    assert!(pads <= most, "{pads} pads for 400 files of {bytes} bytes");
+
+    // One file stays open while each of twelve saves commits a small file of its own.
+    let held = dst.join("mod0/f0.rs");
+    let mut open = fs::File::open(&held).unwrap();
+    for i in 0..12 {
+        fs::write(
+            mount.path(&format!("note{i}.md")),
+            content_for("note", 9_000 + i),
+        )
+        .unwrap();
+        sh(
+            dir.path(),
+            &format!("{} sync {}", common::binary(), mount.mnt.display()),
+        );
+    }
+    sh(dir.path(), "sync; echo 3 > /proc/sys/vm/drop_caches");
+    let mut read = Vec::new();
+    open.read_to_end(&mut read).unwrap();
+    assert_eq!(read, fs::read(src.join("mod0/f0.rs")).unwrap());
+    drop(open);
+    mount.unmount();
+
+    let mount = Mount::start(&data, &dir.path().join("mnt"), &[]);
+    assert_eq!(describe_tree(&dst), describe_tree(&src));
+    for i in 0..12 {
+        let note = fs::read(mount.path(&format!("note{i}.md"))).unwrap();
+        assert_eq!(note, content_for("note", 9_000 + i));
+    }
+    // The packs the saves made were merged once eight were under half full, and the merged
+    // ones are free once no open file can name them: a pack each would be twelve more.
+    let bin = common::binary();
+    sh(dir.path(), &format!("{bin} sync {}", mount.mnt.display()));
+    let status = sh(dir.path(), &format!("{bin} status {}", mount.mnt.display()));
+    let in_use: usize = (status.lines())
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" pads in use")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pad count in status: {status}"));
+    let tree_packs = bytes.div_ceil(4 << 20) + 1;
+    assert!(
+        in_use <= tree_packs + 7,
+        "{in_use} pads in use after twelve small saves"
+    );
+    mount.unmount();
+}

@@ -307,8 +307,20 @@ impl FsCore {
         for ino in open {
             self.commit_file(ino).await?;
         }
+        self.drop_retired_packs().await?;
         self.engine.commit().await?;
         Ok(())
+    }
+
+    /// Lets the engine free the packs it merged before the oldest file open now read its
+    /// chunk list (`Engine::drop_retired`).
+    async fn drop_retired_packs(&self) -> FsResult<()> {
+        let oldest_open = {
+            let ns = self.ns.lock().await;
+            ns.open_files().map(|open| open.opened_at).min()
+        };
+        let now = std::time::Instant::now();
+        Ok(self.engine.drop_retired(oldest_open.unwrap_or(now)).await?)
     }
 
     /// Commits in the background every `commit_interval` while anything is pending.
@@ -319,13 +331,8 @@ impl FsCore {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(fs) = weak.upgrade() else { return };
-                let oldest_open = {
-                    let ns = fs.ns.lock().await;
-                    ns.open_files().map(|open| open.opened_at).min()
-                };
-                let now = std::time::Instant::now();
-                if let Err(e) = fs.engine.drop_retired(oldest_open.unwrap_or(now)).await {
-                    tracing::warn!("could not free compacted packs (will retry): {e}");
+                if let Err(e) = fs.drop_retired_packs().await {
+                    tracing::warn!("could not free merged packs (will retry): errno {}", e.0);
                 }
                 if fs.engine.has_uncommitted().await {
                     match fs.engine.commit().await {
