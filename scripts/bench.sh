@@ -217,6 +217,23 @@ for i in range(n):
 EOF
   tar cf "$TREE.tar" -C "$TREE" .
 fi
+# The mixed tree: as many files of 100 B to 64 KiB (spread evenly on a log scale, as source trees
+# and documents are), 100 to a directory.
+MIXED=$BENCH_DIR/mixed-$SMALL_FILES
+if [ ! -d "$MIXED" ]; then
+  echo "== making $SMALL_FILES files of 100 B to 64 KiB"
+  python3 - "$MIXED" "$SMALL_FILES" <<'EOF'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(7)
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
+        f.write(os.urandom(int(100 * (65536 / 100) ** rng.random())))
+EOF
+fi
+MIXED_MB=$(du -sm --apparent-size "$MIXED" | cut -f1)
 head -c 1048576 /dev/urandom >"$BENCH_DIR/patch-1MiB"
 # The bytes of the sequential write: random (no zero or repeated chunks to skip), read from the
 # page cache so the source costs the same little for every system.
@@ -287,6 +304,21 @@ run_system() {
     s1=$(ops_snapshot "$dir")
     record "rsync -a, $run" "$label" "$(calc "round($SMALL_FILES / $t)")" files/s "$s0" "$s1"
   done
+  # Mixed sizes: the copy's speed, then what it cost in pads once committed (and, on the network
+  # profiles, uploaded).
+  s0=$s1
+  t=$(timed rsync -a "$MIXED/" "$MNT/mixed/")
+  case $sys in mutant*) "$MUTANT" sync "$MNT" >/dev/null ;; esac
+  s1=$(ops_snapshot "$dir")
+  record "rsync -a, mixed sizes" "$label" "$(calc "round($SMALL_FILES / $t)")" files/s "$s0" "$s1"
+  case $sys in
+    mutant*)
+      read -r c0 _ <<<"$s0"
+      read -r c1 _ <<<"$s1"
+      record "mixed: pads created" "$label" "$(calc "round(($c1 - $c0) / $MIXED_MB, 2)")" \
+        "per MB" "$s0" "$s1"
+      ;;
+  esac
   unmount_sys
 
   # Peak memory of the server while it writes a big file, on a fresh mount.
@@ -318,7 +350,7 @@ done
 # --- the table ----------------------------------------------------------------------------------
 notes+=("machine: $(nproc) cores, $(free -g | awk '/^Mem/ {print $2}') GiB RAM, shared; load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end; $started")
 notes+=("seq write and reads: dd, 1 MiB blocks (the write copies a random file from the page cache and is timed to the end of close); random reads: fio, 4 KiB at queue depth 1")
-notes+=("sizes: sequential file ${SIZE_MB} MiB (${PROFILE_MB} MiB on the network profiles), ${SMALL_FILES} small files of 4 KiB, random reads for ${RANDREAD_SECS} s, peak RSS while writing ${BIG_MB} MiB")
+notes+=("sizes: sequential file ${SIZE_MB} MiB (${PROFILE_MB} MiB on the network profiles), ${SMALL_FILES} small files of 4 KiB and as many of 100 B to 64 KiB (${MIXED_MB} MB), random reads for ${RANDREAD_SECS} s, peak RSS while writing ${BIG_MB} MiB")
 notes+=("profiles: mutant-lan --simulate \"$PROFILE_LAN\"; mutant-wan --simulate \"$PROFILE_WAN\" (an internet-like guess)")
 python3 - "$RESULTS" "$CHUNK_BYTES" "$PARALLELISM" "${notes[@]}" <<'EOF' | tee "$BENCH_DIR/results.md"
 import sys
