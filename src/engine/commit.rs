@@ -246,6 +246,7 @@ impl Engine {
             self.pack_pending().await?;
             // Nothing waits to be packed now but what closes are still writing.
             self.inner.pack_backlog.store(0, Ordering::Relaxed);
+            self.inner.pack_clock.lock().unwrap().reset();
             match self.try_commit(gate).await {
                 // A page outgrew a pad: split the pages and write them all.
                 Err(Error::PageTooBig) => self.inner.state.lock().await.index.split_pages(),

@@ -152,6 +152,8 @@ struct Inner {
     fresh_log: Option<fresh_pads::FreshLog>,
     /// Bytes of pieces held inline until a commit packs them (`pack.rs`), roughly.
     pack_backlog: std::sync::atomic::AtomicUsize,
+    /// When the pieces waiting to be packed began to arrive, and the last did.
+    pack_clock: std::sync::Mutex<pack::PackClock>,
     /// A commit was started for the backlog and has not begun packing yet.
     pack_commit_asked: std::sync::atomic::AtomicBool,
     /// Held by a commit's last packing pass; a change bringing a piece to pack waits for it.
@@ -273,6 +275,7 @@ impl Engine {
                 root_record,
                 fresh_log,
                 pack_backlog: Default::default(),
+                pack_clock: Default::default(),
                 pack_commit_asked: Default::default(),
                 pack_gate: Default::default(),
                 retired: std::sync::Mutex::new(retired),

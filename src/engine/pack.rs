@@ -64,6 +64,20 @@ impl PackUse {
     }
 }
 
+/// When the pieces now waiting for a commit started and last arrived.
+#[derive(Default)]
+pub(super) struct PackClock {
+    first: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+impl PackClock {
+    /// Nothing waits any more.
+    pub(super) fn reset(&mut self) {
+        *self = PackClock::default();
+    }
+}
+
 /// One piece to pack: its hash (which names it: equal pieces are packed once) and bytes.
 struct Piece {
     hash: [u8; 32],
@@ -139,6 +153,11 @@ impl Engine {
             self.inner.pack_backlog.fetch_sub(adding, Ordering::Relaxed);
             return false;
         }
+        let now = std::time::Instant::now();
+        let mut clock = self.inner.pack_clock.lock().unwrap();
+        clock.first.get_or_insert(now);
+        clock.last = Some(now);
+        drop(clock);
         if waiting > BACKLOG_COMMIT && !self.inner.pack_commit_asked.swap(true, Ordering::Relaxed) {
             let engine = self.clone();
             tokio::spawn(async move {
@@ -148,6 +167,18 @@ impl Engine {
             });
         }
         true
+    }
+
+    /// Whether a commit every `interval` should happen now, as far as packing goes: not while
+    /// small files are still arriving, so that a copy of many small files fills whole packs
+    /// rather than one part-filled pack per interval (a backlog of [`BACKLOG_COMMIT`] starts a
+    /// commit of its own); but never more than five intervals after the first of them.
+    pub fn commit_due(&self, interval: std::time::Duration) -> bool {
+        let clock = self.inner.pack_clock.lock().unwrap();
+        let (Some(first), Some(last)) = (clock.first, clock.last) else {
+            return true;
+        };
+        last.elapsed() >= interval || first.elapsed() >= 5 * interval
     }
 
     /// Packs every piece awaiting packing in the pages a commit would write: writes the packs,

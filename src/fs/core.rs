@@ -334,7 +334,7 @@ impl FsCore {
                 if let Err(e) = fs.drop_retired_packs().await {
                     tracing::warn!("could not free merged packs (will retry): errno {}", e.0);
                 }
-                if fs.engine.has_uncommitted().await {
+                if fs.engine.has_uncommitted().await && fs.engine.commit_due(interval) {
                     match fs.engine.commit().await {
                         Ok(()) => {}
                         Err(EngineError::Conflict) => {
