@@ -234,11 +234,13 @@ async fn sparse_packs_are_compacted_and_stale_chunk_lists_stay_valid() {
     engine.commit().await.unwrap();
     let held = engine.entry("kept").await.unwrap();
     let mut most_packs = 0;
+    let mut first_note = None;
     for i in 0..20u64 {
         let key = format!("notes/{i}.md");
         let data = noise(i, 10_000 + i as usize * 100);
         engine.store(&key, &data, Meta::file()).await.unwrap();
         engine.commit().await.unwrap();
+        first_note.get_or_insert(engine.entry(&key).await.unwrap());
         files.push((key, data));
         most_packs = most_packs.max(engine.stats().await.pads_in_use);
         engine.check_accounting().await.unwrap();
@@ -266,6 +268,16 @@ async fn sparse_packs_are_compacted_and_stale_chunk_lists_stay_valid() {
         after <= 9 && after < in_use,
         "{after} packs in use for 21 small files, {in_use} before"
     );
+    // A chunk list read before its pack was merged and freed still installs: its piece is
+    // found where the file holds the same bytes now.
+    let stale = first_note.unwrap();
+    let pack = stale.chunks.get(0).unwrap().pad.unwrap();
+    let now = engine.entry("notes/0.md").await.unwrap();
+    assert_ne!(now.chunks.get(0).unwrap().pad.unwrap().seed, pack.seed);
+    engine.install("notes/0.md", stale).await.unwrap();
+    assert_eq!(engine.fetch("notes/0.md").await.unwrap(), files[0].1);
+    engine.commit().await.unwrap();
+    engine.check_accounting().await.unwrap();
     drop(engine);
     let engine = open(store, &master).await;
     for (key, data) in &files {

@@ -470,10 +470,13 @@ impl Engine {
     }
 
     /// Validates a change, journals it, then applies it: an error leaves nothing changed.
-    async fn change(&self, op: Op) -> Result<()> {
+    async fn change(&self, mut op: Op) -> Result<()> {
         let limit = self.inline_limit();
+        // A piece of a pack may turn back into one to pack (`State::reconcile`).
         let brings_pieces = match &op {
-            Op::Install { entry, .. } => entry.chunks.iter().any(|(_, c)| c.awaits_packing(limit)),
+            Op::Install { entry, .. } => {
+                (entry.chunks.iter()).any(|(_, c)| c.awaits_packing(limit) || c.is_packed())
+            }
             _ => false,
         };
         let _packing_waits = match brings_pieces {
@@ -481,6 +484,9 @@ impl Engine {
             false => None,
         };
         let mut state = self.inner.state.lock().await;
+        if let Op::Install { key, entry } = &mut op {
+            state.reconcile(key, entry);
+        }
         state.check(&op, false)?;
         if let Some(journal) = self.inner.journal.get() {
             journal.append(&op)?;
@@ -1034,6 +1040,34 @@ impl State {
             }
         }
         places
+    }
+
+    /// Points the pieces of `entry` whose pack is no longer in the index (merged into others and
+    /// freed since `entry`'s chunk list was read) at where the key holds the same bytes now.
+    fn reconcile(&self, key: &str, entry: &mut Entry) {
+        let Some(current) = self.index.get(key) else {
+            return;
+        };
+        let mut chunks = entry.chunks.clone();
+        let mut changed = false;
+        for (idx, chunk) in entry.chunks.iter() {
+            let Some(pack) = chunk.pad.filter(|_| chunk.is_packed()) else {
+                continue;
+            };
+            if self.pack_users.contains_key(&pack.seed) {
+                continue;
+            }
+            let same = |c: &&Chunk| {
+                (c.hash, c.hash_kind, c.len) == (chunk.hash, chunk.hash_kind, chunk.len)
+            };
+            if let Some(now) = current.chunks.get(idx).filter(same) {
+                chunks.insert(idx, now.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            entry.chunks = chunks;
+        }
     }
 
     /// Releases the pads of an entry that left the index, but those in `kept` (still the key's):

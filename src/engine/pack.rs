@@ -38,7 +38,7 @@ pub const HEADER: &[u8; 8] = b"MMPACK01";
 const BACKLOG_COMMIT: usize = 16 << 20;
 /// Bytes held inline awaiting a pack past which pieces get pads of their own: the memory the
 /// index and the journal hold for them stays bounded whatever the writers do.
-const BACKLOG_MAX: usize = 64 << 20;
+const BACKLOG_MAX: usize = 32 << 20;
 
 /// Packs under half full past which a commit compacts them (see [`Engine::compact_packs`]).
 const COMPACT_AT: usize = 8;
