@@ -100,6 +100,15 @@ fn make_tree(src: &Path) {
     );
 }
 
+/// A fresh data dir, `data2` under `tmp`, holding only a copy of the master key in `data1`:
+/// what a new machine has.
+fn key_only(tmp: &Path, data1: &Path) -> PathBuf {
+    let data2 = tmp.join("data2");
+    std::fs::create_dir_all(&data2).unwrap();
+    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    data2
+}
+
 /// Runs `copy` (which fills `dst/` in the mount), checks the copy against `expected`, unmounts;
 /// reports the times and returns the mount's log.
 fn copy_in_and_unmount(mount: Mount, copy: &str, expected: &str) -> PathBuf {
@@ -145,9 +154,7 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
     assert!(paid1 > 0, "nothing paid: {cost1}");
 
     // Second mount: a fresh data dir with only a copy of the master key.
-    let data2 = tmp.path().join("data2");
-    std::fs::create_dir_all(&data2).unwrap();
-    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let data2 = key_only(tmp.path(), &data1);
     let t = Instant::now();
     let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
     eprintln!("  mount (key only): {:?}", t.elapsed());
@@ -221,9 +228,7 @@ fn a_tree_of_small_files_takes_about_its_size_in_pads() {
         "{created} pads created for 544 files: {cost}"
     );
 
-    let data2 = tmp.path().join("data2");
-    std::fs::create_dir_all(&data2).unwrap();
-    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let data2 = key_only(tmp.path(), &data1);
     let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
     let t = Instant::now();
     sh(
@@ -312,9 +317,7 @@ fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
     mount.unmount();
 
     // A fresh data dir holding only the key sees everything.
-    let data2 = tmp.path().join("data2");
-    std::fs::create_dir_all(&data2).unwrap();
-    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let data2 = key_only(tmp.path(), &data1);
     let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
     mount.unmount();
@@ -355,9 +358,7 @@ fn a_third_of_the_nodes_gone_slows_nothing_to_a_failure() {
     eprintln!("  sync (uploaded): {:?}", t.elapsed());
     mount.unmount();
 
-    let data2 = tmp.path().join("data2");
-    std::fs::create_dir_all(&data2).unwrap();
-    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let data2 = key_only(tmp.path(), &data1);
     let t = Instant::now();
     let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
@@ -426,9 +427,7 @@ fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
     eprintln!("  the next mount's uploads drained: {:?}", t.elapsed());
     mount.unmount();
 
-    let data2 = tmp.path().join("data2");
-    std::fs::create_dir_all(&data2).unwrap();
-    std::fs::copy(data1.join("master.key"), data2.join("master.key")).unwrap();
+    let data2 = key_only(tmp.path(), &data1);
     let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
     mount.unmount();
