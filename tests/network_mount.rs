@@ -244,11 +244,6 @@ struct StoppedNodes(Vec<String>);
 
 impl StoppedNodes {
     fn stop(state: &Path) -> StoppedNodes {
-        StoppedNodes::stop_every(state, 1)
-    }
-
-    /// Stops one node in `n` (every node for 1).
-    fn stop_every(state: &Path, n: usize) -> StoppedNodes {
         let mut pids = Vec::new();
         for entry in std::fs::read_dir(state.join("pids")).unwrap() {
             let path = entry.unwrap().path();
@@ -262,8 +257,6 @@ impl StoppedNodes {
             "no antnode pid files in {}",
             state.display()
         );
-        pids.sort();
-        let pids: Vec<String> = pids.into_iter().step_by(n).collect();
         sh(state, &format!("kill -STOP {}", pids.join(" ")));
         StoppedNodes(pids)
     }
@@ -323,57 +316,6 @@ fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
     mount.unmount();
 }
 
-/// A third of the nodes stopped (unresponsive, as a node that went away without a goodbye):
-/// a copy still uploads, a sync returns (within `--timeout`), and a fresh data dir holding only
-/// the key reads everything back, with that third still gone.
-#[test]
-#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
-fn a_third_of_the_nodes_gone_slows_nothing_to_a_failure() {
-    let state = state_dir();
-    let (args, env) = network_args(&state);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let expected = describe_tree(&src);
-    let data1 = tmp.path().join("data1");
-    let mnt = tmp.path().join("mnt");
-    let _nodes = StoppedNodes::stop_every(&state, 3);
-
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
-    let t = Instant::now();
-    sh(
-        Path::new("/"),
-        &format!("cp -a {} {}/dst", src.display(), mnt.display()),
-    );
-    eprintln!(
-        "  cp -a with a third of the nodes stopped: {:?}",
-        t.elapsed()
-    );
-    let t = Instant::now();
-    sh(
-        Path::new("/"),
-        &format!("{} sync {}", common::binary(), mnt.display()),
-    );
-    eprintln!("  sync (uploaded): {:?}", t.elapsed());
-    mount.unmount();
-
-    let data2 = key_only(tmp.path(), &data1);
-    let t = Instant::now();
-    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
-    assert_eq!(describe_tree(&mnt.join("dst")), expected);
-    sh(
-        tmp.path(),
-        &format!(
-            "diff -r --no-dereference {}/ {}/dst/",
-            src.display(),
-            mnt.display()
-        ),
-    );
-    eprintln!("  mount and read back (key only): {:?}", t.elapsed());
-    mount.unmount();
-}
-
 /// SIGTERM while a copy's pads are still uploading to the network: the mount exits within its
 /// `--unmount-wait` (it keeps what is not uploaded, and says so), and the next mount of the same
 /// data dir uploads the rest, so that a fresh data dir with only the key reads it all.
@@ -422,7 +364,8 @@ fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
     let t = Instant::now();
     sh(
         Path::new("/"),
-        &format!("{} sync {}", common::binary(), mnt.display()),
+        // Bounded: a network that cannot take the uploads fails the test rather than hang it.
+        &format!("timeout 300 {} sync {}", common::binary(), mnt.display()),
     );
     eprintln!("  the next mount's uploads drained: {:?}", t.elapsed());
     mount.unmount();
