@@ -88,34 +88,29 @@ impl MasterKey {
     /// group or others may read is refused: another user could have copied it.
     pub fn load_with(path: &Path, passphrase: &PassphraseSource) -> Result<Self, KeyError> {
         let shown = || path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
+        let read_err = |source| KeyError::Read {
             path: shown(),
             source,
-        })?;
-        let text = crate::key_seal::open_key_file(text, path, passphrase).map_err(|reason| {
-            KeyError::Passphrase {
-                path: shown(),
-                reason,
-            }
-        })?;
-        let key = SecretKey::from_hex(text.trim())
-            .map(MasterKey)
-            .map_err(|_| KeyError::Malformed { path: shown() })?;
-        let mode = fs::metadata(path)
-            .map_err(|source| KeyError::Read {
-                path: shown(),
-                source,
-            })?
-            .permissions()
-            .mode()
-            & 0o777;
+        };
+        // Before anything is read or a passphrase asked for: a key others could read is refused
+        // whatever it holds.
+        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Exposed {
                 path: shown(),
                 mode,
             });
         }
-        Ok(key)
+        let text = fs::read_to_string(path).map_err(read_err)?;
+        let text = crate::key_seal::open_key_file(text, path, passphrase).map_err(|reason| {
+            KeyError::Passphrase {
+                path: shown(),
+                reason,
+            }
+        })?;
+        SecretKey::from_hex(text.trim())
+            .map(MasterKey)
+            .map_err(|_| KeyError::Malformed { path: shown() })
     }
 
     /// Writes the key with mode 0600, never replacing an existing file.
@@ -222,11 +217,33 @@ mod tests {
         assert!(MasterKey::load(&path).is_ok());
     }
 
+    /// A sealed key file others can read is refused before its passphrase is asked for: the
+    /// passphrase must not be typed (or fetched from a secret manager) for a key already exposed.
+    #[test]
+    fn an_exposed_sealed_key_file_is_refused_before_the_passphrase_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let sealed = crate::key_seal::seal(MasterKey::generate().to_hex().as_bytes(), b"pw");
+        fs::write(&path, sealed).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let asked = dir.path().join("asked");
+        let command = PassphraseSource::Command(format!("touch {}; echo pw", asked.display()));
+        let err = MasterKey::load_with(&path, &command)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, KeyError::Exposed { .. }), "{err}");
+        assert!(!asked.exists(), "the passphrase was asked for");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(MasterKey::load_with(&path, &command).is_ok());
+        assert!(asked.exists());
+    }
+
     #[test]
     fn malformed_key_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.key");
         fs::write(&path, "not a key").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let err = MasterKey::load(&path).err().unwrap();
         assert!(err.to_string().contains("does not hold"), "{err}");
     }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -44,6 +45,7 @@ fn bad_arguments_are_refused_with_a_clear_message() {
 
     let bad_key = dir.path().join("bad.key");
     std::fs::write(&bad_key, "not a key").unwrap();
+    std::fs::set_permissions(&bad_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (code, text) = run(&[
         "--data-dir",
         data,
