@@ -17,7 +17,7 @@
 //! between packing and the page snapshot, the commit's last packing pass holds the pack gate,
 //! which a change bringing a piece to pack waits for; a change that brings none never does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use autonomi::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -43,14 +43,23 @@ const BACKLOG_MAX: usize = 32 << 20;
 /// Packs under half full past which a commit compacts them (see [`Engine::compact_packs`]).
 const COMPACT_AT: usize = 8;
 
-/// What the index holds in one pack: its pieces (chunks naming it) and their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the index holds in one pack: the pack, its pieces (chunks naming it) and their bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackUse {
+    pad: PadRef,
     pieces: u32,
     bytes: u64,
 }
 
 impl PackUse {
+    pub(super) fn new(pad: PadRef) -> Self {
+        PackUse {
+            pad,
+            pieces: 0,
+            bytes: 0,
+        }
+    }
+
     pub(super) fn add(&mut self, len: u32) {
         self.pieces += 1;
         self.bytes += u64::from(len);
@@ -247,7 +256,7 @@ impl Engine {
             }
         }
         let mut state = self.inner.state.lock().await;
-        let mut users: HashMap<_, PackUse> = HashMap::new();
+        let mut users: HashMap<PadSeed, PackUse> = HashMap::new();
         for chunk in state.index.dirty_chunks_mut() {
             if !chunk.awaits_packing(limit) {
                 continue;
@@ -257,8 +266,8 @@ impl Engine {
                 .filter(|p| p.hash_kind == chunk.hash_kind)
             {
                 *chunk = place.clone();
-                let seed = place.pad.expect("packed").seed;
-                users.entry(seed).or_default().add(place.len);
+                let pad = place.pad.expect("packed");
+                (users.entry(pad.seed).or_insert_with(|| PackUse::new(pad))).add(place.len);
             }
         }
         let mut unused = Vec::new();
@@ -291,29 +300,20 @@ impl Engine {
         let half = self.chunk_size() as u64 / 2;
         let victims: Vec<PadRef> = {
             let state = self.inner.state.lock().await;
-            let mut sparse: Vec<(u64, PadSeed)> = (state.pack_users.iter())
-                .filter(|(_, used)| used.bytes > 0 && used.bytes < half)
-                .map(|(seed, used)| (used.bytes, *seed))
+            let mut sparse: Vec<(u64, PadRef)> = (state.pack_users.values())
+                .filter(|used| used.bytes > 0 && used.bytes < half)
+                .map(|used| (used.bytes, used.pad))
                 .collect();
             if sparse.len() < COMPACT_AT {
                 return;
             }
-            sparse.sort_unstable();
+            sparse.sort_unstable_by_key(|(bytes, _)| *bytes);
             // At most four packs' worth of pieces move in one commit.
             let mut budget = 4 * half;
-            let chosen: HashSet<PadSeed> = (sparse.into_iter())
+            (sparse.into_iter())
                 .take_while(|(bytes, _)| budget.checked_sub(*bytes).map(|b| budget = b).is_some())
-                .map(|(_, seed)| seed)
-                .collect();
-            let mut pads = HashMap::new();
-            for (_, entry) in state.index.entries() {
-                for pad in entry.pieces().filter_map(|c| c.pad) {
-                    if chosen.contains(&pad.seed) {
-                        pads.insert(pad.seed, pad);
-                    }
-                }
-            }
-            pads.into_values().collect()
+                .map(|(_, pad)| pad)
+                .collect()
         };
         let reads = victims.iter().map(|pad| async move {
             let pack = self.inner.pack(*pad, Priority::Background).await;
@@ -348,12 +348,12 @@ impl Engine {
             if chunk.hash_kind != HashKind::default() || chunk.hash_kind.hash(piece) != chunk.hash {
                 return false;
             }
-            moved.entry(pad.seed).or_default().add(chunk.len);
+            (moved.entry(pad.seed).or_insert_with(|| PackUse::new(pad))).add(chunk.len);
             *chunk = Chunk::inline(piece.to_vec());
             true
         });
         for (seed, gone) in moved {
-            let pad = *victims.iter().find(|p| p.seed == seed).expect("a victim");
+            let pad = gone.pad;
             let used = state.pack_users.get_mut(&seed).expect("counted");
             used.pieces -= gone.pieces;
             used.bytes -= gone.bytes;
@@ -443,26 +443,11 @@ impl super::Inner {
         tag: [u8; 32],
         priority: Priority,
     ) -> super::SharedRead {
-        use futures::FutureExt;
-        let key = (pad.seed, tag);
-        let mut reads = self.reads_in_flight.lock().unwrap();
-        reads
-            .entry(key)
-            .or_insert_with(|| {
-                let inner = self.clone();
-                let task = tokio::spawn(async move {
-                    let result = inner.pads.read_pack(&pad, priority).await;
-                    if let Ok(pack) = &result {
-                        inner.cache.insert(pad.seed, tag, pack.clone());
-                    }
-                    inner.reads_in_flight.lock().unwrap().remove(&key);
-                    result
-                });
-                async move { task.await.expect("pack read task panicked") }
-                    .boxed()
-                    .shared()
-            })
-            .clone()
+        self.read_once((pad.seed, tag), move |inner| async move {
+            let pack = inner.pads.read_pack(&pad, priority).await?;
+            inner.cache.insert(pad.seed, tag, pack.clone());
+            Ok(pack)
+        })
     }
 }
 
