@@ -1,13 +1,11 @@
 //! Packing: small files share pads, each read back byte for byte after a reopen; a pack is freed
 //! with its last piece; a damaged pack is an error for the files in it, never wrong data.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-mod engine_common;
-
-use engine_common::{noise, pad_files};
 use mutant_mount::engine::{Engine, EngineOptions, DEFAULT_SCRATCHPAD_SIZE};
 use mutant_mount::index::Meta;
 use mutant_mount::keys::MasterKey;
@@ -26,6 +24,19 @@ async fn open(store: Arc<dyn PadStore>, master: &MasterKey) -> Engine {
         .unwrap()
 }
 
+/// Pseudo-random bytes, none of them zero.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8 | 1
+        })
+        .collect()
+}
+
 /// A source tree's worth of small files: 5 KiB to 60 KiB.
 fn tree() -> Vec<(String, Vec<u8>)> {
     (0..300u64)
@@ -36,12 +47,17 @@ fn tree() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Stores every file, then commits.
-async fn store_all(engine: &Engine, files: &[(String, Vec<u8>)]) {
-    for (key, data) in files {
-        engine.store(key, data, Meta::file()).await.unwrap();
+fn pad_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(dir.join("pads")).unwrap() {
+        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                files.push(path);
+            }
+        }
     }
-    engine.commit().await.unwrap();
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +72,10 @@ async fn small_files_share_pads_and_read_back_after_a_reopen() {
     let files = tree();
     let bytes: usize = files.iter().map(|(_, d)| d.len()).sum();
     let before = store.stats.creates.load(Ordering::Relaxed);
-    store_all(&engine, &files).await;
+    for (key, data) in &files {
+        engine.store(key, data, Meta::file()).await.unwrap();
+    }
+    engine.commit().await.unwrap();
     let created = store.stats.creates.load(Ordering::Relaxed) - before;
     // The data fits in ceil(bytes / chunk) packs, first fit may need one more; then one index
     // page. A pad each would have been 300.
@@ -87,7 +106,10 @@ async fn a_pack_is_freed_with_its_last_piece_and_reused() {
     let store: Arc<dyn PadStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
     let engine = open(store.clone(), &master).await;
     let files = tree();
-    store_all(&engine, &files).await;
+    for (key, data) in &files {
+        engine.store(key, data, Meta::file()).await.unwrap();
+    }
+    engine.commit().await.unwrap();
     let packs = engine.stats().await.pads_in_use;
     assert!(packs >= 2, "the tree takes several packs: {packs}");
 
@@ -128,7 +150,10 @@ async fn a_pack_is_freed_with_its_last_piece_and_reused() {
     );
     engine.check_accounting().await.unwrap();
     let files_before = pad_files(dir.path()).len();
-    store_all(&engine, &files).await;
+    for (key, data) in &files {
+        engine.store(key, data, Meta::file()).await.unwrap();
+    }
+    engine.commit().await.unwrap();
     assert_eq!(
         pad_files(dir.path()).len(),
         files_before,
@@ -149,7 +174,10 @@ async fn a_damaged_pack_fails_its_files_and_no_other() {
     let store: Arc<dyn PadStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
     let engine = open(store.clone(), &master).await;
     let files = tree();
-    store_all(&engine, &files).await;
+    for (key, data) in &files {
+        engine.store(key, data, Meta::file()).await.unwrap();
+    }
+    engine.commit().await.unwrap();
     let first = engine.entry(&files[0].0).await.unwrap();
     let pack = first.chunks.get(0).unwrap().pad.unwrap();
     let path = LocalStore::open(dir.path())

@@ -923,10 +923,7 @@ fn pack_users_of(index: &Index) -> HashMap<PadSeed, pack::PackUse> {
     for (_, entry) in index.entries() {
         for piece in entry.pieces() {
             let pad = piece.pad.expect("a piece has a pad");
-            (users
-                .entry(pad.seed)
-                .or_insert_with(|| pack::PackUse::new(pad)))
-            .add(piece.len);
+            users.entry(pad.seed).or_default().add(piece.len);
         }
     }
     users
@@ -1182,9 +1179,7 @@ impl State {
                 }
                 for piece in entry.pieces() {
                     let pack = piece.pad.expect("a piece has a pad");
-                    let used = self.pack_users.entry(pack.seed);
-                    used.or_insert_with(|| pack::PackUse::new(pack))
-                        .add(piece.len);
+                    self.pack_users.entry(pack.seed).or_default().add(piece.len);
                 }
                 if let Some(old) = self.index.insert(key.clone(), entry.clone()) {
                     self.release(&old, &seen);
@@ -1276,33 +1271,18 @@ impl Inner {
     /// The fetch of a chunk into the cache: the one under way, or a new one. It runs to the
     /// end whether or not anyone waits for it.
     fn fetch(self: &Arc<Self>, pad: PadRef, chunk: &Chunk, priority: Priority) -> SharedRead {
-        let chunk = chunk.clone();
-        self.read_once((pad.seed, chunk.hash), move |inner| async move {
-            inner.fetch_chunk(&chunk, priority).await
-        })
-    }
-
-    /// The read named `key` under way, or `read` started as a task of its own, shared by
-    /// everyone who asks meanwhile.
-    fn read_once<F>(
-        self: &Arc<Self>,
-        key: (PadSeed, [u8; 32]),
-        read: impl FnOnce(Arc<Self>) -> F,
-    ) -> SharedRead
-    where
-        F: std::future::Future<Output = Result<Bytes>> + Send + 'static,
-    {
+        let key = (pad.seed, chunk.hash);
         let mut reads = self.reads_in_flight.lock().unwrap();
         reads
             .entry(key)
             .or_insert_with(|| {
-                let (inner, running) = (self.clone(), read(self.clone()));
+                let (inner, chunk) = (self.clone(), chunk.clone());
                 let task = tokio::spawn(async move {
-                    let result = running.await;
+                    let result = inner.fetch_chunk(&chunk, priority).await;
                     inner.reads_in_flight.lock().unwrap().remove(&key);
                     result
                 });
-                async move { task.await.expect("read task panicked") }
+                async move { task.await.expect("chunk read task panicked") }
                     .boxed()
                     .shared()
             })

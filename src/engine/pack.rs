@@ -17,7 +17,7 @@
 //! between packing and the page snapshot, the commit's last packing pass holds the pack gate,
 //! which a change bringing a piece to pack waits for; a change that brings none never does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use autonomi::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -43,23 +43,14 @@ const BACKLOG_MAX: usize = 32 << 20;
 /// Packs under half full past which a commit compacts them (see [`Engine::compact_packs`]).
 const COMPACT_AT: usize = 8;
 
-/// What the index holds in one pack: the pack, its pieces (chunks naming it) and their bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the index holds in one pack: its pieces (chunks naming it) and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PackUse {
-    pad: PadRef,
     pieces: u32,
     bytes: u64,
 }
 
 impl PackUse {
-    pub(super) fn new(pad: PadRef) -> Self {
-        PackUse {
-            pad,
-            pieces: 0,
-            bytes: 0,
-        }
-    }
-
     pub(super) fn add(&mut self, len: u32) {
         self.pieces += 1;
         self.bytes += u64::from(len);
@@ -256,7 +247,7 @@ impl Engine {
             }
         }
         let mut state = self.inner.state.lock().await;
-        let mut users: HashMap<PadSeed, PackUse> = HashMap::new();
+        let mut users: HashMap<_, PackUse> = HashMap::new();
         for chunk in state.index.dirty_chunks_mut() {
             if !chunk.awaits_packing(limit) {
                 continue;
@@ -266,8 +257,8 @@ impl Engine {
                 .filter(|p| p.hash_kind == chunk.hash_kind)
             {
                 *chunk = place.clone();
-                let pad = place.pad.expect("packed");
-                (users.entry(pad.seed).or_insert_with(|| PackUse::new(pad))).add(place.len);
+                let seed = place.pad.expect("packed").seed;
+                users.entry(seed).or_default().add(place.len);
             }
         }
         let mut unused = Vec::new();
@@ -300,20 +291,29 @@ impl Engine {
         let half = self.chunk_size() as u64 / 2;
         let victims: Vec<PadRef> = {
             let state = self.inner.state.lock().await;
-            let mut sparse: Vec<(u64, PadRef)> = (state.pack_users.values())
-                .filter(|used| used.bytes > 0 && used.bytes < half)
-                .map(|used| (used.bytes, used.pad))
+            let mut sparse: Vec<(u64, PadSeed)> = (state.pack_users.iter())
+                .filter(|(_, used)| used.bytes > 0 && used.bytes < half)
+                .map(|(seed, used)| (used.bytes, *seed))
                 .collect();
             if sparse.len() < COMPACT_AT {
                 return;
             }
-            sparse.sort_unstable_by_key(|(bytes, _)| *bytes);
+            sparse.sort_unstable();
             // At most four packs' worth of pieces move in one commit.
             let mut budget = 4 * half;
-            (sparse.into_iter())
+            let chosen: HashSet<PadSeed> = (sparse.into_iter())
                 .take_while(|(bytes, _)| budget.checked_sub(*bytes).map(|b| budget = b).is_some())
-                .map(|(_, pad)| pad)
-                .collect()
+                .map(|(_, seed)| seed)
+                .collect();
+            let mut pads = HashMap::new();
+            for (_, entry) in state.index.entries() {
+                for pad in entry.pieces().filter_map(|c| c.pad) {
+                    if chosen.contains(&pad.seed) {
+                        pads.insert(pad.seed, pad);
+                    }
+                }
+            }
+            pads.into_values().collect()
         };
         let reads = victims.iter().map(|pad| async move {
             let pack = self.inner.pack(*pad, Priority::Background).await;
@@ -348,12 +348,12 @@ impl Engine {
             if chunk.hash_kind != HashKind::default() || chunk.hash_kind.hash(piece) != chunk.hash {
                 return false;
             }
-            (moved.entry(pad.seed).or_insert_with(|| PackUse::new(pad))).add(chunk.len);
+            moved.entry(pad.seed).or_default().add(chunk.len);
             *chunk = Chunk::inline(piece.to_vec());
             true
         });
         for (seed, gone) in moved {
-            let pad = gone.pad;
+            let pad = *victims.iter().find(|p| p.seed == seed).expect("a victim");
             let used = state.pack_users.get_mut(&seed).expect("counted");
             used.pieces -= gone.pieces;
             used.bytes -= gone.bytes;
@@ -443,11 +443,26 @@ impl super::Inner {
         tag: [u8; 32],
         priority: Priority,
     ) -> super::SharedRead {
-        self.read_once((pad.seed, tag), move |inner| async move {
-            let pack = inner.pads.read_pack(&pad, priority).await?;
-            inner.cache.insert(pad.seed, tag, pack.clone());
-            Ok(pack)
-        })
+        use futures::FutureExt;
+        let key = (pad.seed, tag);
+        let mut reads = self.reads_in_flight.lock().unwrap();
+        reads
+            .entry(key)
+            .or_insert_with(|| {
+                let inner = self.clone();
+                let task = tokio::spawn(async move {
+                    let result = inner.pads.read_pack(&pad, priority).await;
+                    if let Ok(pack) = &result {
+                        inner.cache.insert(pad.seed, tag, pack.clone());
+                    }
+                    inner.reads_in_flight.lock().unwrap().remove(&key);
+                    result
+                });
+                async move { task.await.expect("pack read task panicked") }
+                    .boxed()
+                    .shared()
+            })
+            .clone()
     }
 }
 

@@ -59,19 +59,6 @@ pub fn slice(data: &[u8], offset: u64, len: usize) -> &[u8] {
     &data[start..end]
 }
 
-/// Pseudo-random bytes, none of them zero (so no chunk becomes a hole).
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8 | 1
-        })
-        .collect()
-}
-
 /// Every pad file of a local store (the root included; temp files left out).
 pub fn pad_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
