@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,8 +71,13 @@ fn init_logging(level: &str) {
             "mutant_mount={level},warn,autonomi::networking::driver=off,fuser::session=error"
         ))
     });
+    // The log may sit on the disk the store fills (a background mount logs into its data
+    // dir): a line that cannot be written is dropped. By default the subscriber reports that
+    // with `eprintln!`, which panics when stderr cannot be written either, and a panic in a
+    // FUSE handler ends the mount.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -141,7 +147,9 @@ fn create_key_if_missing(cfg: &MountConfig) -> Result<bool, String> {
     let (key, created) =
         mutant_mount::keys::MasterKey::load_or_create(&cfg.key_file).map_err(|e| e.to_string())?;
     if created {
-        eprintln!(
+        // Not `eprintln!`, which panics when stderr cannot be written (a full disk).
+        let _ = writeln!(
+            std::io::stderr(),
             "mutant-mount: created a new master key in {} (fingerprint {}).\n\
              It is the only way to your files: back it up now, e.g. print it with\n  \
              mutant-mount key export --key-file {}\n\

@@ -2,6 +2,7 @@
 //! with fuser, and on unmount or a signal commit what is pending before exiting.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -757,7 +758,8 @@ pub fn wait_for_uploads(
         Ok(()) => tracing::info!("every commit is uploaded"),
         Err(message) => {
             tracing::warn!("{message}");
-            eprintln!("mutant-mount: {message}");
+            // Not `eprintln!`: it panics when stderr is a full disk.
+            let _ = writeln!(std::io::stderr(), "mutant-mount: {message}");
         }
     }
 }

@@ -35,6 +35,29 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A mount whose log cannot be written (a background mount logs into its data dir, which a
+/// full disk fills too) drops the lines and goes on serving: nothing it logs may end it.
+#[test]
+fn a_log_on_a_full_disk_does_not_stop_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mnt = dir.path().join("mnt");
+    let mount = Mount::start_logging_to(Path::new("/dev/full"), &data, &mnt, &[], &[]);
+    // Every operation logs at the debug level, a failing one more.
+    sh(
+        &mount.mnt,
+        "mkdir d && printf hello > d/f && cat d/f >/dev/null && mv d/f d/g && ls -la d >/dev/null",
+    );
+    assert!(sh_output(&mount.mnt, "cat missing").status.code() == Some(1));
+    sh(&mount.mnt, "sync");
+    assert_eq!(fs::read(mount.path("d/g")).unwrap(), b"hello");
+    mount.unmount();
+
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert_eq!(fs::read(mount.path("d/g")).unwrap(), b"hello");
+    mount.unmount();
+}
+
 #[test]
 fn a_full_disk_is_enospc_and_the_mount_carries_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,9 +39,22 @@ impl Mount {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Mount {
-        std::fs::create_dir_all(mnt).unwrap();
         std::fs::create_dir_all(data).unwrap();
         let log = data.join(format!("mount-{}.log", std::process::id()));
+        Mount::start_logging_to(&log, data, mnt, extra, env)
+    }
+
+    /// Like [`Mount::start_with_env`], with the process's stdout and stderr appended to `log`.
+    pub fn start_logging_to(
+        log: &Path,
+        data: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Mount {
+        std::fs::create_dir_all(mnt).unwrap();
+        std::fs::create_dir_all(data).unwrap();
+        let log = log.to_path_buf();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,6 +99,10 @@ impl Mount {
     }
 
     pub fn log_tail(&self) -> String {
+        // Only a regular file: a device such as /dev/full reads forever.
+        if !std::fs::metadata(&self.log).is_ok_and(|m| m.is_file()) {
+            return format!("(the log went to {})", self.log.display());
+        }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
