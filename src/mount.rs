@@ -793,12 +793,14 @@ fn log_network_cost(network: &NetworkStore) {
         network = %network.network(),
         pads_created = stats.pads_created.load(Relaxed),
         creates_without_payment = stats.creates_without_payment.load(Relaxed),
+        payments = network.payments(),
         updates = stats.updates.load(Relaxed),
         gets = stats.gets.load(Relaxed),
         tokens_paid = %network.total_cost(),
         atto_paid = %network.total_cost().as_atto(),
-        "network session cost: {} pads created, {} tokens paid (updates are free)",
+        "network session cost: {} pads created in {} payments, {} tokens paid (updates are free)",
         stats.pads_created.load(Relaxed),
+        network.payments(),
         network.total_cost()
     );
 }

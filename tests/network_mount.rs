@@ -152,6 +152,12 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
     assert!(created1 >= 5, "only {created1} pads created: {cost1}");
     let paid1: u128 = field(&cost1, "atto_paid").parse().unwrap();
     assert!(paid1 > 0, "nothing paid: {cost1}");
+    // Pads created together are paid for together: never more payments than pads.
+    let payments1: u64 = field(&cost1, "payments").parse().unwrap();
+    assert!(
+        (1..=created1).contains(&payments1),
+        "{payments1} payments for {created1} pads: {cost1}"
+    );
 
     // Second mount: a fresh data dir with only a copy of the master key.
     let data2 = key_only(tmp.path(), &data1);

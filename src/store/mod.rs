@@ -10,6 +10,8 @@ use autonomi::{Bytes, PublicKey};
 pub mod health;
 pub mod local;
 pub mod network;
+mod group_commit;
+mod payments;
 pub mod retry;
 pub mod sim;
 pub mod stats;

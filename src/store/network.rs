@@ -1,8 +1,9 @@
 //! The Autonomi network store: pads are `autonomi` scratchpads (autonomi 0.10.2).
 //!
-//! - `create` is `Client::scratchpad_put` with the wallet: the one paid operation. If the put fails
-//!   after the payment went through, the receipt is kept and the next `create` of that pad
-//!   reuses it, so a retried creation is paid once.
+//! - `create` is `Client::scratchpad_put` with a proof of payment: the one paid operation. The
+//!   quotes are gathered per pad and paid for with those of other creates under way, in one
+//!   transaction (`payments.rs`). If the put fails after the payment went through, the receipt
+//!   is kept and the next `create` of that pad reuses it, so a retried creation is paid once.
 //! - `update` is `Client::scratchpad_put_update`: a pre-signed pad, no payment, no read.
 //! - `get` is `Client::scratchpad_get`, `exists` is `Client::scratchpad_check_existence`.
 //!
@@ -17,7 +18,6 @@
 //! gets sleeps 2 + 4 + 8 s before it reports a missing pad, and its put retries would repeat a
 //! refused stale write for 30 s. Retry transient errors with [`super::RetryingStore`] instead.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use autonomi::client::payment::{PaymentOption, Receipt};
+use autonomi::client::quote::DataTypes;
 use autonomi::client::scratchpad::ScratchpadError;
 use autonomi::client::PutError;
 use autonomi::networking::{NetworkError, RetryStrategy};
@@ -34,6 +35,7 @@ use autonomi::{
     PublicKey, Wallet,
 };
 
+use super::payments::Payer;
 use super::{PadStore, StoreError};
 
 /// The environment variable holding the EVM wallet's private key (hex), as the autonomi CLI
@@ -214,12 +216,11 @@ pub struct NetworkStats {
 
 pub struct NetworkStore {
     client: Client,
-    wallet: Option<Wallet>,
     network: NetworkKind,
     stats: NetworkStats,
     total_cost: Mutex<AttoTokens>,
-    /// Payments made for pads whose put then failed, reused by the next create of the pad.
-    receipts: Mutex<HashMap<ScratchpadAddress, Receipt>>,
+    /// Pays for new pads, several at a time; `None` without a wallet.
+    payer: Option<Payer>,
 }
 
 fn permanent(what: impl std::fmt::Display) -> StoreError {
@@ -284,11 +285,10 @@ impl NetworkStore {
         );
         Ok(NetworkStore {
             client,
-            wallet,
+            payer: wallet.map(Payer::new),
             network: config.network,
             stats: NetworkStats::default(),
             total_cost: Mutex::new(AttoTokens::zero()),
-            receipts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -311,12 +311,43 @@ impl NetworkStore {
 
     /// The wallet's token balance (atto), for a start-up check and logs.
     pub async fn wallet_balance(&self) -> Result<AttoTokens, StoreError> {
-        let wallet = self.wallet.as_ref().ok_or_else(|| permanent("no wallet"))?;
+        let wallet = self
+            .payer
+            .as_ref()
+            .ok_or_else(|| permanent("no wallet"))?
+            .wallet();
         let balance = wallet
             .balance_of_tokens()
             .await
             .map_err(|e| StoreError::Transient(format!("cannot read the wallet balance: {e}")))?;
         Ok(AttoTokens::from_atto(balance))
+    }
+
+    /// Quotes for storing `pad`, then payment with the other creates under way: the proof of
+    /// payment to put it with, empty if the network says it is paid for already.
+    async fn pay_for(&self, payer: &Payer, pad: &Scratchpad) -> Result<Receipt, StoreError> {
+        let address = pad.address().xorname();
+        let quotes = self
+            .client
+            .get_store_quotes(
+                DataTypes::Scratchpad,
+                std::iter::once((address, pad.size())),
+            )
+            .await
+            .map_err(|e| StoreError::Transient(format!("cannot get quotes: {e}")))?;
+        if quotes.is_empty() {
+            return Ok(Receipt::new());
+        }
+        tracing::trace!(pad = %short(pad.owner()), "quoted");
+        payer.pay(quotes).await?;
+        payer
+            .take_receipt(&address)
+            .ok_or_else(|| StoreError::Transient("the payment left no proof".into()))
+    }
+
+    /// Payments made for new pads (EVM transactions): several pads created together share one.
+    pub fn payments(&self) -> u64 {
+        self.payer.as_ref().map_or(0, Payer::payments)
     }
 
     fn add_cost(&self, cost: AttoTokens) {
@@ -490,13 +521,22 @@ fn map_error(op: Option<Op>, offered: u64, e: ScratchpadError) -> StoreError {
 
 fn map_pay_error(e: autonomi::client::payment::PayError) -> StoreError {
     use autonomi::client::payment::PayError;
-    use evmlib::wallet::Error as WalletError;
     match e {
         PayError::EvmWalletNetworkMismatch => permanent(e),
-        PayError::EvmWalletError(
-            WalletError::InsufficientTokensForQuotes(..) | WalletError::PrivateKeyInvalid,
-        ) => permanent(format!("payment failed: {e}")),
-        // RPC failures, contract calls, too few quotes: worth another try.
+        PayError::EvmWalletError(e) => map_wallet_error(e),
+        // Too few quotes and the like: worth another try.
+        other => StoreError::Transient(format!("payment failed: {other}")),
+    }
+}
+
+/// A failed payment: permanent when the wallet cannot pay, else (RPC failures, contract
+/// calls) worth another try.
+pub(super) fn map_wallet_error(e: evmlib::wallet::Error) -> StoreError {
+    use evmlib::wallet::Error as WalletError;
+    match e {
+        WalletError::InsufficientTokensForQuotes(..) | WalletError::PrivateKeyInvalid => {
+            permanent(format!("payment failed: {e}"))
+        }
         other => StoreError::Transient(format!("payment failed: {other}")),
     }
 }
@@ -509,19 +549,22 @@ fn short(owner: &PublicKey) -> String {
 impl PadStore for NetworkStore {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
         let pad = super::check_acceptable_off_thread(pad).await?;
-        let Some(wallet) = &self.wallet else {
+        let Some(payer) = &self.payer else {
             return Err(permanent("cannot create pads without a wallet"));
         };
         let address = *pad.address();
         let counter = pad.counter();
-        let earlier_receipt = self.receipts.lock().unwrap().remove(&address);
-        let reused = earlier_receipt.is_some();
-        let payment = match earlier_receipt {
-            Some(receipt) => PaymentOption::Receipt(receipt),
-            None => PaymentOption::from(wallet),
-        };
         let started = Instant::now();
-        match self.client.scratchpad_put(pad, payment).await {
+        let (receipt, reused) = match payer.take_receipt(&address.xorname()) {
+            Some(receipt) => (receipt, true),
+            None => (self.pay_for(payer, &pad).await?, false),
+        };
+        let paid = started.elapsed();
+        match self
+            .client
+            .scratchpad_put(pad, PaymentOption::Receipt(receipt.clone()))
+            .await
+        {
             Ok((cost, _)) => {
                 if reused || cost.is_zero() {
                     self.stats
@@ -537,24 +580,15 @@ impl PadStore for NetworkStore {
                     reused_receipt = reused,
                     pads_created = n,
                     total_cost = %self.total_cost(),
+                    ?paid,
                     elapsed = ?started.elapsed(),
                     "created pad"
                 );
                 Ok(())
             }
             Err(e) => {
-                if let ScratchpadError::PutError(PutError::Network {
-                    payment: Some(receipt),
-                    ..
-                }) = &e
-                {
-                    if !receipt.is_empty() {
-                        self.receipts
-                            .lock()
-                            .unwrap()
-                            .insert(address, receipt.clone());
-                    }
-                }
+                // Paid for and not stored: the next try of this pad uses the same payment.
+                payer.keep_receipt(receipt);
                 let mapped = map_error(Some(Op::Create), counter, e);
                 tracing::debug!(pad = %short(address.owner()), error = %mapped, elapsed = ?started.elapsed(), "create failed");
                 Err(mapped)
