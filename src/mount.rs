@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{FsConfig, FsCore};
 use crate::keys::MasterKey;
+use crate::store::connecting::ConnectingStore;
 use crate::store::network::{NetworkConfig, NetworkStore};
 use crate::store::tier::{TierConfig, TierOptions, TieredStore};
 use crate::store::{
@@ -48,6 +49,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a wait at unmount says it is still waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a mount whose tier holds the index waits for the network before it starts
+/// offline, and how long it then waits before its first try in the background.
+const OFFLINE_AFTER: Duration = Duration::from_secs(20);
+const OFFLINE_RETRY: Duration = Duration::from_secs(5);
 
 /// How long joining the network may take before start-up gives up.
 const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -474,8 +480,8 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
         wait_for_uploads(&rt, tier, left);
     }
     tracing::info!("store operations: {store_stats}");
-    if let Some(network) = &network {
-        log_network_cost(network);
+    if let Some(network) = network.as_ref().and_then(|n| n.network()) {
+        log_network_cost(&network);
     }
     if let Err(e) = served {
         return fail(format!("the FUSE session ended with an error: {e}"));
@@ -519,7 +525,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, StartError> {
 /// A store opened as a mount opens it, and the engine over it.
 pub struct Opened {
     pub engine: Engine,
-    network: Option<Arc<NetworkStore>>,
+    network: Option<Arc<Network>>,
     tier: Option<Arc<TieredStore>>,
     store_stats: Arc<StoreStats>,
     health: StoreHealth,
@@ -541,7 +547,7 @@ pub fn open_engine(
     let (network, parallelism) = match &cfg.store {
         StoreChoice::Local => (None, EngineOptions::default().parallelism),
         StoreChoice::Network(net) => (
-            Some(Arc::new(rt.block_on(connect_network(net.clone()))?)),
+            Some(Arc::new(rt.block_on(join_network(cfg, net, &key))?)),
             NETWORK_PARALLELISM,
         ),
     };
@@ -686,7 +692,7 @@ fn serve_control(
     fingerprint: String,
     store_stats: Arc<StoreStats>,
     health: StoreHealth,
-    (network, tier): (&Option<Arc<NetworkStore>>, &Option<Arc<TieredStore>>),
+    (network, tier): (&Option<Arc<Network>>, &Option<Arc<TieredStore>>),
 ) -> Option<crate::control::server::ControlSocket> {
     let sources = crate::control::server::Sources {
         core: core.clone(),
@@ -701,7 +707,10 @@ fn serve_control(
         attempts: health.attempts,
         failures: health.failures,
         tokens_spent: network.clone().map(|n| {
-            Box::new(move || n.total_cost().to_string()) as Box<dyn Fn() -> String + Send + Sync>
+            Box::new(move || match n.network() {
+                Some(n) => n.total_cost().to_string(),
+                None => "0 (not connected to the network yet)".to_string(),
+            }) as Box<dyn Fn() -> String + Send + Sync>
         }),
         tier: tier.clone(),
     };
@@ -721,10 +730,7 @@ async fn open_tier(
     key: &MasterKey,
     network: Arc<dyn PadStore>,
 ) -> Result<Arc<TieredStore>, StartError> {
-    let dir = cfg.tier.dir.clone().unwrap_or_else(|| {
-        let data = cfg.key_file.parent().unwrap_or(Path::new("."));
-        data.join(format!("tier-{}", net.network))
-    });
+    let dir = tier_dir(cfg, net);
     let tier_cfg = TierConfig {
         max_bytes: cfg.tier.max_bytes,
         ..TierConfig::new(&dir)
@@ -764,24 +770,102 @@ pub fn wait_for_uploads(
     }
 }
 
+/// Where the tier of `net` lives: `--cache-dir`, or `tier-NETWORK` beside the key.
+fn tier_dir(cfg: &MountConfig, net: &NetworkConfig) -> PathBuf {
+    cfg.tier.dir.clone().unwrap_or_else(|| {
+        let data = cfg.key_file.parent().unwrap_or(Path::new("."));
+        data.join(format!("tier-{}", net.network))
+    })
+}
+
+/// The network store of a mount, joined or still being joined.
+type Network = ConnectingStore<NetworkStore>;
+
+/// Joins the network. A mount whose tier already holds the index does not need it to start:
+/// if the network cannot be reached within [`OFFLINE_AFTER`], it mounts offline (the tier
+/// serves what it holds and stages writes) and joins in the background.
+async fn join_network(
+    cfg: &MountConfig,
+    net: &NetworkConfig,
+    key: &MasterKey,
+) -> Result<Network, StartError> {
+    let dir = tier_dir(cfg, net);
+    let offline_ok = cfg.tier.staged && TieredStore::holds(&dir, &key.root_key().public_key());
+    if !offline_ok {
+        let store = connect_within(net.clone(), CONNECT_LIMIT).await?;
+        return Ok(ConnectingStore::connected(Arc::new(store)));
+    }
+    match connect_within(net.clone(), OFFLINE_AFTER).await {
+        Ok(store) => Ok(ConnectingStore::connected(Arc::new(store))),
+        Err(Unreachable::Not(e)) => Err(e),
+        Err(Unreachable::Now(e)) => {
+            tracing::warn!(
+                "{e}: mounting offline from the local tier in {}. Files it holds read as \
+                 usual, others fail with EIO; writes are staged, and upload once the network \
+                 is joined (tried again in the background)",
+                dir.display()
+            );
+            let net = net.clone();
+            Ok(ConnectingStore::offline(OFFLINE_RETRY, move || {
+                let net = net.clone();
+                async move {
+                    connect_within(net, CONNECT_LIMIT)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            }))
+        }
+    }
+}
+
+/// Why the network could not be joined.
+#[derive(Debug)]
+enum Unreachable {
+    /// No answer (yet): worth trying again.
+    Now(StartError),
+    /// A setting is wrong (a wallet key missing or invalid, a testnet without peers or EVM
+    /// settings): trying again cannot help.
+    Not(StartError),
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreachable::Now(e) | Unreachable::Not(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<Unreachable> for StartError {
+    fn from(e: Unreachable) -> Self {
+        match e {
+            Unreachable::Now(e) | Unreachable::Not(e) => e,
+        }
+    }
+}
+
 /// Joins the network, as a start-up error a user can act on.
 pub async fn connect_network(net: NetworkConfig) -> Result<NetworkStore, StartError> {
+    Ok(connect_within(net, CONNECT_LIMIT).await?)
+}
+
+async fn connect_within(net: NetworkConfig, limit: Duration) -> Result<NetworkStore, Unreachable> {
     let kind = net.network;
-    match tokio::time::timeout(CONNECT_LIMIT, NetworkStore::connect(net)).await {
+    let now = |msg: String| Unreachable::Now(StartError(msg));
+    match tokio::time::timeout(limit, NetworkStore::connect(net)).await {
         Ok(Ok(store)) => Ok(store),
-        // A wallet key that is missing or invalid, a testnet without peers or EVM settings:
-        // the message says what to set.
-        Ok(Err(StoreError::Permanent(msg))) => fail(format!(
+        // The message says what to set.
+        Ok(Err(StoreError::Permanent(msg))) => Err(Unreachable::Not(StartError(format!(
             "cannot use the {kind} Autonomi network: {msg}"
-        )),
-        Ok(Err(StoreError::Transient(msg))) => fail(format!(
+        )))),
+        Ok(Err(StoreError::Transient(msg))) => Err(now(format!(
             "cannot reach the Autonomi network: {msg} (network {kind}; check ANT_PEERS and that those peers are up)"
-        )),
-        Ok(Err(e)) => fail(format!("cannot reach the Autonomi network ({kind}): {e}")),
-        Err(_) => fail(format!(
+        ))),
+        Ok(Err(e)) => Err(now(format!("cannot reach the Autonomi network ({kind}): {e}"))),
+        Err(_) => Err(now(format!(
             "cannot reach the Autonomi network: not connected after {} s (network {kind}; check ANT_PEERS and that those peers are up)",
-            CONNECT_LIMIT.as_secs()
-        )),
+            limit.as_secs()
+        ))),
     }
 }
 

@@ -53,6 +53,42 @@ fn network_args(state: &Path) -> (Vec<String>, Vec<(String, String)>) {
     (args, env)
 }
 
+/// What every test starts from: the local network's state dir, the mount's arguments for it
+/// (plus a test's own), and a temp dir with `src/` (for the test to fill), `data1/` and `mnt/`.
+struct Scene {
+    state: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    data1: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Scene {
+    fn new(extra: &[&str]) -> Scene {
+        let state = state_dir();
+        let (mut args, env) = network_args(&state);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let tmp = tempfile::tempdir().unwrap();
+        Scene {
+            state,
+            args,
+            env,
+            src: tmp.path().join("src"),
+            data1: tmp.path().join("data1"),
+            mnt: tmp.path().join("mnt"),
+            tmp,
+        }
+    }
+
+    /// The data dir `data` mounted on the scene's mount point.
+    fn mount(&self, data: &Path) -> Mount {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Mount::start_with_env(data, &self.mnt, &args, &self.env)
+    }
+}
+
 /// The "network session cost" line a mount logs at unmount.
 fn cost_line(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap();
@@ -126,19 +162,21 @@ fn copy_in_and_unmount(mount: Mount, copy: &str, expected: &str) -> PathBuf {
 #[test]
 #[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 fn rsync_over_the_network_and_remount_from_the_key_alone() {
-    let state = state_dir();
-    let (args, env) = network_args(&state);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let expected = describe_tree(&src);
+    let scene = Scene::new(&[]);
+    let Scene {
+        state: _,
+        tmp,
+        src,
+        data1,
+        mnt,
+        ..
+    } = &scene;
+    make_tree(src);
+    let expected = describe_tree(src);
 
     // First mount: a new key, a new file system on the network.
-    let data1 = tmp.path().join("data1");
-    let mnt = tmp.path().join("mnt");
     let t = Instant::now();
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let mount = scene.mount(data1);
     eprintln!("  mount (new key): {:?}", t.elapsed());
     let log1 = copy_in_and_unmount(
         mount,
@@ -160,9 +198,9 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
     );
 
     // Second mount: a fresh data dir with only a copy of the master key.
-    let data2 = key_only(tmp.path(), &data1);
+    let data2 = key_only(tmp.path(), data1);
     let t = Instant::now();
-    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    let mount = scene.mount(&data2);
     eprintln!("  mount (key only): {:?}", t.elapsed());
     let t = Instant::now();
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
@@ -191,11 +229,15 @@ fn rsync_over_the_network_and_remount_from_the_key_alone() {
 #[test]
 #[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 fn a_tree_of_small_files_takes_about_its_size_in_pads() {
-    let state = state_dir();
-    let (args, env) = network_args(&state);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
+    let scene = Scene::new(&[]);
+    let Scene {
+        state: _,
+        tmp,
+        src,
+        data1,
+        mnt,
+        ..
+    } = &scene;
     let mut bytes = 0;
     for i in 0..544usize {
         let dir = src.join(format!("crate{}/src/m{}", i % 6, i % 17));
@@ -208,10 +250,8 @@ fn a_tree_of_small_files_takes_about_its_size_in_pads() {
         .unwrap();
         bytes += len;
     }
-    let expected = describe_tree(&src);
-    let data1 = tmp.path().join("data1");
-    let mnt = tmp.path().join("mnt");
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let expected = describe_tree(src);
+    let mount = scene.mount(data1);
     let t = Instant::now();
     let copy = format!("rsync -a {}/ {}/dst/", src.display(), mnt.display());
     sh(Path::new("/"), &copy);
@@ -234,8 +274,8 @@ fn a_tree_of_small_files_takes_about_its_size_in_pads() {
         "{created} pads created for 544 files: {cost}"
     );
 
-    let data2 = key_only(tmp.path(), &data1);
-    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    let data2 = key_only(tmp.path(), data1);
+    let mount = scene.mount(&data2);
     let t = Instant::now();
     sh(
         tmp.path(),
@@ -280,19 +320,20 @@ impl Drop for StoppedNodes {
 #[test]
 #[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
-    let state = state_dir();
-    let (args, env) = network_args(&state);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--unmount-wait", "5"]);
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let expected = describe_tree(&src);
-    let data1 = tmp.path().join("data1");
-    let mnt = tmp.path().join("mnt");
+    let scene = Scene::new(&["--unmount-wait", "5"]);
+    let Scene {
+        state,
+        tmp,
+        src,
+        data1,
+        mnt,
+        ..
+    } = &scene;
+    make_tree(src);
+    let expected = describe_tree(src);
 
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
-    let nodes = StoppedNodes::stop(&state);
+    let mount = scene.mount(data1);
+    let nodes = StoppedNodes::stop(state);
     let log1 = copy_in_and_unmount(
         mount,
         &format!("cp -a {} {}/dst", src.display(), mnt.display()),
@@ -306,7 +347,7 @@ fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
     drop(nodes);
 
     // The same data dir with the network back: the next mount uploads what was left.
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let mount = scene.mount(data1);
     let t = Instant::now();
     sh(
         tmp.path(),
@@ -316,9 +357,64 @@ fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
     mount.unmount();
 
     // A fresh data dir holding only the key sees everything.
-    let data2 = key_only(tmp.path(), &data1);
-    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    let data2 = key_only(tmp.path(), data1);
+    let mount = scene.mount(&data2);
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    mount.unmount();
+}
+
+/// A data dir that has mounted before mounts with every node stopped: from its tier, after a
+/// bounded wait. What the tier holds reads; a write is staged; once the nodes are back the
+/// mount joins by itself and uploads it, so a fresh data dir with only the key sees it.
+#[test]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
+fn a_mount_with_the_network_gone_starts_from_the_tier_and_uploads_once_it_is_back() {
+    let scene = Scene::new(&[]);
+    let Scene {
+        state,
+        tmp,
+        src,
+        data1,
+        mnt,
+        ..
+    } = &scene;
+    make_tree(src);
+    let expected = describe_tree(src);
+    let mount = scene.mount(data1);
+    copy_in_and_unmount(
+        mount,
+        &format!("cp -a {} {}/dst", src.display(), mnt.display()),
+        &expected,
+    );
+
+    let nodes = StoppedNodes::stop(state);
+    let t = Instant::now();
+    let mount = scene.mount(data1);
+    eprintln!("  mount with the network gone: {:?}", t.elapsed());
+    let log = std::fs::read_to_string(mount.log_path()).unwrap();
+    assert!(log.contains("mounting offline"), "{}", mount.log_tail());
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    sh(
+        mnt,
+        "printf 'written offline\\n' > offline.txt && mkdir made-offline",
+    );
+    drop(nodes);
+    let t = Instant::now();
+    sh(
+        tmp.path(),
+        &format!("timeout 300 {} sync {}", common::binary(), mnt.display()),
+    );
+    eprintln!("  joined and uploaded: {:?}", t.elapsed());
+    mount.unmount();
+
+    let data2 = key_only(tmp.path(), data1);
+    let mount = scene.mount(&data2);
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    assert_eq!(
+        std::fs::read(mnt.join("offline.txt")).unwrap(),
+        b"written offline\n"
+    );
+    assert!(mnt.join("made-offline").is_dir());
     mount.unmount();
 }
 
@@ -328,13 +424,16 @@ fn a_copy_with_the_network_gone_completes_and_uploads_at_the_next_mount() {
 #[test]
 #[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
 fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
-    let state = state_dir();
-    let (args, env) = network_args(&state);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--unmount-wait", "2"]);
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
+    let scene = Scene::new(&["--unmount-wait", "2"]);
+    let Scene {
+        state: _,
+        tmp,
+        src,
+        data1,
+        mnt,
+        ..
+    } = &scene;
+    std::fs::create_dir_all(src).unwrap();
     std::fs::write(src.join("big.bin"), content_for("big", 40 << 20)).unwrap();
     for i in 0..40 {
         std::fs::write(
@@ -343,11 +442,9 @@ fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
         )
         .unwrap();
     }
-    let expected = describe_tree(&src);
-    let data1 = tmp.path().join("data1");
-    let mnt = tmp.path().join("mnt");
+    let expected = describe_tree(src);
 
-    let mut mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let mut mount = scene.mount(data1);
     sh(
         Path::new("/"),
         &format!("cp -a {} {}/dst", src.display(), mnt.display()),
@@ -363,10 +460,10 @@ fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
     drop(mount);
     let _ = std::process::Command::new("fusermount3")
         .arg("-uz")
-        .arg(&mnt)
+        .arg(mnt)
         .status();
 
-    let mount = Mount::start_with_env(&data1, &mnt, &args, &env);
+    let mount = scene.mount(data1);
     let t = Instant::now();
     sh(
         Path::new("/"),
@@ -376,8 +473,8 @@ fn sigterm_during_uploads_exits_in_time_and_the_next_mount_finishes() {
     eprintln!("  the next mount's uploads drained: {:?}", t.elapsed());
     mount.unmount();
 
-    let data2 = key_only(tmp.path(), &data1);
-    let mount = Mount::start_with_env(&data2, &mnt, &args, &env);
+    let data2 = key_only(tmp.path(), data1);
+    let mount = scene.mount(&data2);
     assert_eq!(describe_tree(&mnt.join("dst")), expected);
     mount.unmount();
 }

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
 
+pub mod connecting;
+mod group_commit;
 pub mod health;
 pub mod local;
 pub mod network;
-mod group_commit;
 mod payments;
 pub mod retry;
 pub mod sim;
@@ -41,6 +42,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store operation timed out")]
     Timeout,
+    /// The network has not been joined yet (a mount that started offline): worth trying
+    /// again later, not within one operation.
+    #[error("not connected to the network")]
+    Offline,
     #[error("transient store error: {0}")]
     Transient(String),
     #[error("store error: {0}")]
@@ -131,7 +136,10 @@ impl StoreError {
 
     /// Whether the same operation may succeed if tried again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Timeout | StoreError::Transient(_))
+        matches!(
+            self,
+            StoreError::Timeout | StoreError::Transient(_) | StoreError::Offline
+        )
     }
 }
 

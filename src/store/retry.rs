@@ -78,7 +78,12 @@ impl<S: PadStore> RetryingStore<S> {
                 None => op().await,
             };
             match attempt_result {
-                Err(e) if e.is_transient() && attempt < self.policy.attempts => {
+                // Offline, the network is joined in the background, on its own schedule.
+                Err(e)
+                    if e.is_transient()
+                        && e != StoreError::Offline
+                        && attempt < self.policy.attempts =>
+                {
                     tracing::debug!(%e, attempt, "{what} failed, retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.policy.max_delay);

@@ -243,6 +243,13 @@ impl TieredStore {
         Ok(Arc::new(TieredStore { shared, uploader }))
     }
 
+    /// Whether the tier in `dir` holds a version of the root pad `root_owner` owns: a mount
+    /// can then start from it without the network.
+    pub fn holds(dir: &Path, root_owner: &PublicKey) -> bool {
+        dir.join("cache").exists()
+            && LocalStore::open(&dir.join("cache")).is_ok_and(|c| c.pad_path(root_owner).exists())
+    }
+
     /// The tier's directory.
     pub fn dir(&self) -> &Path {
         &self.shared.cfg.dir
