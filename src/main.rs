@@ -92,6 +92,11 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
     if args.timeout.is_zero() {
         return Err("--timeout must be more than zero (e.g. 30s)".into());
     }
+    if args.upload.is_some() && args.store.network.is_none() && args.simulate.is_none() {
+        return Err(
+            "--upload is for a store over a network: give --network (or --simulate)".into(),
+        );
+    }
     let mut cfg = MountConfig {
         mountpoint: args.mountpoint().cloned().unwrap_or_default(),
         store,
@@ -122,7 +127,10 @@ fn config(args: &MountArgs, wallet: Option<WalletKey>) -> Result<MountConfig, St
         discard_damaged_journal: args.discard_damaged_journal,
         accept_rollback: args.accept_rollback,
         tier: TierOptions {
-            staged: args.upload == UploadMode::Staged,
+            staged: match args.upload {
+                Some(mode) => mode == UploadMode::Staged,
+                None => args.store.network.is_some(),
+            },
             dir: args.store.cache_dir.clone(),
             max_bytes: args.cache_max_size,
         },

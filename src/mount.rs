@@ -568,12 +568,17 @@ pub fn open_engine(
             limited(RetryPolicy::network()),
         ),
     };
-    let (store, tier) = match (&cfg.store, cfg.tier.staged) {
-        (StoreChoice::Network(net), true) => {
-            let tier = rt.block_on(open_tier(cfg, net, &key, store))?;
+    // The tier is in front of the network, or of a simulated one when asked for (benchmarks).
+    let tier_name = match &cfg.store {
+        StoreChoice::Network(net) => Some(format!("tier-{}", net.network)),
+        StoreChoice::Local => cfg.simulate.as_ref().map(|_| "tier-simulated".to_string()),
+    };
+    let (store, tier) = match tier_name.filter(|_| cfg.tier.staged) {
+        Some(name) => {
+            let tier = rt.block_on(open_tier(cfg, &name, &key, store))?;
             (tier.clone() as Arc<dyn PadStore>, Some(tier))
         }
-        (_, _) => (store, None),
+        None => (store, None),
     };
     let (cache_bytes, write_budget_bytes) = split_memory(cfg.memory_bytes, cfg.cache_bytes);
     if cache_bytes < cfg.cache_bytes {
@@ -723,14 +728,14 @@ fn serve_control(
     }
 }
 
-/// The tier in front of the network store: `--cache-dir`, or `tier-NETWORK` beside the key.
+/// The tier in front of the network store: `--cache-dir`, or `name` beside the key.
 async fn open_tier(
     cfg: &MountConfig,
-    net: &NetworkConfig,
+    name: &str,
     key: &MasterKey,
     network: Arc<dyn PadStore>,
 ) -> Result<Arc<TieredStore>, StartError> {
-    let dir = tier_dir(cfg, net);
+    let dir = tier_dir(cfg, name);
     let tier_cfg = TierConfig {
         max_bytes: cfg.tier.max_bytes,
         ..TierConfig::new(&dir)
@@ -770,11 +775,11 @@ pub fn wait_for_uploads(
     }
 }
 
-/// Where the tier of `net` lives: `--cache-dir`, or `tier-NETWORK` beside the key.
-fn tier_dir(cfg: &MountConfig, net: &NetworkConfig) -> PathBuf {
+/// Where a tier lives: `--cache-dir`, or `name` beside the key.
+fn tier_dir(cfg: &MountConfig, name: &str) -> PathBuf {
     cfg.tier.dir.clone().unwrap_or_else(|| {
         let data = cfg.key_file.parent().unwrap_or(Path::new("."));
-        data.join(format!("tier-{}", net.network))
+        data.join(name)
     })
 }
 
@@ -789,7 +794,7 @@ async fn join_network(
     net: &NetworkConfig,
     key: &MasterKey,
 ) -> Result<Network, StartError> {
-    let dir = tier_dir(cfg, net);
+    let dir = tier_dir(cfg, &format!("tier-{}", net.network));
     let offline_ok = cfg.tier.staged && TieredStore::holds(&dir, &key.root_key().public_key());
     if !offline_ok {
         let store = connect_within(net.clone(), CONNECT_LIMIT).await?;

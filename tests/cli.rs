@@ -37,6 +37,14 @@ fn bad_arguments_are_refused_with_a_clear_message() {
     assert_eq!(code, 2);
     assert!(text.contains("multiple of 4096"), "{text}");
 
+    // The tier is in front of a network: the local store has none.
+    let (code, text) = run(&["--data-dir", data, "--upload", "staged", mnt]);
+    assert_ne!(code, 0);
+    assert!(
+        text.contains("--upload is for a store over a network"),
+        "{text}"
+    );
+
     std::fs::write(dir.path().join("mnt/file"), b"x").unwrap();
     let (code, text) = run(&["--data-dir", data, "-f", mnt]);
     assert_eq!(code, 1);

@@ -366,6 +366,39 @@ fn status_and_sync_reach_the_mount_over_its_control_socket() {
     assert!(!socket.exists(), "the socket is removed at unmount");
 }
 
+/// The tier in front of a simulated network, as the bench's network profiles run it: a copy
+/// returns with its pads staged, `sync` waits until they are uploaded, and then the store under
+/// the tier holds them (a mount without the tier reads them back).
+#[test]
+fn the_tier_in_front_of_a_simulated_network_stages_until_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    // Three pads, a second each, one at a time: the copy is back long before they are up.
+    let slow = [
+        "--simulate",
+        "put=1s+0ms,concurrency=1",
+        "--upload",
+        "staged",
+    ];
+    let mount = Mount::start(&data, &mnt, &slow);
+    sh(
+        &mnt,
+        "head -c 12000000 /dev/urandom > big && md5sum big > ../sum",
+    );
+    let s = status_json(&mnt);
+    assert!(s["staged"]["pads"].as_u64().unwrap() > 0, "{s}");
+    let out = run(&["sync", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = status_json(&mnt);
+    assert_eq!(s["staged"]["pads"], 0, "{s}");
+    mount.unmount();
+
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert!(status_json(&mnt)["staged"].is_null());
+    sh(&mnt, "md5sum -c ../sum");
+    mount.unmount();
+}
+
 #[test]
 fn sync_fails_when_the_store_does() {
     let dir = tempfile::tempdir().unwrap();

@@ -224,14 +224,10 @@ pub struct MountArgs {
 
     /// How writes reach the network: "staged" (close() returns once the pads are sealed and
     /// durably written to the local tier, uploaded in the background; fsync waits for the
-    /// upload) or "sync" (close() waits for the network, no tier)
-    #[arg(
-        long,
-        value_name = "MODE",
-        default_value = "staged",
-        requires = "network"
-    )]
-    pub upload: UploadMode,
+    /// upload; the default) or "sync" (close() waits for the network, no tier). With
+    /// --simulate, the tier is in front of the simulated store only if "staged" is given
+    #[arg(long, value_name = "MODE")]
+    pub upload: Option<UploadMode>,
 
     /// Disk the tier's cache may use (e.g. 500M, 10G); pads not yet uploaded are kept beyond it
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "10G")]

@@ -87,7 +87,7 @@ fn set(args: &mut MountArgs, name: &str, value: &str) -> Result<(), String> {
         "log_level" => args.log_level = value.to_string(),
         "estimate" => args.estimate = Some(parse_size(value).map_err(bad)?),
         "upload" => {
-            args.upload = clap::ValueEnum::from_str(value, false).map_err(bad)?;
+            args.upload = Some(clap::ValueEnum::from_str(value, false).map_err(bad)?);
         }
         "cache_dir" => args.store.cache_dir = path(value)?,
         "cache_max_size" => args.cache_max_size = parse_size(value).map_err(bad)?,
@@ -153,7 +153,7 @@ mod tests {
             "/m",
         ])
         .unwrap();
-        assert_eq!(args.upload, crate::cli::args::UploadMode::Sync);
+        assert_eq!(args.upload, Some(crate::cli::args::UploadMode::Sync));
         assert_eq!(args.store.cache_dir, Some(PathBuf::from("/var/cache/m")));
         assert_eq!(args.cache_max_size, 2 << 30);
         assert_eq!(args.unmount_wait, std::time::Duration::from_secs(5));
