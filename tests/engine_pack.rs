@@ -24,6 +24,14 @@ async fn open(store: Arc<dyn PadStore>, master: &MasterKey) -> Engine {
         .unwrap()
 }
 
+/// A local store in `dir` that counts what reaches it.
+fn counted_store(dir: &Path) -> Arc<SimStore<LocalStore>> {
+    Arc::new(SimStore::new(
+        LocalStore::open(dir).unwrap(),
+        SimConfig::default(),
+    ))
+}
+
 /// Pseudo-random bytes, none of them zero.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -64,10 +72,7 @@ fn pad_files(dir: &Path) -> Vec<PathBuf> {
 async fn small_files_share_pads_and_read_back_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let master = MasterKey::generate();
-    let store = Arc::new(SimStore::new(
-        LocalStore::open(dir.path()).unwrap(),
-        SimConfig::default(),
-    ));
+    let store = counted_store(dir.path());
     let engine = open(store.clone(), &master).await;
     let files = tree();
     let bytes: usize = files.iter().map(|(_, d)| d.len()).sum();
@@ -286,4 +291,43 @@ async fn sparse_packs_are_compacted_and_stale_chunk_lists_stay_valid() {
     assert_eq!(engine.fetch("kept").await.unwrap(), noise(1000, 30_000));
     engine.verify_all().await.unwrap();
     engine.check_accounting().await.unwrap();
+}
+
+/// A commit of a few small files, after many, writes little: small files are packed, not held
+/// inline in index pages, which a commit rewrites whole and which every later commit (over the
+/// network, every upload) would carry again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_a_few_small_files_after_many_writes_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let store = counted_store(dir.path());
+    let engine = open(store.clone(), &master).await;
+    for i in 0..3_000u64 {
+        let len = 2_000 + (i as usize * 37) % 2_000;
+        (engine.store(&format!("tree/f{i}"), &noise(i, len), Meta::file()))
+            .await
+            .unwrap();
+    }
+    engine.commit().await.unwrap();
+    let written = || store.stats.bytes_written.load(Ordering::Relaxed);
+    let before = written();
+    for i in 0..100u64 {
+        (engine.store(
+            &format!("new/f{i}"),
+            &noise(10_000 + i, 3_000),
+            Meta::file(),
+        ))
+        .await
+        .unwrap();
+    }
+    engine.commit().await.unwrap();
+    let commit = written() - before;
+    // 300 KB of new files in a pack, and index pages of metadata for 3,100 keys. With the
+    // earlier 9 MB held inline, the pages holding them would all have gone again.
+    assert!(commit < 2 << 20, "{commit} bytes written to commit 300 KB");
+    drop(engine);
+
+    let engine = open(store.clone(), &master).await;
+    assert_eq!(engine.fetch("tree/f7").await.unwrap(), noise(7, 2_259));
+    assert_eq!(engine.fetch("new/f9").await.unwrap(), noise(10_009, 3_000));
 }

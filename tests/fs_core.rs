@@ -463,9 +463,9 @@ async fn deleting_while_listing_removes_every_entry() {
     );
 }
 
-/// Small files live inline in the index, and with a journal their closes share commits: many
-/// small files cost a handful of pad writes, not one pad and one commit each, and read back
-/// whole from the store alone.
+/// Small files live inline in the index (up to 1 KiB) or packed together (the rest), and with
+/// a journal their closes share commits: many small files cost a handful of pad writes, not
+/// one pad and one commit each, and read back whole from the store alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
     const FILES: usize = 600;
@@ -483,7 +483,7 @@ async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
     let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key.clone(), opts)
         .await
         .unwrap();
-    assert_eq!(engine.inline_limit(), 4096);
+    assert_eq!(engine.inline_limit(), mutant_mount::engine::INLINE_MAX);
     let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
     let before = store.stats.writes();
     let d = fs.mkdir(ROOT_INO, "small", 0o755, ME).await.unwrap().ino;
@@ -501,7 +501,7 @@ async fn small_files_cost_neither_a_pad_nor_a_commit_each() {
     fs.sync_all().await.unwrap();
     let writes = store.stats.writes() - before;
     eprintln!("{FILES} small files: {writes} pad writes");
-    // 2.4 MB of small files: index pages (split to stay near 1 MiB) and a root or two.
+    // 2.4 MB of small files: a pack or two, index pages and a root or two.
     assert!(writes <= 16, "{writes} pad writes for {FILES} small files");
     drop(fs);
 

@@ -48,8 +48,12 @@ use root_record::{RootRecord, RootRecordPlace, Seen};
 use crate::at_rest::LocalKeys;
 pub use recover::LOST_FOUND;
 
-/// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]).
-pub const INLINE_MAX: usize = 4096;
+/// The most bytes a chunk holds inline in the index (see [`Engine::inline_limit`]). Larger
+/// small pieces are packed instead: an index page is rewritten whole when any of its keys
+/// changes, and keys spread over every page, so bytes held inline are uploaded again with
+/// nearly every commit. At 4 KiB, a tree of 10,000 such files made each later commit over the
+/// network carry tens of MiB of pages; at 1 KiB a page holds mostly metadata.
+pub const INLINE_MAX: usize = 1024;
 
 /// Chunk size of new indexes: 4 MiB less 4 KiB, a whole number of 4 KiB pages that fits a pad.
 pub const DEFAULT_SCRATCHPAD_SIZE: u32 = 4 * 1024 * 1024 - 4096;
