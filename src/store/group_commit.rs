@@ -41,10 +41,10 @@ impl<T> GroupCommit<T> {
         let (done, mut result) = oneshot::channel();
         self.lock_waiting().push(Waiting { item, done });
         loop {
-            let _turn = self.turn.lock().await;
+            let turn = self.turn.lock().await;
             // A run while this caller waited for the turn may have taken its item.
-            if let Ok(result) = result.try_recv() {
-                return result;
+            if let Some(outcome) = outcome_of(&mut result) {
+                return outcome;
             }
             let batch: Vec<Waiting<T>> = {
                 let mut waiting = self.lock_waiting();
@@ -57,11 +57,30 @@ impl<T> GroupCommit<T> {
             for done in dones {
                 let _ = done.send(outcome.clone());
             }
+            drop(turn);
+            // Its own item was most likely in the run it just did: no need to queue again.
+            if let Some(outcome) = outcome_of(&mut result) {
+                return outcome;
+            }
         }
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting<T>>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The outcome of the run that took a caller's item, once there is one: that run's result, or
+/// an error if it was cancelled (a caller that times out drops the run it was doing).
+fn outcome_of(
+    result: &mut oneshot::Receiver<Result<(), StoreError>>,
+) -> Option<Result<(), StoreError>> {
+    match result.try_recv() {
+        Ok(outcome) => Some(outcome),
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Transient(
+            "the run that took this item was cancelled".into(),
+        ))),
+        Err(oneshot::error::TryRecvError::Empty) => None,
     }
 }
 
@@ -149,6 +168,35 @@ mod tests {
         let third = submit(2);
         assert!(first.await.unwrap().is_ok() && third.await.unwrap().is_ok());
         assert_eq!(*runs.lock().unwrap(), vec![vec![0], vec![1, 2]]);
+    }
+
+    #[tokio::test]
+    async fn a_run_cancelled_midway_fails_its_other_callers_rather_than_hang_them() {
+        let group = Arc::new(GroupCommit::new(50));
+        let slow = |group: Arc<GroupCommit<u32>>, n: u32, ms: u64| {
+            tokio::spawn(async move {
+                group
+                    .submit(n, |_: Vec<u32>| async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        // 0 runs alone; 1 and 2 wait; 1's run (taking 1 and 2) is cancelled midway.
+        let first = slow(group.clone(), 0, 50);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = slow(group.clone(), 1, 1_000);
+        let third = slow(group.clone(), 2, 1_000);
+        assert!(first.await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        second.abort();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), third).await;
+        let outcome = outcome.expect("the other caller hung").unwrap();
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.is_transient()),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]
