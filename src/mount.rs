@@ -796,14 +796,14 @@ async fn join_network(
 ) -> Result<Network, StartError> {
     let dir = tier_dir(cfg, &format!("tier-{}", net.network));
     let offline_ok = cfg.tier.staged && TieredStore::holds(&dir, &key.root_key().public_key());
-    if !offline_ok {
-        let store = connect_within(net.clone(), CONNECT_LIMIT).await?;
-        return Ok(ConnectingStore::connected(Arc::new(store)));
-    }
-    match connect_within(net.clone(), OFFLINE_AFTER).await {
+    let limit = if offline_ok {
+        OFFLINE_AFTER
+    } else {
+        CONNECT_LIMIT
+    };
+    match connect_within(net.clone(), limit).await {
         Ok(store) => Ok(ConnectingStore::connected(Arc::new(store))),
-        Err(Unreachable::Not(e)) => Err(e),
-        Err(Unreachable::Now(e)) => {
+        Err(Unreachable::Now(e)) if offline_ok => {
             tracing::warn!(
                 "{e}: mounting offline from the local tier in {}. Files it holds read as \
                  usual, others fail with EIO; writes are staged, and upload once the network \
@@ -820,6 +820,7 @@ async fn join_network(
                 }
             }))
         }
+        Err(e) => Err(e.into()),
     }
 }
 

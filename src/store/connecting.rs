@@ -43,9 +43,9 @@ impl<S: PadStore> ConnectingStore<S> {
             let mut delay = first_retry;
             loop {
                 tokio::time::sleep(delay).await;
-                // The mount has ended.
-                let Some(slot) = joined.upgrade() else { return };
-                drop(slot);
+                if joined.strong_count() == 0 {
+                    return; // The mount has ended.
+                }
                 match connect().await {
                     Ok(store) => {
                         tracing::info!("joined the network: uploads and reads go to it now");
@@ -55,13 +55,10 @@ impl<S: PadStore> ConnectingStore<S> {
                         return;
                     }
                     Err(e) => {
-                        tracing::info!(
-                            "still offline ({e}); trying again in {} s",
-                            (delay * 2).min(RETRY_MAX).as_secs()
-                        );
+                        delay = (delay * 2).min(RETRY_MAX);
+                        tracing::info!("still offline ({e}); trying again in {delay:?}");
                     }
                 }
-                delay = (delay * 2).min(RETRY_MAX);
             }
         });
         ConnectingStore { network }

@@ -338,7 +338,6 @@ impl NetworkStore {
         if quotes.is_empty() {
             return Ok(Receipt::new());
         }
-        tracing::trace!(pad = %short(pad.owner()), "quoted");
         payer.pay(quotes).await?;
         payer
             .take_receipt(&address)
