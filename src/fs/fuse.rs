@@ -160,7 +160,7 @@ impl Filesystem for FuseAdapter {
         // One request per 1 MiB write. Read-ahead stays at the kernel's offer (128 KiB): INIT
         // can only lower it. Raising it through sysfs (root only) made 1 MiB requests but no
         // measurable difference to sequential reads, which are bound by pad decryption.
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(crate::buffers::MAX_REQUEST as u32);
         // Not FUSE_ATOMIC_O_TRUNC: with it the kernel empties its cached pages of a file
         // opened O_RDONLY|O_TRUNC before it checks whether the file is being executed, so the
         // running program dies of SIGBUS and the open then succeeds instead of ETXTBSY.
@@ -380,10 +380,12 @@ impl Filesystem for FuseAdapter {
         // A write may wait for room in the memory budget, which other files' writes make by
         // finishing their chunks. It waits in a task, not on one of the few FUSE threads, so
         // that those writes are still served (all threads waiting would wait for ever).
-        let (core, data) = (self.core.clone(), data.to_vec());
+        let (core, data) = (self.core.clone(), crate::buffers::copy_request(data));
         let span = tracing::debug_span!("fuse", op = "write", node = fh.0);
         let request = async move {
-            match core.write(fh.0, offset, &data).await {
+            let written = core.write(fh.0, offset, &data).await;
+            crate::buffers::give_back_request(data);
+            match written {
                 Ok(n) => reply.written(n),
                 Err(e) => {
                     tracing::debug!(errno = e.0, "failed");
