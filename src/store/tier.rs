@@ -16,9 +16,14 @@
 //! at the version written in epoch `e`), then its root, then its staging is dropped. A pad freed
 //! by root `e` may be written again in epoch `e+1`; uploading that version while the network's
 //! root is still `e-1`, which references the pad, would break a file for every other reader, so
-//! epochs are never merged and no version goes up early (docs/architecture.md).
+//! epochs are never merged and no version goes up ahead of its epoch (docs/architecture.md).
+//!
+//! The oldest epoch uploads while it is still open: once the network holds the root before it,
+//! no pad written in it is one that root references (the engine writes only pads free in the
+//! last committed root), so a long copy streams up as it is written instead of after its
+//! commit. A pad written again after its upload goes up again; its root waits for the last.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -26,9 +31,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use autonomi::scratchpad::Scratchpad;
 use autonomi::{Bytes, PublicKey};
-use futures::{StreamExt, TryStreamExt};
 use lru::LruCache;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::{check_size, LocalStore, PadStore, StoreError};
 
@@ -153,13 +158,32 @@ struct TierState {
 
 #[derive(Default)]
 struct Epoch {
-    /// Each pad staged in this epoch, with the length of its file.
-    pads: HashMap<PublicKey, u64>,
-    /// Pads the engine created in this epoch (uploaded as creates whatever their counter; after
-    /// a restart, a counter of 0 tells).
+    /// Each pad staged in this epoch.
+    pads: HashMap<PublicKey, Staged>,
+    /// Pads the engine created in this epoch and not yet uploaded (uploaded as creates whatever
+    /// their counter; after a restart, a counter of 0 tells).
     created: HashSet<PublicKey>,
+    /// Pads (never the root) whose newest version waits for an upload that has not started,
+    /// in the order they were staged. A pad waiting is here or being uploaded, never both.
+    ready: VecDeque<PublicKey>,
     /// Its root was written: nothing more joins it.
     sealed: bool,
+}
+
+/// A pad staged in an epoch.
+struct Staged {
+    /// The length of its file.
+    bytes: u64,
+    /// How many versions were staged in this epoch, and how many of those the network has (an
+    /// upload reads the newest there is): it waits while `uploaded < versions`.
+    versions: u64,
+    uploaded: u64,
+}
+
+impl Staged {
+    fn waiting(&self) -> bool {
+        self.uploaded < self.versions
+    }
 }
 
 impl TierState {
@@ -170,13 +194,48 @@ impl TierState {
         self.cache_bytes += bytes;
     }
 
+    /// Records a version of `owner` staged in `epoch`; whether the uploader has a new pad to
+    /// start.
+    fn stage(
+        &mut self,
+        epoch: u64,
+        owner: PublicKey,
+        bytes: u64,
+        create: bool,
+        seals: bool,
+    ) -> bool {
+        let epoch = self.epochs.entry(epoch).or_default();
+        let staged = epoch.pads.entry(owner).or_insert_with(|| {
+            *self.staged.entry(owner).or_default() += 1;
+            Staged {
+                bytes,
+                versions: 0,
+                uploaded: 0,
+            }
+        });
+        // Queued unless already waiting (queued, or being uploaded and queued again after).
+        let queue = !seals && !staged.waiting();
+        staged.bytes = bytes;
+        staged.versions += 1;
+        if queue {
+            epoch.ready.push_back(owner);
+        }
+        if create {
+            epoch.created.insert(owner);
+        }
+        epoch.sealed |= seals;
+        self.cached(owner, bytes);
+        queue
+    }
+
     fn backlog(&self) -> Backlog {
+        let waiting = |e: &Epoch| e.pads.values().filter(|s| s.waiting()).count() as u64;
         let pads = self.epochs.values().flat_map(|e| e.pads.values());
         let committed = self.epochs.values().filter(|e| e.sealed);
         Backlog {
-            pads: pads.clone().count() as u64,
-            bytes: pads.sum(),
-            committed_pads: committed.map(|e| e.pads.len() as u64).sum(),
+            pads: self.epochs.values().map(waiting).sum(),
+            bytes: pads.filter(|s| s.waiting()).map(|s| s.bytes).sum(),
+            committed_pads: committed.map(waiting).sum(),
             uploading: self.uploading,
             stopped: self.stopped.clone(),
         }
@@ -260,7 +319,7 @@ impl TieredStore {
         self.shared.backlog()
     }
 
-    /// Stops starting uploads of new epochs (an epoch being uploaded finishes), or resumes.
+    /// Stops starting uploads (those in flight finish), or resumes.
     pub fn pause_uploads(&self, paused: bool) {
         lock(&self.shared.state).paused = paused;
         self.shared.bump();
@@ -346,7 +405,15 @@ fn recover(dir: &Path, root_owner: &PublicKey) -> Result<(LocalStore, TierState,
                 cache.adopt(&held.owner, &store.pad_path(&held.owner))?;
             }
             *staged.entry(held.owner).or_default() += 1;
-            epoch.pads.insert(held.owner, held.bytes);
+            let pad = Staged {
+                bytes: held.bytes,
+                versions: 1,
+                uploaded: 0,
+            };
+            epoch.pads.insert(held.owner, pad);
+            if held.owner != *root_owner {
+                epoch.ready.push_back(held.owner);
+            }
         }
         epochs.insert(n, epoch);
     }
@@ -407,6 +474,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
+    }
+}
+
+/// Takes an upload out of [`Backlog::uploading`] when it ends, however it ends (aborted too).
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0.state).uploading -= 1;
     }
 }
 
@@ -495,17 +571,10 @@ impl Shared {
             let _ = store.remove(&owner);
             return Err(e);
         }
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        let epoch = state.epochs.entry(epoch).or_default();
-        if epoch.pads.insert(owner, bytes).is_none() {
-            *state.staged.entry(owner).or_default() += 1;
+        let queued = lock(&self.state).stage(epoch, owner, bytes, create, seals);
+        if queued {
+            self.bump();
         }
-        if create {
-            epoch.created.insert(owner);
-        }
-        epoch.sealed |= seals;
-        state.cached(owner, bytes);
         Ok(())
     }
 
@@ -596,73 +665,133 @@ impl Shared {
         }
     }
 
-    /// The uploader: epoch after epoch, as they are sealed, until stopped for good.
+    /// The uploader, until the tier is dropped: the oldest epoch's pads as they are staged, up
+    /// to `uploads` at once; once it is sealed and they are all up, its root.
     async fn upload_forever(self: Arc<Self>) {
         let mut changed = self.changed.subscribe();
+        let mut uploads = JoinSet::new();
         loop {
             changed.borrow_and_update();
-            let next = {
-                let state = lock(&self.state);
-                match state.epochs.first_key_value() {
-                    Some((&n, e)) if e.sealed && !state.paused && state.stopped.is_none() => {
-                        let pads = e.pads.keys().map(|o| (*o, e.created.contains(o)));
-                        Some((n, pads.collect::<Vec<_>>()))
-                    }
-                    _ => None,
-                }
-            };
-            let Some((epoch, pads)) = next else {
-                if changed.changed().await.is_err() {
-                    return;
+            if let Some(epoch) = self.start_uploads(&mut uploads) {
+                if let Err(e) = self.upload_root(epoch).await {
+                    self.stop(e);
                 }
                 continue;
-            };
-            let uploaded = self.upload_epoch(epoch, pads).await;
-            let finished = match uploaded {
-                Ok(()) => self.blocking(move |s| s.finish_epoch(epoch)).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = finished {
-                let why = e.to_string();
-                tracing::error!(
-                    "uploads stopped: {why}. Staged pads are kept in {} (the next mount tries \
-                     again)",
-                    self.cfg.dir.display()
-                );
-                lock(&self.state).stopped = Some(why);
-                self.bump();
+            }
+            tokio::select! {
+                Some(joined) = uploads.join_next() => {
+                    let failed = match joined {
+                        Ok(result) => result.err(),
+                        Err(e) if e.is_cancelled() => None,
+                        Err(e) => Some(StoreError::Permanent(format!("upload task failed: {e}"))),
+                    };
+                    if let Some(e) = failed {
+                        uploads.abort_all();
+                        self.stop(e);
+                    }
+                }
+                _ = changed.changed() => {}
             }
         }
     }
 
-    /// Every pad of a sealed epoch, concurrently, then its root.
-    async fn upload_epoch(
+    /// Starts uploads of the oldest epoch's waiting pads while there is room; returns the epoch
+    /// if what is left of it is its root.
+    fn start_uploads(
         self: &Arc<Self>,
+        uploads: &mut JoinSet<Result<(), StoreError>>,
+    ) -> Option<u64> {
+        let mut state = lock(&self.state);
+        if state.paused || state.stopped.is_some() {
+            return None;
+        }
+        let state = &mut *state;
+        let (&epoch, oldest) = state.epochs.iter_mut().next()?;
+        while uploads.len() < self.cfg.uploads.max(1) {
+            let Some(owner) = oldest.ready.pop_front() else {
+                break;
+            };
+            let created = oldest.created.contains(&owner);
+            state.uploading += 1;
+            let guard = InFlight(self.clone());
+            let this = self.clone();
+            uploads.spawn(async move {
+                let _in_flight = guard;
+                this.upload_pad(epoch, owner, created).await
+            });
+        }
+        (oldest.sealed && oldest.ready.is_empty() && uploads.is_empty()).then_some(epoch)
+    }
+
+    /// Uploading stops for good (until the next mount): a reason other than a passing one.
+    fn stop(&self, e: StoreError) {
+        let why = e.to_string();
+        tracing::error!(
+            "uploads stopped: {why}. Staged pads are kept in {} (the next mount tries again)",
+            self.cfg.dir.display()
+        );
+        lock(&self.state).stopped = Some(why);
+        self.bump();
+    }
+
+    /// How many versions of `owner` are staged in `epoch`.
+    fn versions(&self, epoch: u64, owner: &PublicKey) -> u64 {
+        let state = lock(&self.state);
+        let staged = state.epochs.get(&epoch).and_then(|e| e.pads.get(owner));
+        staged.map_or(0, |s| s.versions)
+    }
+
+    /// Uploads the newest version of a pad staged in `epoch`, read afresh for every attempt (a
+    /// pad written again while the network was away goes up once), and records it.
+    async fn upload_pad(
+        &self,
         epoch: u64,
-        pads: Vec<(PublicKey, bool)>,
+        owner: PublicKey,
+        created: bool,
     ) -> Result<(), StoreError> {
         let store = self.epoch_store(epoch)?;
-        let (root, others): (Vec<_>, Vec<_>) =
-            pads.into_iter().partition(|(o, _)| *o == self.root_owner);
-        futures::stream::iter(others)
-            .map(|(owner, created)| {
-                let store = store.clone();
-                async move {
-                    let pad = store.get(&owner).await?;
-                    lock(&self.state).uploading += 1;
-                    let pushed = self.push(pad, created).await;
-                    lock(&self.state).uploading -= 1;
-                    pushed
+        let (versions, first) = self
+            .persist(|| async {
+                // Counted before the read: a version staged meanwhile is uploaded again.
+                let versions = self.versions(epoch, &owner);
+                let pad = store.get(&owner).await?;
+                let create = created || pad.counter() == 0;
+                let result = if create {
+                    self.inner.create(pad.clone()).await
+                } else {
+                    self.inner.update(pad.clone()).await
+                };
+                match result {
+                    Err(e) if e.is_transient() => Err(e),
+                    Ok(()) => Ok((versions, Ok(()))),
+                    Err(e) => Ok((versions, Err((e, pad, create)))),
                 }
             })
-            .buffer_unordered(self.cfg.uploads.max(1))
-            .try_collect::<()>()
             .await?;
-        for (owner, _) in root {
-            let pad = store.get(&owner).await?;
-            self.push_root(pad).await?;
+        if let Err((e, pad, create)) = first {
+            self.settle(pad, create, e).await?;
         }
+        tracing::trace!(epoch, owner = ?owner, versions, "uploaded");
+        let mut state = lock(&self.state);
+        if let Some(e) = state.epochs.get_mut(&epoch) {
+            e.created.remove(&owner);
+            if let Some(staged) = e.pads.get_mut(&owner) {
+                staged.uploaded = staged.uploaded.max(versions);
+                if staged.waiting() {
+                    e.ready.push_back(owner);
+                }
+            }
+        }
+        drop(state);
+        self.bump();
         Ok(())
+    }
+
+    /// An epoch's root, then the epoch is done.
+    async fn upload_root(self: &Arc<Self>, epoch: u64) -> Result<(), StoreError> {
+        let pad = self.epoch_store(epoch)?.get(&self.root_owner).await?;
+        self.push_root(pad).await?;
+        self.blocking(move |s| s.finish_epoch(epoch)).await
     }
 
     /// `op` until it succeeds or fails for a reason other than a passing one, waiting longer
@@ -689,30 +818,21 @@ impl Shared {
         }
     }
 
-    /// Uploads one pad version: a pad the engine created as a create, the paid operation;
-    /// later versions as updates. A version that is already there (an upload cut short by a
-    /// crash) counts as uploaded.
-    async fn push(&self, pad: Scratchpad, created: bool) -> Result<(), StoreError> {
-        let create = created || pad.counter() == 0;
-        let first = self
-            .persist(|| {
-                let pad = pad.clone();
-                async move {
-                    if create {
-                        self.inner.create(pad).await
-                    } else {
-                        self.inner.update(pad).await
-                    }
-                }
-            })
-            .await;
+    /// After a pad's upload (a create for a pad the engine created, the paid operation; an
+    /// update otherwise) failed with `first`: a version that is already there (an upload cut
+    /// short by a crash) counts as uploaded.
+    async fn settle(
+        &self,
+        pad: Scratchpad,
+        create: bool,
+        first: StoreError,
+    ) -> Result<(), StoreError> {
         match first {
-            Ok(()) => Ok(()),
             // An update of a pad created in the same epoch, before a restart.
-            Err(StoreError::NotFound) if !create => {
+            StoreError::NotFound if !create => {
                 self.persist(|| self.inner.create(pad.clone())).await
             }
-            Err(StoreError::AlreadyExists | StoreError::StaleCounter { .. }) => {
+            StoreError::AlreadyExists | StoreError::StaleCounter { .. } => {
                 let stored = self.persist(|| self.inner.get(pad.owner())).await?;
                 if same_version(&stored, &pad) {
                     Ok(())
@@ -727,7 +847,7 @@ impl Shared {
                     )))
                 }
             }
-            Err(e) => Err(e),
+            e => Err(e),
         }
     }
 
@@ -812,7 +932,7 @@ impl Shared {
             let mut state = lock(&self.state);
             state.uploaded = epoch;
             state.since_report.0 += finished.pads.len() as u64;
-            state.since_report.1 += finished.pads.values().sum::<u64>();
+            state.since_report.1 += finished.pads.values().map(|s| s.bytes).sum::<u64>();
             let left = state.backlog();
             let due = state.last_report.elapsed() >= PROGRESS_EVERY;
             (left.committed_pads == 0 || due).then(|| {
