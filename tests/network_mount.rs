@@ -82,6 +82,16 @@ impl Scene {
         }
     }
 
+    /// Makes the test tree in `src/`, copies it (`cp -a`) into a first mount of `data1/` as
+    /// `dst/`, and unmounts (which waits for the upload); returns the tree's listing.
+    fn copy_tree_in(&self) -> String {
+        make_tree(&self.src);
+        let expected = describe_tree(&self.src);
+        let copy = format!("cp -a {} {}/dst", self.src.display(), self.mnt.display());
+        copy_in_and_unmount(self.mount(&self.data1), &copy, &expected);
+        expected
+    }
+
     /// The data dir `data` mounted on the scene's mount point.
     fn mount(&self, data: &Path) -> Mount {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
@@ -289,13 +299,24 @@ fn a_tree_of_small_files_takes_about_its_size_in_pads() {
 struct StoppedNodes(Vec<String>);
 
 impl StoppedNodes {
+    /// Every node.
     fn stop(state: &Path) -> StoppedNodes {
+        Self::stop_some(state, usize::MAX)
+    }
+
+    /// The last `n` nodes by number (the first, which the mount bootstraps from, is kept).
+    fn stop_some(state: &Path, n: usize) -> StoppedNodes {
         let mut pids = Vec::new();
         for entry in std::fs::read_dir(state.join("pids")).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("node-") {
-                pids.push(std::fs::read_to_string(&path).unwrap().trim().to_string());
+            if let Some(number) = name
+                .strip_prefix("node-")
+                .and_then(|n| n.strip_suffix(".pid"))
+            {
+                let number: u32 = number.parse().unwrap_or(u32::MAX);
+                let pid = std::fs::read_to_string(&path).unwrap().trim().to_string();
+                pids.push((number, pid));
             }
         }
         assert!(
@@ -303,6 +324,8 @@ impl StoppedNodes {
             "no antnode pid files in {}",
             state.display()
         );
+        pids.sort_by_key(|(number, _)| *number);
+        let pids: Vec<String> = pids.into_iter().rev().take(n).map(|(_, p)| p).collect();
         sh(state, &format!("kill -STOP {}", pids.join(" ")));
         StoppedNodes(pids)
     }
@@ -373,19 +396,11 @@ fn a_mount_with_the_network_gone_starts_from_the_tier_and_uploads_once_it_is_bac
     let Scene {
         state,
         tmp,
-        src,
         data1,
         mnt,
         ..
     } = &scene;
-    make_tree(src);
-    let expected = describe_tree(src);
-    let mount = scene.mount(data1);
-    copy_in_and_unmount(
-        mount,
-        &format!("cp -a {} {}/dst", src.display(), mnt.display()),
-        &expected,
-    );
+    let expected = scene.copy_tree_in();
 
     let nodes = StoppedNodes::stop(state);
     let t = Instant::now();
@@ -415,6 +430,67 @@ fn a_mount_with_the_network_gone_starts_from_the_tier_and_uploads_once_it_is_bac
         b"written offline\n"
     );
     assert!(mnt.join("made-offline").is_dir());
+    mount.unmount();
+}
+
+/// With a third of the nodes stopped, a fresh data dir with only the key still mounts and
+/// reads the whole tree (a pad from the nodes of its close group that answer, where a majority
+/// cannot), and a write is staged and uploaded; nothing fails for want of the missing nodes.
+#[test]
+#[ignore = "needs a local Autonomi network (scripts/local-network.sh)"]
+fn a_third_of_the_nodes_gone_the_tree_still_reads_and_a_write_uploads() {
+    let scene = Scene::new(&[]);
+    let Scene {
+        state,
+        tmp,
+        data1,
+        mnt,
+        ..
+    } = &scene;
+    let expected = scene.copy_tree_in();
+
+    let nodes = std::fs::read_dir(state.join("pids"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("node-")
+        })
+        .count();
+    let stopped = StoppedNodes::stop_some(state, nodes / 3);
+    let data2 = key_only(tmp.path(), data1);
+    let t = Instant::now();
+    let mount = scene.mount(&data2);
+    eprintln!(
+        "  mount from the key alone, {} of {nodes} nodes stopped: {:?}",
+        nodes / 3,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
+    eprintln!("  read the tree: {:?}", t.elapsed());
+    let written = content_for("degraded", 3_000_000);
+    std::fs::write(mnt.join("written-degraded.bin"), &written).unwrap();
+    let t = Instant::now();
+    sh(
+        tmp.path(),
+        &format!("timeout 600 {} sync {}", common::binary(), mnt.display()),
+    );
+    eprintln!("  uploaded a 3 MB file: {:?}", t.elapsed());
+    mount.unmount();
+    drop(stopped);
+
+    let data3 = tmp.path().join("data3");
+    std::fs::create_dir_all(&data3).unwrap();
+    std::fs::copy(data1.join("master.key"), data3.join("master.key")).unwrap();
+    let mount = scene.mount(&data3);
+    assert_eq!(
+        std::fs::read(mnt.join("written-degraded.bin")).unwrap(),
+        written
+    );
+    assert_eq!(describe_tree(&mnt.join("dst")), expected);
     mount.unmount();
 }
 

@@ -28,7 +28,7 @@ use autonomi::client::payment::{PaymentOption, Receipt};
 use autonomi::client::quote::DataTypes;
 use autonomi::client::scratchpad::ScratchpadError;
 use autonomi::client::PutError;
-use autonomi::networking::{NetworkError, RetryStrategy};
+use autonomi::networking::{NetworkAddress, NetworkError, Quorum, Record, RetryStrategy};
 use autonomi::scratchpad::{Scratchpad, ScratchpadAddress};
 use autonomi::{
     AttoTokens, BootstrapConfig, Client, ClientConfig, ClientOperatingStrategy, Multiaddr,
@@ -223,11 +223,52 @@ pub struct NetworkStore {
     payer: Option<Payer>,
 }
 
+/// The newest version among the records nodes returned for the pad at `address`. Records that
+/// are all the same need no signature check (the engine authenticates what it reads); when they
+/// differ, only validly signed ones compete, so a node cannot win with a forged higher counter.
+fn newest_of(records: Vec<Record>, address: &ScratchpadAddress) -> Option<Scratchpad> {
+    let pads: Vec<Scratchpad> = records
+        .iter()
+        .filter_map(|r| ant_protocol::storage::try_deserialize_record::<Scratchpad>(r).ok())
+        .filter(|p| p.address() == address)
+        .collect();
+    let first = pads.first()?;
+    if pads.iter().all(|p| p == first) {
+        return pads.into_iter().next();
+    }
+    pads.into_iter()
+        .filter(crate::seal::signature_ok)
+        .max_by_key(|p| p.counter())
+}
+
 fn permanent(what: impl std::fmt::Display) -> StoreError {
     StoreError::Permanent(what.to_string())
 }
 
 impl NetworkStore {
+    /// One query for the pad, at the usual majority of its close group. When fewer nodes than
+    /// that answer (nodes of the group gone), autonomi's own get asks again and again until it
+    /// gives up, so a read fails whenever a third of the network is away; the versions the
+    /// nodes that did answer returned are kept instead, the newest of them. `None` when no
+    /// node returned the pad: the full get (retries, the direct fallback, "not found") decides.
+    async fn get_from_holders(&self, address: &ScratchpadAddress) -> Option<Scratchpad> {
+        let at = NetworkAddress::from(*address);
+        let records = match self.client.network().get_record(at, Quorum::Majority).await {
+            Ok(Some(record)) => vec![record],
+            Err(NetworkError::GetRecordQuorumFailed { holders, .. }) => {
+                tracing::debug!(
+                    pad = %short(address.owner()),
+                    answered = holders.len(),
+                    "fewer nodes than a majority returned the pad: the newest they hold"
+                );
+                holders.into_values().collect()
+            }
+            Err(NetworkError::SplitRecord(versions)) => versions.into_values().collect(),
+            _ => return None,
+        };
+        newest_of(records, address)
+    }
+
     /// Joins the network and loads the wallet.
     pub async fn connect(config: NetworkConfig) -> Result<Self, StoreError> {
         let started = Instant::now();
@@ -620,11 +661,14 @@ impl PadStore for NetworkStore {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         let started = Instant::now();
         let address = ScratchpadAddress::new(*owner);
-        let mut result = self
-            .client
-            .scratchpad_get(&address)
-            .await
-            .map_err(|e| map_error(None, 0, e));
+        let mut result = match self.get_from_holders(&address).await {
+            Some(pad) => Ok(pad),
+            None => self
+                .client
+                .scratchpad_get(&address)
+                .await
+                .map_err(|e| map_error(None, 0, e)),
+        };
         if result == Err(StoreError::NotFound) && self.exists(owner).await == Ok(true) {
             // A get answers "no record" when its query reached no node holding the pad (a young
             // network, a pad written moments ago, peers churning); the existence check asks the
@@ -662,7 +706,49 @@ impl PadStore for NetworkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ant_protocol::storage::{try_serialize_record, DataTypes as RecordTypes, RecordKind};
     use autonomi::networking::PeerId;
+    use autonomi::{Bytes, SecretKey};
+
+    fn record_of(pad: &Scratchpad) -> Record {
+        let kind = RecordKind::DataOnly(RecordTypes::Scratchpad);
+        Record {
+            key: NetworkAddress::from(*pad.address()).to_record_key(),
+            value: try_serialize_record(pad, kind).unwrap().to_vec(),
+            publisher: None,
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_signed_version_the_answering_nodes_hold_is_read() {
+        let sk = SecretKey::random();
+        let address = ScratchpadAddress::new(sk.public_key());
+        let v1 = Scratchpad::new(&sk, 7, &Bytes::from_static(b"one"), 1);
+        let v2 = Scratchpad::new(&sk, 7, &Bytes::from_static(b"two"), 2);
+        // A node answering with a higher counter it could not sign.
+        let forged = Scratchpad::new_with_signature(
+            sk.public_key(),
+            7,
+            Bytes::from_static(b"forged"),
+            9,
+            v2.signature().clone(),
+        );
+        let newest =
+            |pads: &[&Scratchpad]| newest_of(pads.iter().map(|p| record_of(p)).collect(), &address);
+        assert_eq!(newest(&[&v1, &v2, &v1]), Some(v2.clone()));
+        assert_eq!(newest(&[&v1, &forged]), Some(v1.clone()));
+        assert_eq!(newest(&[&v2, &v2]), Some(v2.clone()));
+        // Another pad's record, and no record at all: nothing to read here.
+        let other = Scratchpad::new(&SecretKey::random(), 7, &Bytes::from_static(b"x"), 5);
+        assert_eq!(newest(&[&other]), None);
+        assert_eq!(newest(&[]), None);
+        let garbage = Record {
+            value: vec![1, 2, 3],
+            ..record_of(&v1)
+        };
+        assert_eq!(newest_of(vec![garbage], &address), None);
+    }
 
     fn too_many(ok: usize, errors: &[&str]) -> NetworkError {
         NetworkError::PutRecordTooManyPeerFailed(
