@@ -230,11 +230,11 @@ impl TierState {
 
     fn backlog(&self) -> Backlog {
         let waiting = |e: &Epoch| e.pads.values().filter(|s| s.waiting()).count() as u64;
-        let pads = self.epochs.values().flat_map(|e| e.pads.values());
+        let all = self.epochs.values().flat_map(|e| e.pads.values());
         let committed = self.epochs.values().filter(|e| e.sealed);
         Backlog {
             pads: self.epochs.values().map(waiting).sum(),
-            bytes: pads.filter(|s| s.waiting()).map(|s| s.bytes).sum(),
+            bytes: all.filter(|s| s.waiting()).map(|s| s.bytes).sum(),
             committed_pads: committed.map(waiting).sum(),
             uploading: self.uploading,
             stopped: self.stopped.clone(),
@@ -782,8 +782,7 @@ impl Shared {
                 }
             }
         }
-        drop(state);
-        self.bump();
+        // The uploader wakes on this task's end; flushes wait for whole epochs, not pads.
         Ok(())
     }
 
