@@ -1274,29 +1274,58 @@ async fn a_linked_file_left_without_names_by_a_crash_is_dropped_at_the_next_moun
     fs.engine().check_accounting().await.unwrap();
 }
 
-/// Passes through to a local store; while `refusal` is set, every write fails with it.
-struct Refusing {
+/// Passes through to a local store, with its writes under control: while `refusal` is set,
+/// every write fails with it; while `holding`, each write waits for a permit, and `arrived`
+/// counts the writes that came to wait, as a slow network holds an upload.
+struct Controlled {
     inner: LocalStore,
     refusal: std::sync::Mutex<Option<StoreError>>,
+    holding: AtomicBool,
+    permits: tokio::sync::Semaphore,
+    arrived: std::sync::atomic::AtomicUsize,
 }
 
-impl Refusing {
-    fn check(&self) -> Result<(), StoreError> {
+impl Controlled {
+    fn new(dir: &std::path::Path) -> Self {
+        Controlled {
+            inner: LocalStore::open(dir).unwrap(),
+            refusal: Default::default(),
+            holding: AtomicBool::new(false),
+            permits: tokio::sync::Semaphore::new(0),
+            arrived: Default::default(),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if self.holding.load(Ordering::SeqCst) {
+            self.arrived.fetch_add(1, Ordering::SeqCst);
+            self.permits.acquire().await.unwrap().forget();
+        }
         match self.refusal.lock().unwrap().clone() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+
+    /// Until `n` writes in all have come to wait.
+    async fn until_arrived(&self, n: usize) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while self.arrived.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        waited.await.expect("no write reached the store");
+    }
 }
 
 #[async_trait::async_trait]
-impl PadStore for Refusing {
+impl PadStore for Controlled {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        self.check()?;
+        self.check().await?;
         self.inner.create(pad).await
     }
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        self.check()?;
+        self.check().await?;
         self.inner.update(pad).await
     }
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
@@ -1314,10 +1343,7 @@ impl PadStore for Refusing {
 async fn a_refused_upload_reaches_close_as_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
-    let store = Arc::new(Refusing {
-        inner: LocalStore::open(dir.path()).unwrap(),
-        refusal: Default::default(),
-    });
+    let store = Arc::new(Controlled::new(dir.path()));
     let opts = EngineOptions {
         scratchpad_size: CHUNK as u32,
         ..Default::default()
@@ -1372,4 +1398,85 @@ async fn a_refused_upload_reaches_close_as_its_cause() {
     for key in keys {
         assert_eq!(engine.fetch(&key).await.unwrap(), bytes(2, 3 * CHUNK));
     }
+}
+
+/// A commit packing small files into the store holds back the closes that bring more pieces
+/// to pack, but nothing else: `stat`, `ls` and creating files answer while the store is held,
+/// as they would on a network that takes its time. (The whole namespace used to wait.)
+#[tokio::test]
+async fn a_commit_writing_packs_blocks_no_other_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = tempfile::tempdir().unwrap();
+    let store = Arc::new(Controlled::new(dir.path()));
+    let opts = EngineOptions {
+        journal_dir: Some(journal.path().to_path_buf()),
+        ..Default::default()
+    };
+    let key = MasterKey::generate();
+    let engine = Engine::open(store.clone() as Arc<dyn PadStore>, key.clone(), opts)
+        .await
+        .unwrap();
+    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    // Pieces for a pack: larger than the index keeps inline, far smaller than a pad.
+    let small = |seed| bytes(seed, 3000);
+    let close_small = |name: &'static str, seed: u8| {
+        let fs = fs.clone();
+        async move {
+            let (_, fh) = fs
+                .create(ROOT_INO, name, 0o644, libc::O_WRONLY, ME)
+                .await
+                .unwrap();
+            fs.write(fh, 0, &small(seed)).await.unwrap();
+            fs.release(fh).await
+        }
+    };
+    close_small("a", 1).await.unwrap();
+
+    // The commit's first packing pass packs `a` and waits at the store.
+    store.holding.store(true, Ordering::SeqCst);
+    let commit = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.sync_all().await }
+    });
+    store.until_arrived(1).await;
+    // `b` arrives meanwhile; the last pass, which holds installs of pieces back, packs it.
+    close_small("b", 2).await.unwrap();
+    store.permits.add_permits(1);
+    store.until_arrived(2).await;
+
+    // `c` must wait for that pass; everything else must not.
+    let c = tokio::spawn(close_small("c", 3));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let answers = async {
+        fs.getattr(ROOT_INO).await.unwrap();
+        assert_eq!(fs.lookup(ROOT_INO, "a").await.unwrap().size, 3000);
+        let names = fs.readdir(ROOT_INO, 0, 100).await.unwrap();
+        assert!(names.len() >= 4, "listing: {names:?}");
+        let (_, fh) = (fs.create(ROOT_INO, "d", 0o644, libc::O_WRONLY, ME).await).unwrap();
+        fs.release(fh).await.unwrap();
+        fs.mkdir(ROOT_INO, "e", 0o755, ME).await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), answers)
+        .await
+        .expect("an operation waited for the store while a commit wrote packs");
+    assert!(
+        !c.is_finished(),
+        "c's install did not wait for the packing pass"
+    );
+
+    store.holding.store(false, Ordering::SeqCst);
+    store.permits.add_permits(1000);
+    commit.await.unwrap().unwrap();
+    c.await.unwrap().unwrap();
+    fs.sync_all().await.unwrap();
+    drop(fs);
+
+    let bare: Arc<dyn PadStore> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let engine = Engine::open(bare, key, EngineOptions::default())
+        .await
+        .unwrap();
+    for (name, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+        assert!(engine.fetch(name).await.unwrap() == small(seed), "{name}");
+    }
+    assert_eq!(engine.fetch("d").await.unwrap(), b"");
 }

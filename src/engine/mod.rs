@@ -166,6 +166,9 @@ struct Inner {
     retired: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
+/// Leave to install an entry that brings pieces to pack ([`Engine::install_permit`]).
+pub struct InstallPermit<'a>(Option<tokio::sync::RwLockReadGuard<'a, ()>>);
+
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<Bytes>>>;
 
 struct State {
@@ -473,20 +476,41 @@ impl Engine {
         self.inner.state.lock().await.index.free_pads.extend(held);
     }
 
-    /// Validates a change, journals it, then applies it: an error leaves nothing changed.
-    async fn change(&self, mut op: Op) -> Result<()> {
+    /// Whether installing `chunks` must wait for a commit's last packing pass: they hold a
+    /// piece to pack, or a piece of a pack that may turn back into one (`State::reconcile`).
+    fn brings_pieces(&self, chunks: &ChunkMap) -> bool {
         let limit = self.inline_limit();
-        // A piece of a pack may turn back into one to pack (`State::reconcile`).
-        let brings_pieces = match &op {
-            Op::Install { entry, .. } => {
-                (entry.chunks.iter()).any(|(_, c)| c.awaits_packing(limit) || c.is_packed())
-            }
-            _ => false,
-        };
-        let _packing_waits = match brings_pieces {
+        (chunks.iter()).any(|(_, c)| c.awaits_packing(limit) || c.is_packed())
+    }
+
+    /// Waits until an entry with `chunks` may be installed: a commit's last packing pass (which
+    /// writes packs to the store) holds such installs back. A caller that holds a lock of its
+    /// own takes this first, so that the lock is never held while the store is written; the
+    /// permit then goes to [`install_with`](Self::install_with).
+    pub async fn install_permit(&self, chunks: &ChunkMap) -> InstallPermit<'_> {
+        InstallPermit(match self.brings_pieces(chunks) {
             true => Some(self.inner.pack_gate.read().await),
             false => None,
+        })
+    }
+
+    /// Validates a change, journals it, then applies it: an error leaves nothing changed.
+    async fn change(&self, op: Op) -> Result<()> {
+        let permit = match &op {
+            Op::Install { entry, .. } => self.install_permit(&entry.chunks).await,
+            _ => InstallPermit(None),
         };
+        self.change_with(op, permit).await
+    }
+
+    async fn change_with(&self, mut op: Op, permit: InstallPermit<'_>) -> Result<()> {
+        if let Op::Install { entry, .. } = &op {
+            debug_assert!(
+                permit.0.is_some() || !self.brings_pieces(&entry.chunks),
+                "an install bringing pieces to pack needs its permit"
+            );
+        }
+        let _permit = permit;
         let mut state = self.inner.state.lock().await;
         if let Op::Install { key, entry } = &mut op {
             state.reconcile(key, entry);
@@ -666,17 +690,38 @@ impl Engine {
         .await
     }
 
+    /// [`install`](Self::install) with a permit taken beforehand ([`Self::install_permit`]
+    /// for the same chunks).
+    pub async fn install_with(
+        &self,
+        key: &str,
+        entry: Entry,
+        permit: InstallPermit<'_>,
+    ) -> Result<()> {
+        let op = Op::Install {
+            key: key.to_string(),
+            entry,
+        };
+        self.change_with(op, permit).await
+    }
+
     pub async fn entry(&self, key: &str) -> Option<Entry> {
         self.inner.state.lock().await.index.get(key).cloned()
     }
 
+    /// A key's size and metadata, without copying its chunk map (which for a large file is
+    /// tens of thousands of chunks): what `stat` needs.
+    pub async fn entry_meta(&self, key: &str) -> Option<(u64, Meta)> {
+        let state = self.inner.state.lock().await;
+        state.index.get(key).map(|e| (e.size, e.meta.clone()))
+    }
+
     /// Changes a key's metadata in place.
     pub async fn update_meta(&self, key: &str, change: impl FnOnce(&mut Meta)) -> Result<()> {
-        let mut meta = self
-            .entry(key)
+        let (_, mut meta) = self
+            .entry_meta(key)
             .await
-            .ok_or_else(|| Error::NotFound(key.to_string()))?
-            .meta;
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
         change(&mut meta);
         self.change(Op::SetMeta {
             key: key.to_string(),

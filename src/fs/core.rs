@@ -355,21 +355,25 @@ impl FsCore {
     async fn attr_of(&self, ns: &Namespace, ino: u64) -> FsResult<Attr> {
         let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+        let (size, meta) = self
+            .engine
+            .entry_meta(&key)
+            .await
+            .ok_or(Errno(libc::ENOENT))?;
         let mut attr = Attr {
             ino,
-            kind: entry.meta.kind,
-            size: entry.size,
-            perm: entry.meta.mode & 0o7777,
+            kind: meta.kind,
+            size,
+            perm: meta.mode & 0o7777,
             nlink: node.nlink(),
-            uid: entry.meta.uid,
-            gid: entry.meta.gid,
-            atime: entry.meta.atime,
-            mtime: entry.meta.mtime,
-            ctime: entry.meta.ctime,
-            rdev: entry.meta.rdev,
+            uid: meta.uid,
+            gid: meta.gid,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+            rdev: meta.rdev,
         };
-        match entry.meta.kind {
+        match meta.kind {
             FileKind::Dir => {
                 attr.size = 4096;
                 let subdirs = node
@@ -380,11 +384,7 @@ impl FsCore {
                 attr.nlink = 2 + subdirs as u32;
             }
             FileKind::Symlink => {
-                attr.size = entry
-                    .meta
-                    .symlink_target
-                    .as_ref()
-                    .map_or(0, |t| t.len() as u64);
+                attr.size = meta.symlink_target.as_ref().map_or(0, |t| t.len() as u64);
             }
             FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice => {
                 attr.size = 0;
@@ -449,12 +449,8 @@ impl FsCore {
         check_name(name)?;
         let mut ns = self.ns.lock().await;
         let dir_key = ns.key(parent).ok_or(Errno(libc::ENOENT))?;
-        let dir = self
-            .engine
-            .entry(&dir_key)
-            .await
-            .ok_or(Errno(libc::ENOENT))?;
-        if dir.meta.kind != FileKind::Dir {
+        let (_, dir_meta) = (self.engine.entry_meta(&dir_key).await).ok_or(Errno(libc::ENOENT))?;
+        if dir_meta.kind != FileKind::Dir {
             return err(libc::ENOTDIR);
         }
         if ns.get(parent).is_some_and(|n| n.unlinked) {
@@ -466,8 +462,8 @@ impl FsCore {
         meta.uid = caller.uid;
         meta.gid = caller.gid;
         // BSD group semantics on a set-group-id directory.
-        if dir.meta.mode & libc::S_ISGID != 0 {
-            meta.gid = dir.meta.gid;
+        if dir_meta.mode & libc::S_ISGID != 0 {
+            meta.gid = dir_meta.gid;
             if meta.kind == FileKind::Dir {
                 meta.mode |= libc::S_ISGID;
             }
@@ -539,8 +535,12 @@ impl FsCore {
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
-        entry.meta.symlink_target.ok_or(Errno(libc::EINVAL))
+        let (_, meta) = self
+            .engine
+            .entry_meta(&key)
+            .await
+            .ok_or(Errno(libc::ENOENT))?;
+        meta.symlink_target.ok_or(Errno(libc::EINVAL))
     }
 
     /// Creates and opens a file (O_CREAT); O_EXCL is the kernel's: it looks the name up first.
@@ -713,7 +713,7 @@ impl FsCore {
             None => {
                 let id = loop {
                     let id = rand::random::<u64>();
-                    if self.engine.entry(&inode_key(id)).await.is_none() {
+                    if self.engine.entry_meta(&inode_key(id)).await.is_none() {
                         break id;
                     }
                 };
@@ -834,19 +834,21 @@ impl FsCore {
             return;
         }
         let open = node.open.take();
-        let unlinked = node.unlinked;
-        // Pads of a file that is gone, or whose last commit failed (a store that timed out),
-        // were never installed: they go back, those still uploading once they are done.
-        if let Some(open) = open {
-            let uploaded = open.data.lock().await.take_uploaded(&self.engine);
-            self.engine.discard_chunks(&uploaded).await;
-        }
-        if unlinked {
+        if node.unlinked {
             let key = ns.key(ino).unwrap_or_else(|| orphan_key(ino));
             if let Err(e) = self.engine.remove(&key).await {
                 tracing::warn!("dropping unlinked file {ino}: {e}");
             }
             ns.forget_if_unused(ino);
+        }
+        // The file's data lock is taken with the namespace released: a commit of this file
+        // holds the data lock while it uploads, then takes the namespace to install.
+        drop(ns);
+        // Pads of a file that is gone, or whose last commit failed (a store that timed out),
+        // were never installed: they go back, those still uploading once they are done.
+        if let Some(open) = open {
+            let uploaded = open.data.lock().await.take_uploaded(&self.engine);
+            self.engine.discard_chunks(&uploaded).await;
         }
     }
 
@@ -982,17 +984,24 @@ impl FsCore {
             return Ok(());
         };
         {
+            // Taken before the namespace: waiting for a commit's packs to be written holds
+            // back this file alone, never every other operation.
+            let permit = self.engine.install_permit(&chunks).await;
             let ns = self.ns.lock().await;
             let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-            let mut entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
+            let (_, mut meta) = (self.engine.entry_meta(&key).await).ok_or(Errno(libc::ENOENT))?;
             let pending = open.pending();
             if let Some(t) = pending.written_at {
-                entry.meta.mtime = t;
-                entry.meta.ctime = t;
+                meta.mtime = t;
+                meta.ctime = t;
             }
-            entry.chunks = chunks.clone();
-            entry.size = size;
-            self.engine.install(&key, entry).await?;
+            let entry = Entry {
+                chunks: chunks.clone(),
+                size,
+                meta,
+                link: None,
+            };
+            self.engine.install_with(&key, entry, permit).await?;
             data.committed(chunks);
             open.attrs.lock().unwrap().written_at = None;
         }
@@ -1058,8 +1067,12 @@ impl FsCore {
     async fn meta_of(&self, ino: u64) -> FsResult<(String, Meta)> {
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
-        Ok((key, entry.meta))
+        let (_, meta) = self
+            .engine
+            .entry_meta(&key)
+            .await
+            .ok_or(Errno(libc::ENOENT))?;
+        Ok((key, meta))
     }
 
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -1092,8 +1105,12 @@ impl FsCore {
         }
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let entry = self.engine.entry(&key).await.ok_or(Errno(libc::ENOENT))?;
-        let exists = entry.meta.xattrs.contains_key(name);
+        let (_, meta) = self
+            .engine
+            .entry_meta(&key)
+            .await
+            .ok_or(Errno(libc::ENOENT))?;
+        let exists = meta.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
             return err(libc::EEXIST);
         }
@@ -1102,7 +1119,7 @@ impl FsCore {
         }
         // A file's attributes live in its index entry, which must fit in a pad beside its
         // chunk list: out of attribute space, as ext4 says when its block is full.
-        let others: usize = (entry.meta.xattrs.iter())
+        let others: usize = (meta.xattrs.iter())
             .filter(|(n, _)| n.as_slice() != name)
             .map(|(n, v)| n.len() + v.len())
             .sum();
