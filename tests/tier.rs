@@ -343,37 +343,103 @@ async fn the_open_epoch_uploads_before_its_commit() {
     assert_eq!(&got.decrypt_data(&a).unwrap()[..], b"a1");
 }
 
-/// A sealed epoch holds the next one back: nothing of epoch 2 goes up before epoch 1's root.
+/// A sealed epoch holds the next one's rewritten pads back until its root is up; a pad the
+/// next epoch created goes up at once, since no root before that epoch's can name it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_epoch_waits_for_the_root_before_it() {
+async fn an_epoch_waits_for_the_root_before_it_but_new_pads_do_not() {
     let (_tmp, net, root, tier) = tier_over_a_network(false).await;
+    let (a, b, c) = (
+        SecretKey::random(),
+        SecretKey::random(),
+        SecretKey::random(),
+    );
+    tier.create(pad(&b, b"b0", 0)).await.unwrap();
     tier.create(pad(&root, b"root0", 0)).await.unwrap();
     tier.flush().await.unwrap();
-    // The gate shuts: epoch 1 (a pad and its root) is sealed, epoch 2 is written behind it.
+    // The gate shuts: epoch 1 (a new pad and its root) is sealed; epoch 2 rewrites b (which
+    // root 0 names) and creates c.
     net.gate.forget_permits(Semaphore::MAX_PERMITS);
-    let (a, b) = (SecretKey::random(), SecretKey::random());
+    let before = net.writes_done.load(Ordering::SeqCst);
     tier.create(pad(&a, b"a0", 0)).await.unwrap();
     tier.update(pad(&root, b"root1", 1)).await.unwrap();
-    tier.create(pad(&b, b"b0", 0)).await.unwrap();
-    // One write let through: epoch 1's pad; then its root waits at the gate, and so does b.
-    let before = net.writes_done.load(Ordering::SeqCst);
-    net.gate.add_permits(1);
-    eventually("one write", || {
-        net.writes_done.load(Ordering::SeqCst) > before
+    tier.update(pad(&b, b"b1", 1)).await.unwrap();
+    tier.create(pad(&c, b"c0", 0)).await.unwrap();
+    // Two writes let through: epoch 1's pad, then c; root 1 and b wait.
+    net.gate.add_permits(2);
+    eventually("two writes", || {
+        net.writes_done.load(Ordering::SeqCst) >= before + 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = net.log.lock().unwrap().clone();
-    assert_eq!(log[1..], [(a.public_key(), 0, true)]);
+    assert_eq!(
+        log[2..],
+        [(a.public_key(), 0, true), (c.public_key(), 0, true)]
+    );
     assert_eq!(tier.backlog().pads, 2, "epoch 1's root and b wait");
 
     net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
     eventually("everything to go up", || tier.backlog().pads == 0).await;
     let log = net.log.lock().unwrap().clone();
     assert_eq!(
-        log[2..],
-        [(root.public_key(), 1, false), (b.public_key(), 0, true)]
+        log[4..],
+        [(root.public_key(), 1, false), (b.public_key(), 1, false)]
     );
+}
+
+/// A pad the engine freed with root 1 and writes again two epochs later goes up as soon as the
+/// network holds root 1, ahead of epoch 2 and its root: no root from 1 on names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pad_freed_with_a_root_goes_up_once_that_root_is_up() {
+    let (_tmp, net, root, tier) = tier_over_a_network(false).await;
+    let (b, x) = (SecretKey::random(), SecretKey::random());
+    tier.create(pad(&b, b"b0", 0)).await.unwrap();
+    tier.create(pad(&x, b"x0", 0)).await.unwrap();
+    tier.create(pad(&root, b"root0", 0)).await.unwrap();
+    tier.flush().await.unwrap();
+    net.gate.forget_permits(Semaphore::MAX_PERMITS);
+    let before = net.writes_done.load(Ordering::SeqCst);
+    // Epoch 1 is its root alone (it frees b); epoch 2 rewrites x, which root 1 still names;
+    // epoch 3 rewrites b.
+    tier.update(pad(&root, b"root1", 1)).await.unwrap();
+    tier.update(pad(&x, b"x1", 1)).await.unwrap();
+    tier.update(pad(&root, b"root2", 2)).await.unwrap();
+    tier.update_freed(pad(&b, b"b1", 1), 1).await.unwrap();
+    net.gate.add_permits(1);
+    eventually("root 1", || net.writes_done.load(Ordering::SeqCst) > before).await;
+    // Root 1 is up: x (epoch 2's) and b (epoch 3's) both start; root 2 waits for x.
+    net.gate.add_permits(2);
+    eventually("two more writes", || {
+        net.writes_done.load(Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut log = net.log.lock().unwrap().clone();
+    assert_eq!(log[3], (root.public_key(), 1, false));
+    log[4..].sort_by_key(|(owner, ..)| owner.to_hex());
+    let mut want = [(x.public_key(), 1, false), (b.public_key(), 1, false)];
+    want.sort_by_key(|(owner, ..)| owner.to_hex());
+    assert_eq!(log[4..], want[..]);
+    assert_eq!(tier.backlog().pads, 1, "root 2 waits");
+
+    // A pad freed with a root the network does not hold yet (2) waits for it: its upload
+    // does not start while root 2 waits.
+    let d = SecretKey::random();
+    tier.create(pad(&d, b"d0", 0)).await.unwrap();
+    tier.update(pad(&root, b"root3", 3)).await.unwrap();
+    tier.update_freed(pad(&d, b"d1", 1), 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        tier.backlog().uploading,
+        1,
+        "only d0, born in epoch 3, goes"
+    );
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    eventually("everything to go up", || tier.backlog().pads == 0).await;
+    let log = net.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 10);
+    let at = |owner: PublicKey, counter| log.iter().position(|w| (w.0, w.1) == (owner, counter));
+    assert!(at(root.public_key(), 2) < at(d.public_key(), 1));
 }
 
 #[derive(Clone, Debug)]

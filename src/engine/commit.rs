@@ -382,6 +382,8 @@ impl Engine {
                 state.root_hash = root_hash;
                 state.committed_pages = root.pages;
                 state.committed_free_pages = root.free_pages;
+                let freed = plan.old_page_pads.iter().chain(&plan.releasing);
+                self.inner.pads.note_freed(freed.map(|p| p.seed), counter);
                 state.index.free_pads.extend(plan.old_page_pads);
                 state.index.free_pads.extend(plan.releasing);
                 state.index.free_pads.landed();

@@ -457,6 +457,7 @@ impl Engine {
             check_rollback(record, Some(&loaded), self.inner.opts.accept_rollback)?;
         }
         *self.inner.state.lock().await = loaded;
+        self.inner.pads.forget_freed();
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! its signature is not checked again; a pad of the old BLS format has its signature and
 //! plaintext hash checked.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,10 @@ pub struct PadIo {
     gets: Semaphore,
     /// Public keys of pads read in part lately (see [`OWNERS_KEPT`]).
     owners: Mutex<LruCache<PadSeed, PublicKey>>,
+    /// Free pads by the version of the index root from which on no root names them, as this
+    /// mount freed them: passed on with the pad's next write ([`PadStore::update_freed`]).
+    /// A pad not here (free when the mount started) is written with no such promise.
+    freed: Mutex<HashMap<PadSeed, u64>>,
 }
 
 /// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
@@ -64,6 +69,7 @@ impl PadIo {
             owners: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OWNERS_KEPT).expect("not zero"),
             )),
+            freed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -73,6 +79,19 @@ impl PadIo {
 
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// `pads` are named by no index root from version `root` on: the root just written
+    /// released them.
+    pub fn note_freed(&self, pads: impl IntoIterator<Item = PadSeed>, root: u64) {
+        let mut freed = self.freed.lock().unwrap();
+        freed.extend(pads.into_iter().map(|seed| (seed, root)));
+    }
+
+    /// Forgets every pad noted as freed: the index was replaced by one this mount did not
+    /// write (another machine's, after a conflict).
+    pub fn forget_freed(&self) {
+        self.freed.lock().unwrap().clear();
     }
 
     /// Writes `data`, whose hash the index will hold as `content`, to a pad: the pad with its
@@ -87,8 +106,11 @@ impl PadIo {
         let seed = pad.seed;
         // A scalar multiplication: microseconds, no need to leave the async worker.
         let sk = self.master.pad_key(&seed);
+        // Taken, not read: if this write is abandoned and the pad freed again, it goes back
+        // with no promise, which only costs an upload its head start.
+        let freed = self.freed.lock().unwrap().remove(&seed);
         let counter = self
-            .write_with_key(sk, pad.counter, encoding, data, content)
+            .write_with_key(sk, pad.counter, encoding, data, content, freed)
             .await?;
         Ok(PadRef {
             seed,
@@ -97,7 +119,8 @@ impl PadIo {
     }
 
     /// Writes with an explicit key: update if the pad is known to exist, else create; either
-    /// falls back to the other, and a stale counter is raised past the stored one.
+    /// falls back to the other, and a stale counter is raised past the stored one. `freed`:
+    /// the root version from which on no root names the pad, if known.
     async fn write_with_key(
         &self,
         sk: SecretKey,
@@ -105,6 +128,7 @@ impl PadIo {
         encoding: u64,
         data: Bytes,
         content: [u8; 32],
+        freed: Option<u64>,
     ) -> Result<u64> {
         let mut counter = known.map_or(0, |c| c + 1);
         let mut update = known.is_some();
@@ -112,7 +136,10 @@ impl PadIo {
             let pad = sealed(&sk, encoding, &data, counter, content).await;
             let owner = *pad.owner();
             let result = if update {
-                self.store.update(pad).await
+                match freed {
+                    Some(root) => self.store.update_freed(pad, root).await,
+                    None => self.store.update(pad).await,
+                }
             } else {
                 self.store.create(pad).await
             };

@@ -150,6 +150,13 @@ pub trait PadStore: Send + Sync + 'static {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError>;
     /// Replaces an existing pad; the new counter must be higher than the stored one.
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError>;
+    /// [`update`](Self::update) of a pad that no index root names from root version `root`
+    /// on (the engine freed it with that root, and writes it again now): a store that sends
+    /// writes on in root order (the tier) may send this one as soon as its destination holds
+    /// root `root`, ahead of the roots between.
+    async fn update_freed(&self, pad: Scratchpad, _root: u64) -> Result<(), StoreError> {
+        self.update(pad).await
+    }
     /// The current version of the pad owned by `owner`.
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
     /// Whether a pad exists, without fetching it.
@@ -182,6 +189,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
         (**self).update(pad).await
+    }
+    async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
+        (**self).update_freed(pad, root).await
     }
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         (**self).get(owner).await

@@ -22,6 +22,13 @@
 //! no pad written in it is one that root references (the engine writes only pads free in the
 //! last committed root), so a long copy streams up as it is written instead of after its
 //! commit. A pad written again after its upload goes up again; its root waits for the last.
+//!
+//! A pad the engine created in an epoch (a new key) is named by no root before that epoch's,
+//! and a pad the engine freed with root `r` and writes again is named by no root from `r` on
+//! (`PadStore::update_freed`): such a pad goes up without waiting for the epochs ahead, as
+//! soon as the network holds root `r`, in the room their uploads leave. A copy that outruns
+//! the network then waits at the end for the index pages and roots of its epochs, not for
+//! every pack and chunk they wrote.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -148,6 +155,9 @@ struct TierState {
     cache_bytes: u64,
     /// The newest epoch uploaded whole, root included.
     uploaded: u64,
+    /// The version of the index root the network holds, as far as this tier knows (not
+    /// known after a restart with epochs still to upload, until the first of them is up).
+    network_root: Option<u64>,
     stopped: Option<String>,
     paused: bool,
     uploading: u64,
@@ -164,10 +174,32 @@ struct Epoch {
     /// their counter; after a restart, a counter of 0 tells).
     created: HashSet<PublicKey>,
     /// Pads (never the root) whose newest version waits for an upload that has not started,
-    /// in the order they were staged. A pad waiting is here or being uploaded, never both.
+    /// in the order they were staged: in `early` those that may go up before the epochs
+    /// ahead are done, by the network root they wait for (`None`: none, born here), the
+    /// others in `ready`. A pad waiting is in one of them or being uploaded, never two.
     ready: VecDeque<PublicKey>,
+    early: BTreeMap<Option<u64>, VecDeque<PublicKey>>,
+    /// Pads that may go up early, with the network root they wait for: those created in this
+    /// epoch (`None`) and those freed with a root (uploaded or not). Not known after a
+    /// restart, when every pad waits its turn.
+    free_from: HashMap<PublicKey, Option<u64>>,
+    /// Uploads of this epoch's pads in flight: its root waits for them.
+    in_flight: u64,
+    /// Its root's upload started.
+    root_uploading: bool,
     /// Its root was written: nothing more joins it.
     sealed: bool,
+}
+
+/// How the engine wrote a pad, which decides when its upload may start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A new pad: no root names it.
+    Created,
+    /// An update of a pad some root before this epoch's may name.
+    Updated,
+    /// An update of a pad no root names from this root version on.
+    Freed(u64),
 }
 
 /// A pad staged in an epoch.
@@ -186,6 +218,41 @@ impl Staged {
     }
 }
 
+impl Epoch {
+    /// Puts a pad whose newest version waits in its queue.
+    fn queue(&mut self, owner: PublicKey) {
+        match self.free_from.get(&owner) {
+            Some(&from) => self.early.entry(from).or_default().push_back(owner),
+            None => self.ready.push_back(owner),
+        }
+    }
+
+    /// The next pad to upload: any waiting pad if this is the oldest epoch, else one that no
+    /// root from `network_root` on names.
+    fn next_upload(&mut self, oldest: bool, network_root: Option<u64>) -> Option<PublicKey> {
+        if oldest {
+            if let Some(owner) = self.ready.pop_front() {
+                return Some(owner);
+            }
+        }
+        let mut queue = self.early.first_entry()?;
+        if !oldest && *queue.key() > network_root {
+            return None;
+        }
+        let owner = queue.get_mut().pop_front();
+        if queue.get().is_empty() {
+            queue.remove();
+        }
+        owner
+    }
+
+    /// Whether all that is left of it is its root, and its upload has not started.
+    fn only_root_left(&self) -> bool {
+        let pads_up = self.ready.is_empty() && self.early.is_empty() && self.in_flight == 0;
+        self.sealed && pads_up && !self.root_uploading
+    }
+}
+
 impl TierState {
     fn cached(&mut self, owner: PublicKey, bytes: u64) {
         if let Some(old) = self.lru.put(owner, bytes) {
@@ -201,7 +268,7 @@ impl TierState {
         epoch: u64,
         owner: PublicKey,
         bytes: u64,
-        create: bool,
+        origin: Origin,
         seals: bool,
     ) -> bool {
         let epoch = self.epochs.entry(epoch).or_default();
@@ -217,11 +284,20 @@ impl TierState {
         let queue = !seals && !staged.waiting();
         staged.bytes = bytes;
         staged.versions += 1;
-        if queue {
-            epoch.ready.push_back(owner);
+        match origin {
+            Origin::Created => {
+                epoch.created.insert(owner);
+                epoch.free_from.insert(owner, None);
+            }
+            // Written twice in one epoch: it waits for the later of the two roots.
+            Origin::Freed(root) => {
+                let from = epoch.free_from.entry(owner).or_insert(Some(root));
+                *from = (*from).max(Some(root));
+            }
+            Origin::Updated => {}
         }
-        if create {
-            epoch.created.insert(owner);
+        if queue {
+            epoch.queue(owner);
         }
         epoch.sealed |= seals;
         self.cached(owner, bytes);
@@ -423,6 +499,11 @@ fn recover(dir: &Path, root_owner: &PublicKey) -> Result<(LocalStore, TierState,
         None => 1,
     };
     let uploaded = numbers.first().map_or(0, |n| n - 1);
+    // With nothing left to upload, the network holds the root this disk holds.
+    let network_root = match epochs.is_empty() {
+        true => cache.stored_counter(root_owner)?,
+        false => None,
+    };
     let mut held = cache.held()?;
     held.sort_by_key(|h| h.modified);
     let mut state = TierState {
@@ -431,6 +512,7 @@ fn recover(dir: &Path, root_owner: &PublicKey) -> Result<(LocalStore, TierState,
         lru: LruCache::unbounded(),
         cache_bytes: 0,
         uploaded,
+        network_root,
         stopped: None,
         paused: false,
         uploading: 0,
@@ -478,11 +560,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Takes an upload out of [`Backlog::uploading`] when it ends, however it ends (aborted too).
-struct InFlight(Arc<Shared>);
+/// Counts an upload of a pad of an epoch while it runs, however it ends.
+struct InFlight(Arc<Shared>, u64);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        lock(&self.0.state).uploading -= 1;
+        let mut state = lock(&self.0.state);
+        state.uploading -= 1;
+        if let Some(epoch) = state.epochs.get_mut(&self.1) {
+            epoch.in_flight -= 1;
+        }
     }
 }
 
@@ -519,18 +606,18 @@ impl Shared {
 
     /// Writes `pad` durably to the open epoch's staging, by the network's rules as far as this
     /// disk knows the pad (a pad it does not hold is checked by the network at upload).
-    fn stage(&self, pad: &Scratchpad, create: bool) -> Result<(), StoreError> {
-        self.stage_checked(pad, create)?;
+    fn stage(&self, pad: &Scratchpad, origin: Origin) -> Result<(), StoreError> {
+        self.stage_checked(pad, origin)?;
         self.evict();
         Ok(())
     }
 
-    fn stage_checked(&self, pad: &Scratchpad, create: bool) -> Result<(), StoreError> {
+    fn stage_checked(&self, pad: &Scratchpad, origin: Origin) -> Result<(), StoreError> {
         check_size(pad)?;
         let owner = *pad.owner();
         let _pad = self.lock_for(&owner);
         match self.cache.stored_counter(&owner)? {
-            Some(_) if create => return Err(StoreError::AlreadyExists),
+            Some(_) if origin == Origin::Created => return Err(StoreError::AlreadyExists),
             Some(stored) if pad.counter() <= stored => {
                 return Err(StoreError::StaleCounter {
                     stored,
@@ -541,13 +628,13 @@ impl Shared {
         }
         if owner == self.root_owner {
             let mut open = self.open_epoch.write().unwrap_or_else(|p| p.into_inner());
-            self.stage_in(*open, pad, create, true)?;
+            self.stage_in(*open, pad, origin, true)?;
             *open += 1;
             drop(open);
             self.bump();
         } else {
             let open = self.open_epoch.read().unwrap_or_else(|p| p.into_inner());
-            self.stage_in(*open, pad, create, false)?;
+            self.stage_in(*open, pad, origin, false)?;
         }
         Ok(())
     }
@@ -556,7 +643,7 @@ impl Shared {
         &self,
         epoch: u64,
         pad: &Scratchpad,
-        create: bool,
+        origin: Origin,
         seals: bool,
     ) -> Result<(), StoreError> {
         let owner = *pad.owner();
@@ -571,7 +658,7 @@ impl Shared {
             let _ = store.remove(&owner);
             return Err(e);
         }
-        let queued = lock(&self.state).stage(epoch, owner, bytes, create, seals);
+        let queued = lock(&self.state).stage(epoch, owner, bytes, origin, seals);
         if queued {
             self.bump();
         }
@@ -666,18 +753,14 @@ impl Shared {
     }
 
     /// The uploader, until the tier is dropped: the oldest epoch's pads as they are staged, up
-    /// to `uploads` at once; once it is sealed and they are all up, its root.
+    /// to `uploads` at once, and in the room left the pads later epochs created; once the
+    /// oldest is sealed and its pads are all up, its root.
     async fn upload_forever(self: Arc<Self>) {
         let mut changed = self.changed.subscribe();
         let mut uploads = JoinSet::new();
         loop {
             changed.borrow_and_update();
-            if let Some(epoch) = self.start_uploads(&mut uploads) {
-                if let Err(e) = self.upload_root(epoch).await {
-                    self.stop(e);
-                }
-                continue;
-            }
+            self.start_uploads(&mut uploads);
             tokio::select! {
                 Some(joined) = uploads.join_next() => {
                     let failed = match joined {
@@ -695,32 +778,44 @@ impl Shared {
         }
     }
 
-    /// Starts uploads of the oldest epoch's waiting pads while there is room; returns the epoch
-    /// if what is left of it is its root.
-    fn start_uploads(
-        self: &Arc<Self>,
-        uploads: &mut JoinSet<Result<(), StoreError>>,
-    ) -> Option<u64> {
+    /// Starts uploads while there is room: the oldest epoch's waiting pads first, then those
+    /// of later epochs that may go early, oldest first; and the oldest epoch's root once
+    /// nothing else of that epoch is left (besides the pads in flight, beyond their bound).
+    fn start_uploads(self: &Arc<Self>, uploads: &mut JoinSet<Result<(), StoreError>>) {
         let mut state = lock(&self.state);
         if state.paused || state.stopped.is_some() {
-            return None;
+            return;
         }
-        let state = &mut *state;
-        let (&epoch, oldest) = state.epochs.iter_mut().next()?;
-        while uploads.len() < self.cfg.uploads.max(1) {
-            let Some(owner) = oldest.ready.pop_front() else {
-                break;
-            };
-            let created = oldest.created.contains(&owner);
-            state.uploading += 1;
-            let guard = InFlight(self.clone());
+        let TierState {
+            epochs,
+            uploading,
+            network_root,
+            ..
+        } = &mut *state;
+        let Some((&oldest, first)) = epochs.iter_mut().next() else {
+            return;
+        };
+        if first.only_root_left() {
+            first.root_uploading = true;
             let this = self.clone();
-            uploads.spawn(async move {
-                let _in_flight = guard;
-                this.upload_pad(epoch, owner, created).await
-            });
+            uploads.spawn(async move { this.upload_root(oldest).await });
         }
-        (oldest.sealed && oldest.ready.is_empty() && uploads.is_empty()).then_some(epoch)
+        for (&epoch, pending) in epochs.iter_mut() {
+            while uploads.len() < self.cfg.uploads.max(1) {
+                let Some(owner) = pending.next_upload(epoch == oldest, *network_root) else {
+                    break;
+                };
+                let created = pending.created.contains(&owner);
+                *uploading += 1;
+                pending.in_flight += 1;
+                let guard = InFlight(self.clone(), epoch);
+                let this = self.clone();
+                uploads.spawn(async move {
+                    let _in_flight = guard;
+                    this.upload_pad(epoch, owner, created).await
+                });
+            }
+        }
     }
 
     /// Uploading stops for good (until the next mount): a reason other than a passing one.
@@ -778,7 +873,7 @@ impl Shared {
             if let Some(staged) = e.pads.get_mut(&owner) {
                 staged.uploaded = staged.uploaded.max(versions);
                 if staged.waiting() {
-                    e.ready.push_back(owner);
+                    e.queue(owner);
                 }
             }
         }
@@ -789,7 +884,10 @@ impl Shared {
     /// An epoch's root, then the epoch is done.
     async fn upload_root(self: &Arc<Self>, epoch: u64) -> Result<(), StoreError> {
         let pad = self.epoch_store(epoch)?.get(&self.root_owner).await?;
+        let version = pad.counter();
         self.push_root(pad).await?;
+        lock(&self.state).network_root = Some(version);
+        tracing::trace!(epoch, version, "root uploaded");
         self.blocking(move |s| s.finish_epoch(epoch)).await
     }
 
@@ -956,11 +1054,21 @@ impl Shared {
 #[async_trait]
 impl PadStore for TieredStore {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        self.shared.blocking(move |s| s.stage(&pad, true)).await
+        (self.shared)
+            .blocking(move |s| s.stage(&pad, Origin::Created))
+            .await
     }
 
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
-        self.shared.blocking(move |s| s.stage(&pad, false)).await
+        (self.shared)
+            .blocking(move |s| s.stage(&pad, Origin::Updated))
+            .await
+    }
+
+    async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
+        (self.shared)
+            .blocking(move |s| s.stage(&pad, Origin::Freed(root)))
+            .await
     }
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
