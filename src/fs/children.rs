@@ -11,11 +11,14 @@ pub const FIRST_COOKIE: u64 = 3;
 
 #[derive(Debug)]
 pub struct Children {
-    /// Name -> (inode, cookie).
-    by_name: BTreeMap<String, (u64, u64)>,
+    /// Name -> (inode, cookie, whether it is a directory).
+    by_name: BTreeMap<String, (u64, u64, bool)>,
     /// Cookie -> name, in listing order.
     by_cookie: BTreeMap<u64, String>,
     next_cookie: u64,
+    /// How many of the names are directories: a directory's link count, which `stat` asks
+    /// for after every change to it, must not cost a walk over a huge directory.
+    dirs: usize,
 }
 
 impl Default for Children {
@@ -24,36 +27,39 @@ impl Default for Children {
             by_name: BTreeMap::new(),
             by_cookie: BTreeMap::new(),
             next_cookie: FIRST_COOKIE,
+            dirs: 0,
         }
     }
 }
 
 impl Children {
     pub fn get(&self, name: &str) -> Option<u64> {
-        self.by_name.get(name).map(|&(ino, _)| ino)
+        self.by_name.get(name).map(|&(ino, ..)| ino)
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 
-    /// The inodes of the names, in name order.
-    pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.by_name.values().map(|&(ino, _)| ino)
+    /// How many of the names are directories.
+    pub fn dirs(&self) -> usize {
+        self.dirs
     }
 
     /// Adds a name (replacing any entry of that name) with a new cookie.
-    pub fn insert(&mut self, name: String, ino: u64) {
+    pub fn insert(&mut self, name: String, ino: u64, is_dir: bool) {
         self.remove(&name);
         let cookie = self.next_cookie;
         self.next_cookie += 1;
         self.by_cookie.insert(cookie, name.clone());
-        self.by_name.insert(name, (ino, cookie));
+        self.by_name.insert(name, (ino, cookie, is_dir));
+        self.dirs += usize::from(is_dir);
     }
 
     pub fn remove(&mut self, name: &str) -> Option<u64> {
-        let (ino, cookie) = self.by_name.remove(name)?;
+        let (ino, cookie, is_dir) = self.by_name.remove(name)?;
         self.by_cookie.remove(&cookie);
+        self.dirs -= usize::from(is_dir);
         Some(ino)
     }
 
@@ -81,7 +87,7 @@ mod tests {
         ) {
             let mut dir = Children::default();
             for i in 0..initial {
-                dir.insert(format!("n{i}"), i as u64);
+                dir.insert(format!("n{i}"), i as u64, i % 3 == 0);
             }
             let mut touched = std::collections::HashSet::new();
             let mut seen: Vec<String> = Vec::new();
@@ -106,12 +112,14 @@ mod tests {
                     let name = format!("n{n}");
                     touched.insert(name.clone());
                     if add {
-                        dir.insert(name, n as u64);
+                        dir.insert(name, n as u64, n % 3 == 0);
                     } else {
                         dir.remove(&name);
                     }
                 }
             }
+            let dirs = dir.after(0).filter(|(_, name, _)| name[1..].parse::<usize>().unwrap() % 3 == 0);
+            prop_assert_eq!(dir.dirs(), dirs.count());
             for i in 0..initial {
                 let name = format!("n{i}");
                 if !touched.contains(&name) {

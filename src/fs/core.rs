@@ -376,12 +376,7 @@ impl FsCore {
         match meta.kind {
             FileKind::Dir => {
                 attr.size = 4096;
-                let subdirs = node
-                    .children
-                    .inodes()
-                    .filter(|c| ns.get(*c).is_some_and(|n| n.kind == FileKind::Dir))
-                    .count();
-                attr.nlink = 2 + subdirs as u32;
+                attr.nlink = 2 + node.children.dirs() as u32;
             }
             FileKind::Symlink => {
                 attr.size = meta.symlink_target.as_ref().map_or(0, |t| t.len() as u64);

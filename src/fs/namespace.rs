@@ -182,7 +182,7 @@ impl Namespace {
             .get_mut(&parent)
             .expect("parent exists")
             .children
-            .insert(name.to_string(), ino);
+            .insert(name.to_string(), ino, kind == FileKind::Dir);
         ino
     }
 
@@ -198,8 +198,9 @@ impl Namespace {
             .get_mut(&parent)
             .expect("parent exists")
             .children
-            .insert(name.to_string(), ino);
+            .insert(name.to_string(), ino, false);
         let node = self.nodes.get_mut(&ino).expect("node exists");
+        debug_assert!(node.kind != FileKind::Dir, "a directory has one name");
         node.more_names.push((parent, name.to_string()));
     }
 
@@ -243,6 +244,7 @@ impl Namespace {
             .remove(name)
             .expect("name exists");
         let node = self.nodes.get_mut(&ino).unwrap();
+        let is_dir = node.kind == FileKind::Dir;
         if (node.parent, node.name.as_str()) == (parent, name) {
             node.parent = new_parent;
             node.name = new_name.to_string();
@@ -257,7 +259,7 @@ impl Namespace {
             .get_mut(&new_parent)
             .unwrap()
             .children
-            .insert(new_name.to_string(), ino);
+            .insert(new_name.to_string(), ino, is_dir);
     }
 
     /// Drops a node left without names once nothing holds it.
