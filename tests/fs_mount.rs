@@ -210,6 +210,79 @@ fn huge_sparse_files_survive_a_remount() {
     mount.unmount();
 }
 
+/// Holes take no room and tools see them: `du` counts what is stored, `lseek` finds data and
+/// holes (by chunk), so `cp --sparse` and `tar --sparse` skip the zeros instead of reading
+/// them, and `df` does not count holes as used. Checked after a remount.
+#[test]
+fn holes_are_holes_to_du_lseek_cp_tar_and_df() {
+    let (dir, mount) = setup();
+    let data_at: u64 = 50 << 30;
+    sh(
+        &mount.mnt,
+        &format!(
+            "truncate -s 100G big && printf data | dd of=big bs=1 seek={data_at} conv=notrunc status=none
+            truncate -s 1G mid && printf middle | dd of=mid bs=1 seek=$(( 512 << 20 )) conv=notrunc status=none"
+        ),
+    );
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    for name in ["big", "mid"] {
+        let meta = fs::metadata(mount.path(name)).unwrap();
+        assert!(
+            meta.blocks() * 512 <= 8 << 20,
+            "{name}: {} blocks",
+            meta.blocks()
+        );
+    }
+    let du = sh(&mount.mnt, "du -k big mid | cut -f1 | tr '\n' ' '");
+    assert!(
+        du.split_whitespace()
+            .all(|k| k.parse::<u64>().unwrap() <= 8192),
+        "du: {du}"
+    );
+
+    let file = fs::File::open(mount.path("big")).unwrap();
+    let seek = |offset: u64, whence| {
+        use std::os::fd::AsRawFd;
+        let at = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, whence) };
+        (at >= 0).then_some(at as u64)
+    };
+    const CHUNK: u64 = 4190208;
+    let chunk_start = data_at / CHUNK * CHUNK;
+    assert_eq!(seek(0, libc::SEEK_HOLE), Some(0));
+    assert_eq!(seek(0, libc::SEEK_DATA), Some(chunk_start));
+    assert_eq!(seek(data_at, libc::SEEK_DATA), Some(data_at));
+    // Holes are found by chunk: the data runs to the end of what its chunk holds.
+    let hole = seek(data_at, libc::SEEK_HOLE).unwrap();
+    assert!(
+        (data_at + 4..=chunk_start + CHUNK).contains(&hole),
+        "{hole}"
+    );
+    assert_eq!(seek(hole, libc::SEEK_DATA), None, "no data after");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
+    assert_eq!(seek(100 << 30, libc::SEEK_HOLE), None, "past the end");
+
+    let copied = sh(
+        &mount.mnt,
+        "cp --sparse=always mid mid2 && cmp mid mid2 && du -k mid2 | cut -f1
+        tar --sparse -cf mid.tar mid && stat -c %s mid.tar",
+    );
+    let sizes: Vec<u64> = copied.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert!(sizes[0] <= 8192, "cp --sparse copy: {copied}");
+    // The archive holds the chunk `middle` lies in, not the gigabyte.
+    assert!(sizes[1] <= 2 * CHUNK, "tar --sparse archive: {copied}");
+    drop(file);
+    let used = sh(&mount.mnt, "df -k --output=used . | tail -1");
+    assert!(
+        used.trim().parse::<u64>().unwrap() < 64 << 10,
+        "df counts holes: {used} KiB used"
+    );
+    mount.unmount();
+}
+
 /// Hard links as tools make them: `ln`, then `cp -a` and `rsync -aH` of a tree with links
 /// into the mount keep every group of names one file (one inode, one link count), also after
 /// a remount; a write through one name is seen through the others; removing a name keeps the

@@ -125,6 +125,7 @@ pub struct EngineStats {
     pub keys: usize,
     /// Files, directories and symlinks, each counted once.
     pub files: usize,
+    /// Bytes of file data stored (holes take none).
     pub data_bytes: u64,
     pub pads_in_use: usize,
     pub free_pads: usize,
@@ -164,6 +165,14 @@ struct Inner {
     pack_gate: tokio::sync::RwLock<()>,
     /// Keys keeping compacted packs referenced, with when they were compacted.
     retired: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+}
+
+/// What [`Engine::entry_meta`] reads of an entry.
+pub struct EntryMeta {
+    pub size: u64,
+    /// Bytes of data stored: the size less the holes (`st_blocks`).
+    pub stored: u64,
+    pub meta: Meta,
 }
 
 /// Leave to install an entry that brings pieces to pack ([`Engine::install_permit`]).
@@ -710,19 +719,22 @@ impl Engine {
         self.inner.state.lock().await.index.get(key).cloned()
     }
 
-    /// A key's size and metadata, without copying its chunk map (which for a large file is
+    /// A key's sizes and metadata, without copying its chunk map (which for a large file is
     /// tens of thousands of chunks): what `stat` needs.
-    pub async fn entry_meta(&self, key: &str) -> Option<(u64, Meta)> {
+    pub async fn entry_meta(&self, key: &str) -> Option<EntryMeta> {
         let state = self.inner.state.lock().await;
-        state.index.get(key).map(|e| (e.size, e.meta.clone()))
+        state.index.get(key).map(|e| EntryMeta {
+            size: e.size,
+            stored: e.stored_bytes(),
+            meta: e.meta.clone(),
+        })
     }
 
     /// Changes a key's metadata in place.
     pub async fn update_meta(&self, key: &str, change: impl FnOnce(&mut Meta)) -> Result<()> {
-        let (_, mut meta) = self
-            .entry_meta(key)
-            .await
-            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mut meta = (self.entry_meta(key).await)
+            .ok_or_else(|| Error::NotFound(key.to_string()))?
+            .meta;
         change(&mut meta);
         self.change(Op::SetMeta {
             key: key.to_string(),
@@ -887,7 +899,7 @@ impl Engine {
         };
         for (key, entry) in state.index.entries() {
             stats.keys -= usize::from(is_retired_key(key));
-            stats.data_bytes += entry.size;
+            stats.data_bytes += entry.stored_bytes();
             stats.pads_in_use += entry.own_pads().count();
             // What a user counts: each file once however many names it has, not the root,
             // not a name's link to its file, not a file deleted while still open.

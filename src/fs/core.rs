@@ -14,7 +14,7 @@ use super::budget::MemoryBudget;
 use super::children::FIRST_COOKIE;
 use super::namespace::{is_orphan_key, join, orphan_key, KeyInfo, Namespace, ROOT_INO};
 use super::open_file::OpenFile;
-use crate::engine::{Engine, Error as EngineError};
+use crate::engine::{Engine, EntryMeta, Error as EngineError};
 use crate::index::{inode_key, inode_of_key, Entry, FileKind, Meta, Timestamp, MAX_FILE_SIZE};
 
 /// An errno for the kernel.
@@ -48,6 +48,9 @@ pub struct Attr {
     pub ino: u64,
     pub kind: FileKind,
     pub size: u64,
+    /// Bytes the file takes in the store: its size less its holes (`st_blocks`, which `du`,
+    /// `cp --sparse` and `tar --sparse` read).
+    pub stored: u64,
     pub perm: u32,
     pub nlink: u32,
     pub uid: u32,
@@ -352,18 +355,19 @@ impl FsCore {
         })
     }
 
+    async fn meta_at(&self, key: &str) -> FsResult<EntryMeta> {
+        self.engine.entry_meta(key).await.ok_or(Errno(libc::ENOENT))
+    }
+
     async fn attr_of(&self, ns: &Namespace, ino: u64) -> FsResult<Attr> {
         let node = ns.get(ino).ok_or(Errno(libc::ENOENT))?;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let (size, meta) = self
-            .engine
-            .entry_meta(&key)
-            .await
-            .ok_or(Errno(libc::ENOENT))?;
+        let EntryMeta { size, stored, meta } = self.meta_at(&key).await?;
         let mut attr = Attr {
             ino,
             kind: meta.kind,
             size,
+            stored,
             perm: meta.mode & 0o7777,
             nlink: node.nlink(),
             uid: meta.uid,
@@ -376,6 +380,7 @@ impl FsCore {
         match meta.kind {
             FileKind::Dir => {
                 attr.size = 4096;
+                attr.stored = 4096;
                 attr.nlink = 2 + node.children.dirs() as u32;
             }
             FileKind::Symlink => {
@@ -391,9 +396,13 @@ impl FsCore {
                 if let Some(open) = &node.open {
                     let pending = open.pending();
                     attr.size = pending.size;
+                    attr.stored = attr.stored.min(pending.size);
                     if let Some(t) = pending.written_at {
                         attr.mtime = t;
                         attr.ctime = t;
+                        // Where unsaved writes went is known at their commit: until then the
+                        // file counts as taking its whole size.
+                        attr.stored = pending.size;
                     }
                 }
             }
@@ -444,7 +453,7 @@ impl FsCore {
         check_name(name)?;
         let mut ns = self.ns.lock().await;
         let dir_key = ns.key(parent).ok_or(Errno(libc::ENOENT))?;
-        let (_, dir_meta) = (self.engine.entry_meta(&dir_key).await).ok_or(Errno(libc::ENOENT))?;
+        let dir_meta = self.meta_at(&dir_key).await?.meta;
         if dir_meta.kind != FileKind::Dir {
             return err(libc::ENOTDIR);
         }
@@ -530,11 +539,7 @@ impl FsCore {
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let (_, meta) = self
-            .engine
-            .entry_meta(&key)
-            .await
-            .ok_or(Errno(libc::ENOENT))?;
+        let meta = self.meta_at(&key).await?.meta;
         meta.symlink_target.ok_or(Errno(libc::EINVAL))
     }
 
@@ -927,6 +932,23 @@ impl FsCore {
         Ok(written as u32)
     }
 
+    /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `offset`, by
+    /// whole chunks (a hole is a chunk that holds no data; the end of the file counts as one).
+    pub async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let (ino, _) = self.handle(fh)?;
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return err(libc::EINVAL),
+        };
+        let offset = u64::try_from(offset).or(Err(Errno(libc::EINVAL)))?;
+        let open = self.open_of(ino).await?;
+        match open.seek(offset, data, self.deadline()).await? {
+            Some(found) => Ok(found as i64),
+            None => err(libc::ENXIO),
+        }
+    }
+
     /// Uploads a file's changes and installs them in the index, so that `close()` reports a
     /// failure; with a journal, the index commit follows in the background.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
@@ -984,7 +1006,7 @@ impl FsCore {
             let permit = self.engine.install_permit(&chunks).await;
             let ns = self.ns.lock().await;
             let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-            let (_, mut meta) = (self.engine.entry_meta(&key).await).ok_or(Errno(libc::ENOENT))?;
+            let mut meta = self.meta_at(&key).await?.meta;
             let pending = open.pending();
             if let Some(t) = pending.written_at {
                 meta.mtime = t;
@@ -1062,11 +1084,7 @@ impl FsCore {
     async fn meta_of(&self, ino: u64) -> FsResult<(String, Meta)> {
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let (_, meta) = self
-            .engine
-            .entry_meta(&key)
-            .await
-            .ok_or(Errno(libc::ENOENT))?;
+        let meta = self.meta_at(&key).await?.meta;
         Ok((key, meta))
     }
 
@@ -1100,11 +1118,7 @@ impl FsCore {
         }
         let ns = self.ns.lock().await;
         let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
-        let (_, meta) = self
-            .engine
-            .entry_meta(&key)
-            .await
-            .ok_or(Errno(libc::ENOENT))?;
+        let meta = self.meta_at(&key).await?.meta;
         let exists = meta.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
             return err(libc::EEXIST);

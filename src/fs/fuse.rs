@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -92,7 +92,7 @@ fn to_fuse(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
-        blocks: attr.size.div_ceil(512),
+        blocks: attr.stored.div_ceil(512),
         atime: to_system_time(attr.atime),
         mtime: to_system_time(attr.mtime),
         ctime: to_system_time(attr.ctime),
@@ -432,6 +432,23 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply_empty(reply, self.run("fsync", Some(fh.0), self.core.fsync(fh.0)));
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds itself), so that `cp`,
+    /// `tar --sparse` and backup tools skip holes rather than read them as zeros.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.run("lseek", Some(fh.0), self.core.lseek(fh.0, offset, whence)) {
+            Ok(offset) => reply.offset(offset),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -133,6 +133,49 @@ impl OpenFile {
         *self.attrs.lock().unwrap()
     }
 
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset`: where the first byte at or after
+    /// `offset` that holds data (or none) is, the end of the file counting as a hole; `None`
+    /// from the end of the file on. Data is what chunks hold up to their length (a chunk's
+    /// bytes past it and chunks without data read as zeros), so runs of zeros that were
+    /// written count as data.
+    pub async fn seek(
+        &self,
+        offset: u64,
+        data: bool,
+        deadline: Instant,
+    ) -> Result<Option<u64>, EngineError> {
+        let file = by_deadline(deadline, async { Ok(self.data.lock().await) }).await?;
+        let size = self.size();
+        if offset >= size {
+            return Ok(None);
+        }
+        let cs = file.chunk_size;
+        let (first, last) = (offset / cs, (size - 1) / cs);
+        // The byte ranges holding data, in order, from the chunk `offset` is in on.
+        let extents = (file.held().into_iter())
+            .filter(|i| (first..=last).contains(i))
+            .filter_map(|i| {
+                let start = i * cs;
+                let len = file.data_len(i)?;
+                Some((start, (start + len.min(cs)).min(size)))
+            })
+            .filter(|&(start, end)| start < end && end > offset);
+        let found = match data {
+            true => extents.map(|(start, _)| start.max(offset)).next(),
+            false => {
+                let mut at = offset;
+                for (start, end) in extents {
+                    if start > at {
+                        break;
+                    }
+                    at = end;
+                }
+                Some(at.min(size))
+            }
+        };
+        Ok(found)
+    }
+
     fn set_size(&self, size: u64, written: bool) {
         let mut attrs = self.attrs.lock().unwrap();
         attrs.size = size;
@@ -426,6 +469,16 @@ impl FileData {
     }
 
     /// The chunks that may hold data now: stored, changed or being uploaded.
+    /// How many bytes from its start chunk `idx` holds (the rest of it reads as zeros), or
+    /// `None` if it holds no data.
+    fn data_len(&self, idx: u64) -> Option<u64> {
+        match self.source(idx) {
+            Source::Dirty(buf) => Some(buf.len() as u64),
+            Source::Stored(chunk) => chunk.has_data().then_some(u64::from(chunk.len)),
+            Source::Zeros => None,
+        }
+    }
+
     fn held(&self) -> std::collections::BTreeSet<u64> {
         let mut held: std::collections::BTreeSet<u64> = self.base.indices().collect();
         held.extend(self.uploaded.keys());

@@ -389,6 +389,11 @@ impl Entry {
             .filter_map(|(_, c)| c.pad)
     }
 
+    /// Bytes of data stored (in pads, packs or inline): what the file takes, holes aside.
+    pub fn stored_bytes(&self) -> u64 {
+        self.chunks.iter().map(|(_, c)| u64::from(c.len)).sum()
+    }
+
     /// The chunks that are pieces of packs.
     pub fn pieces(&self) -> impl Iterator<Item = &Chunk> + '_ {
         self.chunks.iter().map(|(_, c)| c).filter(|c| c.is_packed())
