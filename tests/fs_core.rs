@@ -11,7 +11,7 @@ use mutant_mount::fs::namespace::ROOT_INO;
 use mutant_mount::fs::{Caller, Errno, FsConfig, FsCore};
 use mutant_mount::keys::MasterKey;
 use mutant_mount::seal::SEGMENT;
-use mutant_mount::store::{LocalStore, PadStore, SimConfig, SimStore, StoreError};
+use mutant_mount::store::{CountingStore, LocalStore, PadStore, SimConfig, SimStore, StoreError};
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
 const CHUNK: usize = 4096;
@@ -1479,4 +1479,71 @@ async fn a_commit_writing_packs_blocks_no_other_operation() {
         assert!(engine.fetch(name).await.unwrap() == small(seed), "{name}");
     }
     assert_eq!(engine.fetch("d").await.unwrap(), b"");
+}
+
+/// On the local store `fsync` makes a change durable by syncing the journal beside it, not by a
+/// commit (one disk flush, not a page, a root and their directories): the change is not yet in
+/// the committed index after it, and a mount that never commits again (killed) replays it.
+#[tokio::test]
+async fn fsync_on_the_local_store_syncs_the_journal_and_a_crash_keeps_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let opts = EngineOptions {
+        journal_dir: Some(journal.path().to_path_buf()),
+        scratchpad_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let store = Arc::new(CountingStore::new(LocalStore::open(dir.path()).unwrap()));
+    let stats = store.stats();
+    let engine = Engine::open(store as Arc<dyn PadStore>, key.clone(), opts.clone())
+        .await
+        .unwrap();
+    let fs = FsCore::start(engine, FsConfig::default()).await.unwrap();
+    let (_, fh) = fs
+        .create(ROOT_INO, "db", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    fs.write(fh, 0, &bytes(7, 3 * CHUNK + 10)).await.unwrap();
+    let roots_before = stats.writes();
+    fs.fsync(fh).await.unwrap();
+    assert!(fs.engine().has_uncommitted().await, "fsync committed");
+    // Only the file's own pads were written (three chunks; the tail is inline): no index
+    // page, no root.
+    assert_eq!(stats.writes() - roots_before, 3);
+    // The machine stops here: what is on disk now is all there is.
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &str| {
+        let to = crashed.path().join(to);
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        to
+    };
+    let (store_dir, journal_dir) = (copy(dir.path(), "store"), copy(journal.path(), "journal"));
+    drop(fs);
+
+    let bare: Arc<dyn PadStore> = Arc::new(LocalStore::open(&store_dir).unwrap());
+    let committed = Engine::open(bare, key.clone(), EngineOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        committed.fetch("db").await.is_err(),
+        "no commit after the fsync"
+    );
+    drop(committed);
+    let opts = EngineOptions {
+        journal_dir: Some(journal_dir),
+        ..opts
+    };
+    let store: Arc<dyn PadStore> = Arc::new(LocalStore::open(&store_dir).unwrap());
+    let replayed = Engine::open(store, key, opts).await.unwrap();
+    assert_eq!(
+        replayed.fetch("db").await.unwrap(),
+        bytes(7, 3 * CHUNK + 10)
+    );
 }

@@ -408,6 +408,11 @@ impl Journal {
         Ok(seq)
     }
 
+    /// Makes every change appended so far survive a crash of the machine.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.lock().unwrap().file.sync_data()
+    }
+
     /// The sequence number of the last change appended (0 if none).
     pub fn last_seq(&self) -> u64 {
         self.file.lock().unwrap().next_seq - 1

@@ -431,6 +431,27 @@ impl Engine {
     }
 
     /// Whether changes are journaled locally (durable against a crash before the next commit).
+    /// Whether a synced journal makes changes as durable as a commit would: the journal is
+    /// kept beside a store on this machine's disk, which holds the pads it names. Over a
+    /// network (or the tier in front of one) a commit promises more: the network holds it.
+    pub fn durable_by_journal(&self) -> bool {
+        self.is_journaled() && self.inner.pads.store().on_this_disk()
+    }
+
+    /// Makes every change so far survive a crash of the machine without committing it: the
+    /// next mount replays it ([`durable_by_journal`](Self::durable_by_journal) says when that
+    /// is as good as a commit).
+    pub async fn sync_journal(&self) -> Result<()> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || match engine.inner.journal.get() {
+            Some(journal) => journal.sync(),
+            None => Ok(()),
+        })
+        .await
+        .expect("journal sync panicked")?;
+        Ok(())
+    }
+
     pub fn is_journaled(&self) -> bool {
         self.inner.journal.get().is_some()
     }

@@ -956,12 +956,27 @@ impl FsCore {
         self.commit_file(ino).await
     }
 
+    /// Saves the file's changes where they survive a crash of the machine: on a store on
+    /// this disk the journal beside it, synced (the commit follows within a second, as for
+    /// any change); over a network, a commit the network holds.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _) = self.handle(fh)?;
         let deadline = self.deadline();
         self.commit_file_by(ino, deadline).await?;
+        if self.engine.durable_by_journal() {
+            return Ok(self.engine.sync_journal().await?);
+        }
         self.commit_by(deadline).await?;
         self.flush_by(deadline).await
+    }
+
+    /// `fsync` of a directory: the names changed in it (every change so far) survive a
+    /// crash of the machine, as [`fsync`](Self::fsync) says.
+    pub async fn fsync_dir(&self) -> FsResult<()> {
+        if self.engine.durable_by_journal() {
+            return Ok(self.engine.sync_journal().await?);
+        }
+        self.sync_and_flush().await
     }
 
     /// [`sync_all`](Self::sync_all), then waits until the store holds it where it promises to

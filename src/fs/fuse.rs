@@ -516,7 +516,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_empty(
             reply,
-            self.run("fsyncdir", Some(ino.0), self.core.sync_and_flush()),
+            self.run("fsyncdir", Some(ino.0), self.core.fsync_dir()),
         );
     }
 

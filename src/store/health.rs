@@ -77,4 +77,7 @@ impl<S: PadStore> PadStore for HealthStore<S> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn on_this_disk(&self) -> bool {
+        self.inner.on_this_disk()
+    }
 }

@@ -554,6 +554,10 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
 
 #[async_trait]
 impl PadStore for LocalStore {
+    fn on_this_disk(&self) -> bool {
+        true
+    }
+
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError> {
         self.blocking(move |s| {
             check_size(&pad)?;

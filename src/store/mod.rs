@@ -175,6 +175,11 @@ pub trait PadStore: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         false
     }
+    /// Whether the pads are kept on this machine's disk (the local store), where a journal
+    /// beside them is as durable as they are.
+    fn on_this_disk(&self) -> bool {
+        false
+    }
     /// Waits until every write that returned is where this store promises it ends up (the
     /// network, for a store that stages writes locally). Most stores have it there already.
     async fn flush(&self) -> Result<(), StoreError> {
@@ -208,6 +213,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     fn is_remote(&self) -> bool {
         (**self).is_remote()
+    }
+    fn on_this_disk(&self) -> bool {
+        (**self).on_this_disk()
     }
     async fn flush(&self) -> Result<(), StoreError> {
         (**self).flush().await

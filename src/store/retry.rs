@@ -166,4 +166,7 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn on_this_disk(&self) -> bool {
+        self.inner.on_this_disk()
+    }
 }

@@ -132,6 +132,9 @@ impl<S: PadStore> PadStore for CountingStore<S> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn on_this_disk(&self) -> bool {
+        self.inner.on_this_disk()
+    }
 }
 
 #[cfg(test)]
