@@ -1547,3 +1547,53 @@ async fn fsync_on_the_local_store_syncs_the_journal_and_a_crash_keeps_the_change
         bytes(7, 3 * CHUNK + 10)
     );
 }
+
+/// `RENAME_EXCHANGE` swaps two names, a file and a directory with what is under it, as one
+/// change that a remount keeps; it refuses to put a directory inside itself and needs both
+/// names.
+#[tokio::test]
+async fn rename_exchange_swaps_two_names_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    write_file(&fs, "a", &bytes(1, 2 * CHUNK)).await;
+    let d = fs.mkdir(ROOT_INO, "b", 0o755, ME).await.unwrap().ino;
+    let inner = fs.mkdir(d, "inner", 0o755, ME).await.unwrap().ino;
+    let (_, fh) = fs.create(d, "c", 0o644, libc::O_WRONLY, ME).await.unwrap();
+    fs.write(fh, 0, b"under b").await.unwrap();
+    fs.release(fh).await.unwrap();
+
+    let exchange = libc::RENAME_EXCHANGE;
+    assert_eq!(
+        fs.rename(ROOT_INO, "b", d, "inner", exchange).await,
+        Err(Errno(libc::EINVAL)),
+        "a directory swapped into itself"
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, "a", ROOT_INO, "missing", exchange)
+            .await,
+        Err(Errno(libc::ENOENT))
+    );
+    fs.rename(ROOT_INO, "a", ROOT_INO, "b", exchange)
+        .await
+        .unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "a").await.unwrap().ino, d);
+    assert_eq!(fs.lookup(d, "inner").await.unwrap().ino, inner);
+    fs.sync_all().await.unwrap();
+    drop(fs);
+
+    let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    assert_eq!(
+        fs.lookup(ROOT_INO, "b").await.unwrap().size,
+        2 * CHUNK as u64
+    );
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(a.kind, mutant_mount::index::FileKind::Dir);
+    let c = fs.lookup(a.ino, "c").await.unwrap().ino;
+    let fh = fs.open(c, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"under b");
+    let b = fs.lookup(ROOT_INO, "b").await.unwrap().ino;
+    let fh = fs.open(b, libc::O_RDONLY).await.unwrap();
+    let got = fs.read(fh, 0, 2 * CHUNK as u32).await.unwrap();
+    assert!(got[..] == bytes(1, 2 * CHUNK)[..]);
+}

@@ -153,6 +153,17 @@ const LINK_MAX: u32 = 65_000;
 /// Bytes of extended attributes (names and values) one file may hold.
 const XATTR_SPACE: usize = 256 << 10;
 
+/// The index keys that move when the name at `from` (node `ino`, with everything under it)
+/// becomes `to`: each with its new key.
+fn key_moves(ns: &Namespace, ino: u64, from: &str, to: &str) -> Vec<(String, String)> {
+    let keys = ns.keys_below(ino, from).into_iter();
+    keys.map(|key| {
+        let moved = format!("{to}{}", &key[from.len()..]);
+        (key, moved)
+    })
+    .collect()
+}
+
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return err(libc::ENAMETOOLONG);
@@ -629,8 +640,14 @@ impl FsCore {
     ) -> FsResult<()> {
         self.writable()?;
         check_name(new_name)?;
-        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+        if flags & libc::RENAME_WHITEOUT != 0 {
             return err(libc::EINVAL);
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return err(libc::EINVAL);
+            }
+            return self.exchange(parent, name, new_parent, new_name).await;
         }
         let mut ns = self.ns.lock().await;
         let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
@@ -661,14 +678,7 @@ impl FsCore {
             .name_key(new_parent, new_name)
             .ok_or(Errno(libc::ENOENT))?;
         let old_key = ns.name_key(parent, name).ok_or(Errno(libc::ENOENT))?;
-        let moves: Vec<(String, String)> = ns
-            .keys_below(ino, &old_key)
-            .into_iter()
-            .map(|key| {
-                let moved = format!("{new_key}{}", &key[old_key.len()..]);
-                (key, moved)
-            })
-            .collect();
+        let moves = key_moves(&ns, ino, &old_key, &new_key);
         self.engine.rename_many(&moves).await?;
         ns.move_name(parent, name, new_parent, new_name);
         let now = Timestamp::now();
@@ -679,6 +689,45 @@ impl FsCore {
         self.touch_dir(&ns, parent).await?;
         if new_parent != parent {
             self.touch_dir(&ns, new_parent).await?;
+        }
+        Ok(())
+    }
+
+    /// Swaps two names, each with everything under it, as one change (`RENAME_EXCHANGE`: an
+    /// atomic replace that keeps the old version, `mv --exchange`).
+    async fn exchange(
+        &self,
+        parent: u64,
+        name: &str,
+        other_parent: u64,
+        other_name: &str,
+    ) -> FsResult<()> {
+        let mut ns = self.ns.lock().await;
+        let a = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
+        let b = (ns.child(other_parent, other_name)).ok_or(Errno(libc::ENOENT))?;
+        if a == b {
+            return Ok(());
+        }
+        let is_dir = |ino| ns.get(ino).is_some_and(|n| n.kind == FileKind::Dir);
+        // Neither may land inside itself.
+        if (is_dir(a) && ns.is_within(other_parent, a)) || (is_dir(b) && ns.is_within(parent, b)) {
+            return err(libc::EINVAL);
+        }
+        let a_key = ns.name_key(parent, name).ok_or(Errno(libc::ENOENT))?;
+        let b_key = (ns.name_key(other_parent, other_name)).ok_or(Errno(libc::ENOENT))?;
+        // One change: a rename takes every source out before it puts any back.
+        let mut moves = key_moves(&ns, a, &a_key, &b_key);
+        moves.extend(key_moves(&ns, b, &b_key, &a_key));
+        self.engine.rename_many(&moves).await?;
+        ns.exchange(parent, name, other_parent, other_name);
+        let now = Timestamp::now();
+        for ino in [a, b] {
+            let key = ns.key(ino).ok_or(Errno(libc::ENOENT))?;
+            self.engine.update_meta(&key, |m| m.ctime = now).await?;
+        }
+        self.touch_dir(&ns, parent).await?;
+        if other_parent != parent {
+            self.touch_dir(&ns, other_parent).await?;
         }
         Ok(())
     }

@@ -243,23 +243,46 @@ impl Namespace {
             .children
             .remove(name)
             .expect("name exists");
-        let node = self.nodes.get_mut(&ino).unwrap();
-        let is_dir = node.kind == FileKind::Dir;
-        if (node.parent, node.name.as_str()) == (parent, name) {
-            node.parent = new_parent;
-            node.name = new_name.to_string();
-        } else {
-            for other in &mut node.more_names {
-                if (other.0, other.1.as_str()) == (parent, name) {
-                    *other = (new_parent, new_name.to_string());
-                }
-            }
-        }
+        let is_dir = self.rename_node(ino, (parent, name), (new_parent, new_name));
         self.nodes
             .get_mut(&new_parent)
             .unwrap()
             .children
             .insert(new_name.to_string(), ino, is_dir);
+    }
+
+    /// Swaps two names (`RENAME_EXCHANGE`): each node takes the other's place.
+    pub fn exchange(&mut self, parent: u64, name: &str, other_parent: u64, other_name: &str) {
+        let mut take = |dir: u64, name: &str| {
+            let children = &mut self.nodes.get_mut(&dir).unwrap().children;
+            children.remove(name).expect("name exists")
+        };
+        let (a, b) = (take(parent, name), take(other_parent, other_name));
+        let a_dir = self.rename_node(a, (parent, name), (other_parent, other_name));
+        let b_dir = self.rename_node(b, (other_parent, other_name), (parent, name));
+        let mut put = |dir: u64, name: &str, ino: u64, is_dir: bool| {
+            let children = &mut self.nodes.get_mut(&dir).unwrap().children;
+            children.insert(name.to_string(), ino, is_dir);
+        };
+        put(other_parent, other_name, a, a_dir);
+        put(parent, name, b, b_dir);
+    }
+
+    /// Changes one name of node `ino` from `old` to `new` (its directories' entries aside);
+    /// whether it is a directory.
+    fn rename_node(&mut self, ino: u64, old: (u64, &str), new: (u64, &str)) -> bool {
+        let node = self.nodes.get_mut(&ino).unwrap();
+        if (node.parent, node.name.as_str()) == old {
+            node.parent = new.0;
+            node.name = new.1.to_string();
+        } else {
+            for other in &mut node.more_names {
+                if (other.0, other.1.as_str()) == old {
+                    *other = (new.0, new.1.to_string());
+                }
+            }
+        }
+        node.kind == FileKind::Dir
     }
 
     /// Drops a node left without names once nothing holds it.
