@@ -60,8 +60,12 @@ fn describe(s: &Status) -> String {
             (true, n) => format!("{n} changes"),
         },
     );
+    // Over the tier, the engine's writes go to local disk; the network's uploads are below.
     line(
-        "uploads in flight",
+        match s.staged {
+            Some(_) => "writes in flight",
+            None => "uploads in flight",
+        },
         format!(
             "{} pads (up to {})",
             s.uploads_in_flight,

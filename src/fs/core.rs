@@ -1173,8 +1173,10 @@ impl FsCore {
             return err(libc::ERANGE);
         }
         // POSIX ACLs (system.posix_acl_*) are not supported: storing them as plain bytes
-        // would make cp and rsync believe permissions were set when they were not.
-        if name.starts_with(b"system.") {
+        // would make cp and rsync believe permissions were set when they were not. A name
+        // outside the namespaces Linux knows is refused as by a local file system.
+        let known = [&b"user."[..], b"trusted.", b"security."];
+        if !known.iter().any(|ns| name.starts_with(ns)) {
             return err(libc::EOPNOTSUPP);
         }
         if value.len() > 64 * 1024 {
