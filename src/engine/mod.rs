@@ -430,7 +430,6 @@ impl Engine {
         Ok(self.inner.pads.store().flush().await?)
     }
 
-    /// Whether changes are journaled locally (durable against a crash before the next commit).
     /// Whether a synced journal makes changes as durable as a commit would: the journal is
     /// kept beside a store on this machine's disk, which holds the pads it names. Over a
     /// network (or the tier in front of one) a commit promises more: the network holds it.
@@ -452,6 +451,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether changes are journaled locally (durable against a crash before the next commit).
     pub fn is_journaled(&self) -> bool {
         self.inner.journal.get().is_some()
     }

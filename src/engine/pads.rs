@@ -82,8 +82,11 @@ impl PadIo {
     }
 
     /// `pads` are named by no index root from version `root` on: the root just written
-    /// released them.
+    /// released them. Kept only for a store with a use for it (`PadStore::orders_by_root`).
     pub fn note_freed(&self, pads: impl IntoIterator<Item = PadSeed>, root: u64) {
+        if !self.store.orders_by_root() {
+            return;
+        }
         let mut freed = self.freed.lock().unwrap();
         freed.extend(pads.into_iter().map(|seed| (seed, root)));
     }

@@ -981,8 +981,9 @@ impl FsCore {
         Ok(written as u32)
     }
 
-    /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `offset`, by
-    /// whole chunks (a hole is a chunk that holds no data; the end of the file counts as one).
+    /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `offset`
+    /// ([`OpenFile::seek`]: a hole is a chunk without data or the part of a chunk past what it
+    /// holds; the end of the file counts as one).
     pub async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
         let (ino, _) = self.handle(fh)?;
         let data = match whence {

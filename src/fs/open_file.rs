@@ -468,7 +468,6 @@ impl FileData {
         Ok(())
     }
 
-    /// The chunks that may hold data now: stored, changed or being uploaded.
     /// How many bytes from its start chunk `idx` holds (the rest of it reads as zeros), or
     /// `None` if it holds no data.
     fn data_len(&self, idx: u64) -> Option<u64> {
@@ -479,6 +478,7 @@ impl FileData {
         }
     }
 
+    /// The chunks that may hold data now: stored, changed or being uploaded.
     fn held(&self) -> std::collections::BTreeSet<u64> {
         let mut held: std::collections::BTreeSet<u64> = self.base.indices().collect();
         held.extend(self.uploaded.keys());

@@ -150,6 +150,11 @@ pub trait PadStore: Send + Sync + 'static {
     async fn create(&self, pad: Scratchpad) -> Result<(), StoreError>;
     /// Replaces an existing pad; the new counter must be higher than the stored one.
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError>;
+    /// Whether this store sends writes on in index-root order and so has a use for
+    /// [`update_freed`](Self::update_freed) (the tier); the engine notes freed pads only then.
+    fn orders_by_root(&self) -> bool {
+        false
+    }
     /// [`update`](Self::update) of a pad that no index root names from root version `root`
     /// on (the engine freed it with that root, and writes it again now): a store that sends
     /// writes on in root order (the tier) may send this one as soon as its destination holds
@@ -194,6 +199,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn update(&self, pad: Scratchpad) -> Result<(), StoreError> {
         (**self).update(pad).await
+    }
+    fn orders_by_root(&self) -> bool {
+        (**self).orders_by_root()
     }
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
         (**self).update_freed(pad, root).await

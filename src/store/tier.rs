@@ -559,8 +559,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Takes an upload out of [`Backlog::uploading`] when it ends, however it ends (aborted too).
-/// Counts an upload of a pad of an epoch while it runs, however it ends.
+/// Counts an upload of a pad of epoch `.1` in [`Backlog::uploading`] and the epoch's
+/// `in_flight` while it runs, however it ends (aborted too).
 struct InFlight(Arc<Shared>, u64);
 
 impl Drop for InFlight {
@@ -1063,6 +1063,10 @@ impl PadStore for TieredStore {
         (self.shared)
             .blocking(move |s| s.stage(&pad, Origin::Updated))
             .await
+    }
+
+    fn orders_by_root(&self) -> bool {
+        true
     }
 
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
