@@ -12,8 +12,10 @@ const MAGIC: &[u8; 8] = b"MUTANTMT";
 /// 4: the root holds the free list in free-list pages and a tail (`index::persist::Root`).
 /// 5: a chunk may be a piece of a pack (`Chunk::pad_offset`), which an older program cannot
 ///    read; the encoding is version 4's.
+/// 6: an index page lists, beside its entries, the chunk segments of its large files
+///    (`index::segments`).
 /// Records of every earlier version are still read (docs/format.md).
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 const HEADER_LEN: usize = 8 + 2 + 1 + 32;
 
 /// What a blob holds, so a page can never be mistaken for a root or a pad record.
@@ -29,6 +31,8 @@ pub enum Kind {
     PadHeader = 5,
     /// A page of the free list (`index::persist::FreePageRef`).
     FreeListPage = 6,
+    /// A segment of a large file's chunks (`index::segments`).
+    ChunkSegment = 7,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

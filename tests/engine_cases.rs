@@ -858,6 +858,89 @@ async fn three_hundred_thousand_free_pads_commit_in_a_small_root() {
     assert_eq!(engine.fetch("b").await.unwrap(), noise(2, 4096));
 }
 
+/// A file of more chunks than an index page holds keeps them in segments beside its page: 60,000
+/// chunks (45,000 was the limit when a file's chunks had to fit its page) commit and read back
+/// after a reopen, in a handful of pages. A change to one chunk rewrites that chunk's segment
+/// alone, a change to another file of the same page and a rename rewrite none, and removing the
+/// file frees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_many_chunks_keeps_them_in_segments() {
+    use mutant_mount::index::Chunk;
+    const CHUNKS: u64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let store = sim(dir.path());
+    let open = || Engine::open(store.clone(), master.clone(), options(4096));
+    let engine = open().await.unwrap();
+    // Chunks with pads of their own, then thousands holding a few bytes inline.
+    engine
+        .store("big", &noise(1, 3 * 4096), Meta::file())
+        .await
+        .unwrap();
+    let mut big = engine.entry("big").await.unwrap();
+    for idx in 3..CHUNKS {
+        big.chunks
+            .insert(idx, Chunk::inline(idx.to_le_bytes().to_vec()));
+    }
+    big.size = CHUNKS * 4096;
+    engine.install("big", big.clone()).await.unwrap();
+    for n in 0..100 {
+        engine
+            .store(&format!("small{n}"), &noise(n, 3000), Meta::file())
+            .await
+            .unwrap();
+    }
+    engine.commit().await.unwrap();
+    engine.check_accounting().await.unwrap();
+    let io = PadIo::new(store.clone(), master.clone());
+    let (root_bytes, _) = io.read_with_key(master.root_key(), None).await.unwrap();
+    let root = Root::decode(&root_bytes).unwrap();
+    assert!(root.pages.len() <= 2, "{} pages", root.pages.len());
+
+    let cost = |before: Writes| writes(&store) - before;
+    // One chunk changed: its segment, the page and the root.
+    let before = writes(&store);
+    big.chunks
+        .insert(40_000, Chunk::inline(b"changed".to_vec()));
+    engine.install("big", big.clone()).await.unwrap();
+    engine.commit().await.unwrap();
+    assert_eq!(cost(before).total(), 3, "{:?}", cost(before));
+    // Another file of the same page changed, then the large file renamed: no segment.
+    let before = writes(&store);
+    engine.remove("small7").await.unwrap();
+    engine.commit().await.unwrap();
+    engine.rename("big", "moved").await.unwrap();
+    engine.commit().await.unwrap();
+    assert!(cost(before).total() <= 4, "{:?}", cost(before));
+    engine.check_accounting().await.unwrap();
+
+    drop(engine);
+    let engine = open().await.unwrap();
+    let read = engine.entry("moved").await.unwrap();
+    assert_eq!(read.chunks, big.chunks);
+    assert_eq!(read.size, CHUNKS * 4096);
+    assert_eq!(
+        engine.fetch_range("moved", 0, 3 * 4096).await.unwrap(),
+        noise(1, 3 * 4096)
+    );
+    assert_eq!(
+        engine.fetch_range("moved", 40_000 * 4096, 7).await.unwrap(),
+        b"changed"
+    );
+    engine.check_accounting().await.unwrap();
+
+    // Removed, the file gives back its pads and segments: the index is small again.
+    let free = engine.stats().await.free_pads;
+    engine.remove("moved").await.unwrap();
+    engine.commit().await.unwrap();
+    engine.check_accounting().await.unwrap();
+    let freed = engine.stats().await.free_pads - free;
+    assert!(freed >= 3 + CHUNKS as usize / 2048, "{freed} pads freed");
+    drop(engine);
+    let engine = open().await.unwrap();
+    assert_eq!(engine.list_keys().await.len(), 99);
+}
+
 /// Rewrites every pad the committed index references (root, pages, data) in the format earlier
 /// versions wrote: autonomi's `Scratchpad::new`, BLS-encrypted, same counter. This makes a store
 /// as those versions left it, from one this version wrote.
@@ -883,7 +966,12 @@ async fn reseal_as_bls(dir: &Path, master: &MasterKey) {
             .read(&page.pad, page.hash, HashKind::Sha256)
             .await
             .unwrap();
-        for entry in decode_page(&bytes).unwrap().values() {
+        let stored = decode_page(&bytes).unwrap();
+        assert!(
+            stored.segments.is_empty(),
+            "earlier versions wrote no segments"
+        );
+        for entry in stored.entries.values() {
             for chunk in entry
                 .chunks
                 .iter()

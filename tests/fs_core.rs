@@ -1176,6 +1176,80 @@ async fn huge_sparse_files_commit_and_read_back_after_a_remount() {
     fs.release(fh).await.unwrap();
 }
 
+/// A file of more chunks of data than its index page can list (45,000 was the limit) is
+/// written, committed and read back after a remount: 50,000 chunks here, each holding a few
+/// bytes. A file may spread its data over at most `MAX_WINDOWS` windows of chunks (only
+/// chunks under 2 MiB, as here, can reach that): the write that would open one more is EFBIG
+/// and the file keeps everything before it.
+#[tokio::test]
+async fn files_of_more_chunks_than_a_page_holds_read_back_after_a_remount() {
+    use mutant_mount::index::segments::{MAX_WINDOWS, WINDOW_CHUNKS};
+    const CHUNKS: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let start = || core_over(dir.path(), &key, SimConfig::default(), FsConfig::default());
+    let (fs, _) = start().await;
+    let cs = CHUNK as u64;
+    let mark = |idx: u64| (idx * 7 + 1).to_le_bytes();
+    let (attr, fh) = fs
+        .create(ROOT_INO, "many", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    for idx in 0..CHUNKS {
+        fs.write(fh, idx * cs + 100, &mark(idx)).await.unwrap();
+    }
+    fs.release(fh).await.unwrap();
+
+    // Spread: one byte in each window until there are as many windows as may be.
+    let window = WINDOW_CHUNKS * cs;
+    let (spread, fh) = fs
+        .create(ROOT_INO, "spread", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    for w in 0..MAX_WINDOWS as u64 {
+        fs.write(fh, w * window, b"w").await.unwrap();
+    }
+    assert_eq!(
+        fs.write(fh, MAX_WINDOWS as u64 * window, b"w").await,
+        Err(Errno(libc::EFBIG))
+    );
+    // More data in a window already used is fine.
+    fs.write(fh, 5 * window + 1, b"x").await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.sync_all().await.unwrap();
+    drop(fs);
+
+    let (fs, _) = start().await;
+    let found = fs.lookup(ROOT_INO, "many").await.unwrap();
+    assert_eq!(found.ino, attr.ino);
+    assert_eq!(found.size, (CHUNKS - 1) * cs + 108);
+    // Each chunk stores the bytes up to its last write, not a whole chunk of zeros.
+    assert!(
+        found.stored <= CHUNKS * 108,
+        "{} bytes stored",
+        found.stored
+    );
+    let fh = fs.open(found.ino, libc::O_RDONLY).await.unwrap();
+    for idx in (0..CHUNKS).step_by(997).chain([CHUNKS - 1]) {
+        let got = fs.read(fh, idx * cs + 98, 12).await.unwrap();
+        let mut want = vec![0, 0];
+        want.extend_from_slice(&mark(idx));
+        if idx < CHUNKS - 1 {
+            want.extend_from_slice(&[0, 0]);
+        }
+        assert_eq!(got[..], want[..], "chunk {idx}");
+    }
+    fs.release(fh).await.unwrap();
+    let found = fs.lookup(ROOT_INO, "spread").await.unwrap();
+    assert_eq!(found.ino, spread.ino);
+    assert_eq!(found.size, (MAX_WINDOWS as u64 - 1) * window + 1);
+    let fh = fs.open(found.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(fh, 5 * window, 3).await.unwrap()[..], b"wx\0");
+    let last = (MAX_WINDOWS as u64 - 1) * window;
+    assert_eq!(&fs.read(fh, last, 4).await.unwrap()[..], b"w");
+    fs.release(fh).await.unwrap();
+}
+
 /// Reads a whole file through a fresh handle.
 async fn read_whole(fs: &FsCore, ino: u64) -> Vec<u8> {
     let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();

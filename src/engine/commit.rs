@@ -4,7 +4,7 @@
 //! the root that no longer references them has landed. The free list is written the same way:
 //! the pages that changed go to new pads, and the old ones are free once the root landed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use autonomi::{Bytes, SecretKey};
@@ -13,11 +13,13 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::error::{Error, Result};
 use super::pads::{PadIo, INDEX_ENCODING};
 use super::{Engine, State};
+use crate::codec::CodecError;
 use crate::codec::{sha256, HashKind};
 use crate::index::persist::{
-    decode_free_page, decode_page, encode_free_page, encode_page, FreePageRef, PageRef, Root,
+    decode_free_page, decode_page, encode_free_page, encode_page, FreePageRef, Page, PageRef, Root,
 };
-use crate::index::{Entry, Index, PadRef};
+use crate::index::segments::{self, Segment, SegmentRef};
+use crate::index::{page_of, ChunkMap, Entry, Index, PadRef};
 use crate::keys::PadSeed;
 use crate::seal::MAX_PLAINTEXT;
 use crate::store::StoreError;
@@ -41,6 +43,24 @@ pub(super) struct Attempt {
     releasing: Vec<PadRef>,
     /// Referenced if the attempt landed; free if it did not.
     new_page_pads: Vec<PadRef>,
+    segments: SegmentChange,
+}
+
+/// How a commit changes where large files keep their chunks: the keys of the pages it
+/// rewrote lose their committed segments, and the pages it wrote name these.
+#[derive(Default)]
+pub(super) struct SegmentChange {
+    replaced: Vec<String>,
+    written: Vec<(String, Vec<SegmentRef>)>,
+}
+
+impl SegmentChange {
+    fn apply(self, committed: &mut SegmentMap) {
+        for key in &self.replaced {
+            committed.remove(key);
+        }
+        committed.extend(self.written);
+    }
 }
 
 impl Attempt {
@@ -63,6 +83,7 @@ pub(super) async fn load(
     };
     let root = Root::decode(&bytes)?;
     let root_hash = sha256(&bytes);
+    let parallelism = parallelism.max(1);
     // Owned page refs: a closure over references would make `Engine::open` not `Send`.
     let reads: Vec<_> = root
         .pages
@@ -70,24 +91,18 @@ pub(super) async fn load(
         .copied()
         .map(|page| async move {
             match page {
-                None => Ok::<_, Error>(BTreeMap::new()),
-                Some(page) => {
-                    if let Some(bytes) = local.and_then(|l| l.get(&page.hash)) {
-                        return Ok(decode_page(&bytes)?);
-                    }
-                    let bytes = pads.read(&page.pad, page.hash, HashKind::Sha256).await?;
-                    if let Some(local) = local {
-                        local.put(&page.hash, &bytes);
-                    }
-                    Ok(decode_page(&bytes)?)
-                }
+                None => Ok::<_, Error>(Page::default()),
+                Some(page) => Ok(decode_page(
+                    &read_record(pads, local, page.pad, page.hash).await?,
+                )?),
             }
         })
         .collect();
-    let pages: Vec<BTreeMap<String, Entry>> = futures::stream::iter(reads)
-        .buffered(parallelism.max(1))
+    let pages: Vec<Page> = futures::stream::iter(reads)
+        .buffered(parallelism)
         .try_collect()
         .await?;
+    let (pages, committed_segments) = load_segments(pads, local, pages, parallelism).await?;
     let free_reads: Vec<_> = root
         .free_pages
         .iter()
@@ -98,7 +113,7 @@ pub(super) async fn load(
         })
         .collect();
     let free_pages: Vec<Vec<PadRef>> = futures::stream::iter(free_reads)
-        .buffered(parallelism.max(1))
+        .buffered(parallelism)
         .try_collect()
         .await?;
     let mut free = free_pages.concat();
@@ -110,6 +125,7 @@ pub(super) async fn load(
         pending_free: Vec::new(),
         in_flight: HashSet::new(),
         committed_pages: root.pages,
+        committed_segments,
         committed_free_pages: root.free_pages,
         root_hash,
         root_counter: Some(counter),
@@ -119,6 +135,94 @@ pub(super) async fn load(
         conflict: false,
         fresh: Default::default(),
     }))
+}
+
+/// An index record (a page or a chunk segment) from the local copy if it holds exactly it,
+/// else from the store (then kept locally).
+async fn read_record(
+    pads: &PadIo,
+    local: Option<&super::page_cache::PageCache>,
+    pad: PadRef,
+    hash: [u8; 32],
+) -> Result<Vec<u8>> {
+    if let Some(bytes) = local.and_then(|l| l.get(&hash)) {
+        return Ok(bytes);
+    }
+    let bytes = pads.read(&pad, hash, HashKind::Sha256).await?;
+    if let Some(local) = local {
+        local.put(&hash, &bytes);
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Reads the chunk segments `pages` name into their entries; returns the entries by page and
+/// the segments by key.
+async fn load_segments(
+    pads: &PadIo,
+    local: Option<&super::page_cache::PageCache>,
+    pages: Vec<Page>,
+    parallelism: usize,
+) -> Result<(Vec<BTreeMap<String, Entry>>, SegmentMap)> {
+    let corrupt = |why: &str| Error::Index(CodecError::Decode(why.into()));
+    let mut reads = Vec::new();
+    for (n, page) in pages.iter().enumerate() {
+        for (key, refs) in &page.segments {
+            let entry = page.entries.get(key);
+            if !entry.is_some_and(|e| e.chunks.is_empty()) || refs.is_empty() {
+                return Err(corrupt("an index page lists segments of no large file"));
+            }
+            for (i, segment) in refs.iter().enumerate() {
+                let end = refs.get(i + 1).map(|next| next.first);
+                reads.push((n, key.clone(), *segment, end));
+            }
+        }
+    }
+    let reads = reads.into_iter().map(|(n, key, segment, end)| async move {
+        let bytes = read_record(pads, local, segment.pad, segment.hash).await?;
+        let chunks = segments::decode(&bytes, &segment, end)?;
+        Ok::<_, Error>((n, key, chunks))
+    });
+    let read: Vec<_> = futures::stream::iter(reads)
+        .buffered(parallelism)
+        .try_collect()
+        .await?;
+    let mut committed = SegmentMap::new();
+    let mut entries: Vec<BTreeMap<String, Entry>> = Vec::with_capacity(pages.len());
+    for page in pages {
+        committed.extend(page.segments);
+        entries.push(page.entries);
+    }
+    for (n, key, chunks) in read {
+        let entry = entries[n].get_mut(&key).expect("checked above");
+        for (idx, chunk) in chunks {
+            entry.chunks.insert(idx, chunk);
+        }
+    }
+    Ok((entries, committed))
+}
+
+/// The chunk segments of large files, by key.
+pub(super) type SegmentMap = HashMap<String, Vec<SegmentRef>>;
+
+/// Page `n` as a commit stores it: its large files' chunks taken out of their entries and cut
+/// into segments (returned by key; the page lists none yet).
+#[allow(clippy::type_complexity)]
+fn cut_segments(
+    n: usize,
+    entries: BTreeMap<String, Entry>,
+) -> std::result::Result<(usize, Page, Vec<(String, Vec<Segment>)>), CodecError> {
+    let mut page = Page {
+        entries,
+        segments: BTreeMap::new(),
+    };
+    let mut cuts = Vec::new();
+    for (key, entry) in page.entries.iter_mut() {
+        if segments::segmented(&entry.chunks) {
+            cuts.push((key.clone(), segments::split(&entry.chunks)?));
+            entry.chunks = ChunkMap::default();
+        }
+    }
+    Ok((n, page, cuts))
 }
 
 impl super::Inner {
@@ -201,15 +305,27 @@ fn plan_free_list(
 
 /// A page a commit wrote: an index page by number, or a new free-list page by position.
 enum Written {
-    Page(usize, PageRef),
+    /// With the segments of the page's large files.
+    Page(usize, PageRef, Vec<(String, Vec<SegmentRef>)>),
     FreePage(usize, FreePageRef),
+}
+
+/// An index page a commit writes, with the chunk segments of its large files that changed.
+struct PageWrite {
+    n: usize,
+    /// Its large files' entries hold no chunks; `page.segments` lists where they are (a new
+    /// segment's pad as it is before its write).
+    page: Page,
+    pad: PadRef,
+    /// New segments: the key, the segment's position in its list, its record and its pad.
+    segments: Vec<(String, usize, Segment, PadRef)>,
 }
 
 /// What one commit will write, taken from the state under its lock.
 struct Plan {
     dirty: Vec<usize>,
-    /// (page number, its entries, the pad it goes to), for the non-empty dirty pages.
-    writes: Vec<(usize, BTreeMap<String, Entry>, PadRef)>,
+    /// The non-empty dirty pages.
+    writes: Vec<PageWrite>,
     /// The new free-list pages, in order, each with the pad it goes to; they follow the
     /// pages `root.free_pages` already lists.
     free_writes: Vec<(Vec<PadRef>, PadRef)>,
@@ -221,6 +337,8 @@ struct Plan {
     journal_upto: u64,
     /// Fresh pads whose place this commit records (see `fresh_pads.rs`).
     settling: Vec<PadSeed>,
+    /// The keys with committed segments in the pages this commit rewrites.
+    replaced_segments: Vec<String>,
 }
 
 impl Engine {
@@ -258,19 +376,48 @@ impl Engine {
     async fn try_commit(&self, packing_gate: tokio::sync::RwLockWriteGuard<'_, ()>) -> Result<()> {
         let plan = self.plan_commit().await;
         drop(packing_gate);
-        let Some(plan) = plan else {
+        let Some(mut plan) = plan? else {
             return Ok(());
         };
         let parallelism = self.inner.opts.parallelism.max(1);
 
+        let mut new_page_pads: Vec<PadRef> = plan.writes.iter().map(|w| w.pad).collect();
+        new_page_pads.extend(plan.free_writes.iter().map(|(_, pad)| *pad));
+        let segment_pads: Vec<PadRef> = (plan.writes.iter())
+            .flat_map(|w| &w.segments)
+            .map(|(_, _, _, pad)| *pad)
+            .collect();
+        new_page_pads.extend(&segment_pads);
+        let taken: HashSet<PadSeed> = segment_pads.iter().map(|p| p.seed).collect();
+
         // Owned inputs: a closure over references would make `commit()` not `Send`.
-        let index_jobs = plan.writes.iter().cloned().map(|(n, entries, pad)| {
+        let index_jobs = std::mem::take(&mut plan.writes).into_iter().map(|write| {
             let inner = self.inner.clone();
             async move {
-                let keys = entries.len();
-                let bytes = tokio::task::spawn_blocking(move || encode_page(&entries))
-                    .await
-                    .expect("encode task panicked")?;
+                let keys = write.page.entries.len();
+                let mut page = write.page;
+                let segments = write.segments.into_iter().map(|(key, i, segment, pad)| {
+                    let inner = inner.clone();
+                    async move {
+                        if let Some(local) = &inner.page_cache {
+                            local.put(&segment.hash, &segment.bytes);
+                        }
+                        let pad = inner.write_record(pad, segment.bytes, segment.hash);
+                        Ok::<_, Error>((key, i, pad.await?))
+                    }
+                });
+                let written: Vec<_> = futures::stream::iter(segments)
+                    .buffer_unordered(parallelism)
+                    .try_collect()
+                    .await?;
+                for (key, i, pad) in written {
+                    page.segments.get_mut(&key).expect("planned")[i].pad = pad;
+                }
+                let (bytes, page) = tokio::task::spawn_blocking(move || {
+                    encode_page(&page).map(|bytes| (bytes, page))
+                })
+                .await
+                .expect("encode task panicked")?;
                 // Splitting helps only a page of several keys; one key alone too big
                 // would make `commit` split pages for ever.
                 if bytes.len() > PAGE_SPLIT_BYTES && keys > 1 {
@@ -280,8 +427,9 @@ impl Engine {
                 if let Some(local) = &inner.page_cache {
                     local.put(&hash, &bytes);
                 }
-                let pad = inner.write_record(pad, bytes, hash).await?;
-                Ok(Written::Page(n, PageRef { pad, hash }))
+                let pad = inner.write_record(write.pad, bytes, hash).await?;
+                let segments = page.segments.into_iter().collect();
+                Ok(Written::Page(write.n, PageRef { pad, hash }, segments))
             }
             .boxed()
         });
@@ -307,8 +455,6 @@ impl Engine {
             .buffer_unordered(parallelism)
             .try_collect()
             .await;
-        let mut new_page_pads: Vec<PadRef> = plan.writes.iter().map(|(_, _, pad)| *pad).collect();
-        new_page_pads.extend(plan.free_writes.iter().map(|(_, pad)| *pad));
         let written = match written {
             Ok(written) => written,
             Err(e) => {
@@ -323,11 +469,16 @@ impl Engine {
         let kept_free_pages = root.free_pages.len();
         let mut new_free_pages = vec![None; plan.free_writes.len()];
         new_page_pads.clear();
+        let mut segments = SegmentChange {
+            replaced: plan.replaced_segments,
+            written: Vec::new(),
+        };
         for written in written {
             match written {
-                Written::Page(n, page) => {
+                Written::Page(n, page, written) => {
                     root.pages[n] = Some(page);
                     new_page_pads.push(page.pad);
+                    segments.written.extend(written);
                 }
                 Written::FreePage(i, page) => {
                     new_free_pages[i] = Some(page);
@@ -336,6 +487,12 @@ impl Engine {
             }
         }
         root.free_pages.extend(new_free_pages.into_iter().flatten());
+        let new_segments = segments.written.iter().flat_map(|(_, refs)| refs);
+        new_page_pads.extend(
+            new_segments
+                .filter(|s| taken.contains(&s.pad.seed))
+                .map(|s| s.pad),
+        );
         debug_assert_eq!(
             root.free_pages.len(),
             kept_free_pages + plan.free_writes.len()
@@ -369,14 +526,21 @@ impl Engine {
         match result {
             Ok(counter) => {
                 if let Some(local) = &self.inner.page_cache {
-                    let kept: HashSet<[u8; 32]> =
+                    let mut kept: HashSet<[u8; 32]> =
                         root.pages.iter().flatten().map(|p| p.hash).collect();
-                    for old in state.committed_pages.iter().flatten() {
-                        if !kept.contains(&old.hash) {
-                            local.remove(&old.hash);
+                    let new_segments = segments.written.iter().flat_map(|(_, refs)| refs);
+                    kept.extend(new_segments.map(|s| s.hash));
+                    let old_segments = (segments.replaced.iter())
+                        .flat_map(|key| &state.committed_segments[key])
+                        .map(|s| &s.hash);
+                    let old_pages = state.committed_pages.iter().flatten().map(|p| &p.hash);
+                    for old in old_pages.chain(old_segments) {
+                        if !kept.contains(old) {
+                            local.remove(old);
                         }
                     }
                 }
+                segments.apply(&mut state.committed_segments);
                 state.root_counter = Some(counter);
                 state.generation = root.generation;
                 state.root_hash = root_hash;
@@ -416,6 +580,7 @@ impl Engine {
                     old_page_pads: plan.old_page_pads,
                     releasing: plan.releasing,
                     new_page_pads,
+                    segments,
                 });
                 Err(e)
             }
@@ -423,19 +588,58 @@ impl Engine {
     }
 
     /// Takes the dirty pages and released pads, and picks pads for the new page versions.
-    async fn plan_commit(&self) -> Option<Plan> {
+    async fn plan_commit(&self) -> Result<Option<Plan>> {
+        let (snapshot, releasing, journal_upto, settling) = {
+            let mut state = self.inner.state.lock().await;
+            let state = &mut *state;
+            let nothing_to_do =
+                !state.index.is_dirty() && state.pending_free.is_empty() && !state.free_unsaved;
+            if nothing_to_do && state.root_counter.is_some() {
+                return Ok(None);
+            }
+            let count = state.index.page_count();
+            let mut dirty: Vec<usize> = state.index.take_dirty().into_iter().collect();
+            if count != state.committed_pages.len() {
+                dirty = (0..count).collect();
+            }
+            let pages: Vec<(usize, BTreeMap<String, Entry>)> = (dirty.iter())
+                .filter(|&&n| !state.index.page(n).is_empty())
+                .map(|&n| (n, state.index.page(n).clone()))
+                .collect();
+            // Fresh pads not in flight are in the index or on the free list now: once this
+            // commit lands, the store says where they went.
+            let settling: Vec<PadSeed> = (state.fresh.this_run.iter())
+                .filter(|seed| !state.in_flight.contains(*seed))
+                .copied()
+                .collect();
+            let releasing = std::mem::take(&mut state.pending_free);
+            // Under the state lock: exactly the changes journaled so far are in this plan.
+            let journal_upto = self.inner.journal.get().map_or(0, |j| j.last_seq());
+            ((count, dirty, pages), releasing, journal_upto, settling)
+        };
+        let (count, dirty, pages) = snapshot;
+        // Cutting large files into segments is work in proportion to their size: done with
+        // no lock held, on the snapshot just taken.
+        let cut = tokio::task::spawn_blocking(move || {
+            (pages.into_iter())
+                .map(|(n, entries)| cut_segments(n, entries))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .await
+        .expect("segment task panicked");
+
         let mut state = self.inner.state.lock().await;
         let state = &mut *state;
-        let nothing_to_do =
-            !state.index.is_dirty() && state.pending_free.is_empty() && !state.free_unsaved;
-        if nothing_to_do && state.root_counter.is_some() {
-            return None;
-        }
-        let count = state.index.page_count();
+        let cut = match cut {
+            Ok(cut) => cut,
+            Err(e) => {
+                state.index.mark_dirty(dirty);
+                state.pending_free.extend(releasing);
+                return Err(e.into());
+            }
+        };
         let resized = count != state.committed_pages.len();
-        let mut dirty: Vec<usize> = state.index.take_dirty().into_iter().collect();
-        let (mut pages, old_page_pads): (Vec<Option<PageRef>>, Vec<PadRef>) = if resized {
-            dirty = (0..count).collect();
+        let (mut pages, mut old_page_pads): (Vec<Option<PageRef>>, Vec<PadRef>) = if resized {
             let old = state.committed_pages.iter().flatten().map(|p| p.pad);
             (vec![None; count], old.collect())
         } else {
@@ -444,23 +648,52 @@ impl Engine {
                 .filter_map(|&n| state.committed_pages[n].map(|p| p.pad));
             (state.committed_pages.clone(), old.collect())
         };
-        // Fresh pads not in flight are in the index or on the free list now: once this
-        // commit lands, the store says where they went.
-        let settling: Vec<PadSeed> = (state.fresh.this_run.iter())
-            .filter(|seed| !state.in_flight.contains(*seed))
-            .copied()
-            .collect();
-        let mut writes = Vec::new();
         for &n in &dirty {
             pages[n] = None;
-            if !state.index.page(n).is_empty() {
-                let page = state.index.page(n).clone();
-                let pad = state.take_pad();
-                writes.push((n, page, pad));
-            }
         }
-        let mut old_page_pads = old_page_pads;
-        let releasing = std::mem::take(&mut state.pending_free);
+        // The committed segments of the pages rewritten, by hash: a segment stored again
+        // unchanged (its file's page changed for another key, or the file was renamed) keeps
+        // its pad; the others are free once this commit lands, like the pages replaced.
+        let replaced_segments: Vec<String> = (state.committed_segments.keys())
+            .filter(|key| resized || dirty.contains(&page_of(key, count)))
+            .cloned()
+            .collect();
+        let mut reusable: HashMap<[u8; 32], Vec<SegmentRef>> = HashMap::new();
+        for segment in replaced_segments
+            .iter()
+            .flat_map(|key| &state.committed_segments[key])
+        {
+            reusable.entry(segment.hash).or_default().push(*segment);
+        }
+        let mut writes = Vec::new();
+        for (n, mut page, cuts) in cut {
+            let mut segments = Vec::new();
+            for (key, cuts) in cuts {
+                let mut refs = Vec::with_capacity(cuts.len());
+                for (i, segment) in cuts.into_iter().enumerate() {
+                    let kept = reusable.get_mut(&segment.hash).and_then(Vec::pop);
+                    let pad = kept.map_or_else(|| state.take_pad(), |kept| kept.pad);
+                    refs.push(SegmentRef {
+                        first: segment.first,
+                        chunks: segment.chunks,
+                        pad,
+                        hash: segment.hash,
+                    });
+                    if kept.is_none() {
+                        segments.push((key.clone(), i, segment, pad));
+                    }
+                }
+                page.segments.insert(key, refs);
+            }
+            let pad = state.take_pad();
+            writes.push(PageWrite {
+                n,
+                page,
+                pad,
+                segments,
+            });
+        }
+        old_page_pads.extend(reusable.into_values().flatten().map(|s| s.pad));
         state.free_unsaved = false;
         let free = plan_free_list(
             state,
@@ -469,8 +702,6 @@ impl Engine {
             &releasing,
         );
         self.inner.log_fresh(state);
-        // Under the state lock: exactly the changes journaled so far are in this plan.
-        let journal_upto = self.inner.journal.get().map_or(0, |j| j.last_seq());
         let root = Root {
             generation: state.generation + 1,
             scratchpad_size: state.index.scratchpad_size,
@@ -478,7 +709,7 @@ impl Engine {
             free_pages: free.kept,
             free_tail: free.tail,
         };
-        Some(Plan {
+        Ok(Some(Plan {
             dirty,
             writes,
             free_writes: free.writes,
@@ -488,7 +719,8 @@ impl Engine {
             root_counter: state.root_counter,
             journal_upto,
             settling,
-        })
+            replaced_segments,
+        }))
     }
 
     /// Drops the changes a landed commit covers from the journal. A failure only costs a
@@ -529,6 +761,7 @@ impl Engine {
             state.generation = attempt.generation;
             state.root_hash = attempt.root_hash;
             state.committed_pages = attempt.pages;
+            attempt.segments.apply(&mut state.committed_segments);
             state.committed_free_pages = attempt.free_pages;
             state.index.free_pads.extend(attempt.old_page_pads);
             state.index.free_pads.extend(attempt.releasing);

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::codec::HashKind;
 use crate::index::persist::{FreePageRef, PageRef};
+use crate::index::segments::{self, SegmentRef};
 use crate::index::{
     inode_key, inode_of_key, is_retired_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef,
     MAX_DATA_CHUNKS, MAX_FILE_SIZE,
@@ -187,6 +188,8 @@ struct State {
     /// Taken for writes whose chunks are not yet in the index.
     in_flight: HashSet<PadSeed>,
     committed_pages: Vec<Option<PageRef>>,
+    /// Where the committed pages keep the chunks of their large files, by key.
+    committed_segments: HashMap<String, Vec<SegmentRef>>,
     /// The committed root's free-list pages.
     committed_free_pages: Vec<FreePageRef>,
     /// SHA-256 of the committed root's encoding: what the journal's records refer to.
@@ -253,6 +256,7 @@ impl Engine {
                 pending_free: Vec::new(),
                 in_flight: HashSet::new(),
                 committed_pages: vec![None],
+                committed_segments: HashMap::new(),
                 committed_free_pages: Vec::new(),
                 root_hash: [0; 32],
                 root_counter: None,
@@ -1113,6 +1117,9 @@ impl State {
         for page in self.committed_pages.iter().flatten() {
             places.push((page.pad.seed, "an index page".into()));
         }
+        for segment in self.committed_segments.values().flatten() {
+            places.push((segment.pad.seed, "a chunk segment".into()));
+        }
         for page in &self.committed_free_pages {
             places.push((page.pad.seed, "a free-list page".into()));
         }
@@ -1185,7 +1192,10 @@ impl State {
         let missing = |key: &str| Err(Error::NotFound(key.to_string()));
         match op {
             Op::Install { key, entry } => {
-                if entry.size > MAX_FILE_SIZE || entry.chunks.len() > MAX_DATA_CHUNKS {
+                if entry.size > MAX_FILE_SIZE
+                    || entry.chunks.len() > MAX_DATA_CHUNKS
+                    || segments::too_spread(&entry.chunks)
+                {
                     return Err(Error::TooLarge(key.clone()));
                 }
                 let current: HashSet<PadSeed> = self

@@ -3,6 +3,7 @@
 pub mod budget;
 mod children;
 pub mod core;
+mod dirty;
 pub mod fuse;
 pub mod namespace;
 pub mod open_file;

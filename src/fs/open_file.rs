@@ -23,10 +23,12 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::budget::{MemoryBudget, SMALL_BUFFER};
+use super::dirty::{BufMut, DirtyChunks};
 use super::read_pattern::{ReadPattern, ReadPlan};
 use crate::buffers;
 use crate::engine::{Engine, Error as EngineError};
-use crate::index::{Chunk, ChunkMap, Entry, Timestamp, MAX_DATA_CHUNKS};
+use crate::index::segments::{MAX_WINDOWS, WINDOW_CHUNKS};
+use crate::index::{Chunk, ChunkMap, Entry, Timestamp, MAX_DATA_CHUNKS, MAX_FILE_SIZE};
 
 pub struct OpenFile {
     /// Chunk state; held across uploads, so one upload at a time per file.
@@ -51,13 +53,14 @@ pub struct FileData {
     base: ChunkMap,
     /// Changed chunks, whole, keyed by chunk number; a buffer may be shorter than its chunk's
     /// extent, and the rest reads as zeros.
-    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty: DirtyChunks,
     /// Changed chunks uploaded before the commit (their pads are in flight in the engine).
     uploaded: BTreeMap<u64, Chunk>,
     /// Full chunks being uploaded in the background, one task each, readable meanwhile.
     uploading: BTreeMap<u64, Upload>,
-    dirty_bytes: usize,
+    /// The bytes of `uploading`, and how many of them are big buffers.
     uploading_bytes: usize,
+    uploading_big: usize,
     changed: bool,
     /// Where the last write ended: a write starting there continues a sequential stream.
     write_head: u64,
@@ -107,11 +110,11 @@ impl OpenFile {
             data: Mutex::new(FileData {
                 chunk_size: chunk_size as u64,
                 base: entry.chunks.clone(),
-                dirty: BTreeMap::new(),
+                dirty: DirtyChunks::default(),
                 uploaded: BTreeMap::new(),
                 uploading: BTreeMap::new(),
-                dirty_bytes: 0,
                 uploading_bytes: 0,
+                uploading_big: 0,
                 changed: false,
                 write_head: 0,
                 reads: ReadPattern::new(chunk_size as u64),
@@ -206,7 +209,8 @@ impl OpenFile {
         data.check_room(offset / cs..=(offset + bytes.len() as u64 - 1) / cs)?;
         data.reap_uploads(engine, false, deadline).await?;
         // This file's own share: its uploads drain before it buffers more.
-        while data.dirty_bytes + data.uploading_bytes > memory_limit && !data.uploading.is_empty() {
+        while data.dirty.bytes() + data.uploading_bytes > memory_limit && !data.uploading.is_empty()
+        {
             data.reap_one(engine, deadline).await?;
         }
         let mut done = 0usize;
@@ -216,7 +220,7 @@ impl OpenFile {
             let within = (pos % cs) as usize;
             let n = (cs as usize - within).min(bytes.len() - done);
             let piece = &bytes[done..done + n];
-            let buf = match data
+            let mut buf = match data
                 .prepare_chunk(engine, idx, size, within, n, deadline)
                 .await
             {
@@ -250,7 +254,7 @@ impl OpenFile {
             data.start_uploads(engine, finished);
         }
         data.write_head = end;
-        if data.dirty_bytes > memory_limit / 2 {
+        if data.dirty.bytes() > memory_limit / 2 {
             let full = data
                 .dirty
                 .keys()
@@ -280,11 +284,11 @@ impl OpenFile {
             let keep = size.div_ceil(cs);
             if !size.is_multiple_of(cs) {
                 let last = size / cs;
-                let buf = data.materialize(engine, last, old, 0, deadline).await?;
+                let mut buf = data.materialize(engine, last, old, 0, deadline).await?;
                 buf.truncate((size % cs) as usize);
             }
             data.base.truncate(keep);
-            data.dirty.retain(|&i, _| i < keep);
+            data.dirty.truncate(keep);
             let dropped: Vec<Chunk> = data.uploaded.split_off(&keep).into_values().collect();
             engine.discard_chunks(&dropped).await;
         }
@@ -450,22 +454,49 @@ impl FileData {
     }
 
     /// Refuses a write that would give the file more chunks of data than its index entry can
-    /// list (`MAX_DATA_CHUNKS`), before anything is buffered.
+    /// list (`MAX_DATA_CHUNKS`), or spread them over more windows (`segments::MAX_WINDOWS`),
+    /// before anything is buffered.
     fn check_room(&self, chunks: std::ops::RangeInclusive<u64>) -> Result<(), EngineError> {
-        let new = chunks.filter(|&i| !self.holds(i)).count();
-        if new == 0 {
+        let new: Vec<u64> = chunks.filter(|&i| !self.holds(i)).collect();
+        if new.is_empty() {
             return Ok(());
         }
         let bound = self.base.len() + self.uploaded.len() + self.dirty.len() + self.uploading.len();
-        if bound + new <= MAX_DATA_CHUNKS {
-            return Ok(());
-        }
-        if self.held().len() + new > MAX_DATA_CHUNKS {
+        if bound + new.len() > MAX_DATA_CHUNKS && self.held().len() + new.len() > MAX_DATA_CHUNKS {
             return Err(EngineError::TooLarge(format!(
                 "a file of more than {MAX_DATA_CHUNKS} chunks of data"
             )));
         }
+        // Only chunks under 2 MiB can spread a file of the largest size over more windows
+        // than it may, and windows are counted again only when a write opens a new one.
+        let spreadable = self.chunk_size < MAX_FILE_SIZE / (WINDOW_CHUNKS * MAX_WINDOWS as u64);
+        if !spreadable || bound + new.len() <= MAX_WINDOWS {
+            return Ok(());
+        }
+        let opens_one = new
+            .iter()
+            .any(|&i| !self.holds_in_window(i / WINDOW_CHUNKS));
+        if !opens_one {
+            return Ok(());
+        }
+        let mut windows: std::collections::BTreeSet<u64> =
+            self.held().into_iter().map(|i| i / WINDOW_CHUNKS).collect();
+        windows.extend(new.iter().map(|i| i / WINDOW_CHUNKS));
+        if windows.len() > MAX_WINDOWS {
+            return Err(EngineError::TooLarge(format!(
+                "a file whose data lies in more than {MAX_WINDOWS} ranges of {WINDOW_CHUNKS} chunks"
+            )));
+        }
         Ok(())
+    }
+
+    /// Whether any chunk of window `window` may hold data now.
+    fn holds_in_window(&self, window: u64) -> bool {
+        let range = window * WINDOW_CHUNKS..(window + 1) * WINDOW_CHUNKS;
+        self.base.any_in(range.clone())
+            || self.uploaded.range(range.clone()).next().is_some()
+            || self.dirty.range(range.clone()).next().is_some()
+            || self.uploading.range(range).next().is_some()
     }
 
     /// How many bytes from its start chunk `idx` holds (the rest of it reads as zeros), or
@@ -496,7 +527,7 @@ impl FileData {
         size: u64,
         writing: usize,
         deadline: Instant,
-    ) -> Result<&mut Vec<u8>, EngineError> {
+    ) -> Result<BufMut<'_>, EngineError> {
         if !self.dirty.contains_key(&idx) {
             let cs = self.chunk_size as usize;
             let mut buf = match self.source(idx) {
@@ -515,7 +546,7 @@ impl FileData {
             buf.truncate(extent as usize);
             self.dirty.insert(idx, buf);
         }
-        Ok(self.dirty.get_mut(&idx).expect("inserted above"))
+        Ok(self.dirty.get_mut(idx).expect("inserted above"))
     }
 
     /// The big buffers other than chunk `keep`'s (only the full ones, with `full_only`).
@@ -531,10 +562,8 @@ impl FileData {
             .collect()
     }
 
-    /// Counts the buffered bytes again, and settles the units of the budget they hold.
+    /// Settles the units of the budget the buffers hold.
     fn recount(&mut self) {
-        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
-        self.uploading_bytes = self.uploading.values().map(|u| u.bytes.len()).sum();
         let wanted = self.units_wanted();
         if wanted > self.charged {
             self.budget.force(wanted - self.charged);
@@ -546,13 +575,7 @@ impl FileData {
 
     /// Units of the budget the buffers need: one per buffer past [`SMALL_BUFFER`].
     fn units_wanted(&self) -> usize {
-        let big = |len: usize| len >= SMALL_BUFFER;
-        self.dirty.values().filter(|b| big(b.len())).count()
-            + self
-                .uploading
-                .values()
-                .filter(|u| big(u.bytes.len()))
-                .count()
+        self.dirty.big() + self.uploading_big
     }
 
     /// Readies chunk `idx` for a write of `n` bytes at `within`: room in the budget if its
@@ -565,7 +588,7 @@ impl FileData {
         within: usize,
         n: usize,
         deadline: Instant,
-    ) -> Result<&mut Vec<u8>, EngineError> {
+    ) -> Result<BufMut<'_>, EngineError> {
         let now = match self.dirty.get(&idx) {
             Some(buf) => buf.len(),
             None => size
@@ -625,8 +648,10 @@ impl FileData {
         }
     }
 
-    /// Brings every kept chunk to its exact extent: a stored chunk that is no longer the last
-    /// must be full, and a buffer is padded with zeros.
+    /// Brings every kept chunk within its extent: a stored chunk longer than the file now
+    /// leaves it is read in and cut. A chunk shorter than its extent is left short (it reads
+    /// as zeros past its end), so a file written sparsely stores only what was written: a few
+    /// bytes in a chunk go inline or into a pack rather than a whole pad of zeros.
     async fn normalize(
         &mut self,
         engine: &Engine,
@@ -635,18 +660,18 @@ impl FileData {
     ) -> Result<(), EngineError> {
         let cs = self.chunk_size;
         let count = size.div_ceil(cs);
-        // Only chunks that hold something can be short; the rest are holes.
+        // Only chunks that hold something can be long; the rest are holes.
         for idx in self.held().range(..count).copied().collect::<Vec<_>>() {
             let extent = (size - idx * cs).min(cs) as usize;
             let stored_len = match self.source(idx) {
                 Source::Stored(chunk) if chunk.has_data() => Some(chunk.len as usize),
                 _ => None,
             };
-            if stored_len.is_some_and(|len| len != extent) {
+            if stored_len.is_some_and(|len| len > extent) {
                 self.materialize(engine, idx, size, 0, deadline).await?;
             }
-            if let Some(buf) = self.dirty.get_mut(&idx) {
-                buf.resize(extent, 0);
+            if let Some(mut buf) = self.dirty.get_mut(idx) {
+                buf.truncate(extent);
             }
         }
         self.recount();
@@ -666,7 +691,7 @@ impl FileData {
             if self.uploading.contains_key(&idx) {
                 continue; // rewritten while uploading: it goes again once that one is done
             }
-            let Some(buf) = self.dirty.remove(&idx) else {
+            let Some(buf) = self.dirty.remove(idx) else {
                 continue;
             };
             let bytes = buffers::share(buf);
@@ -675,6 +700,8 @@ impl FileData {
                 let _turn = budget.upload_slot().await;
                 engine.write_chunks(vec![piece], None).await
             });
+            self.uploading_bytes += bytes.len();
+            self.uploading_big += usize::from(bytes.len() >= SMALL_BUFFER);
             self.uploading.insert(idx, Upload { bytes, task });
         }
         self.recount();
@@ -726,6 +753,8 @@ impl FileData {
         })
         .await?;
         let upload = self.uploading.remove(&idx).expect("an upload in progress");
+        self.uploading_bytes -= upload.bytes.len();
+        self.uploading_big -= usize::from(upload.bytes.len() >= SMALL_BUFFER);
         let outcome = match result {
             Ok(chunks) => {
                 let chunk = chunks.into_iter().next().expect("one chunk per upload");
@@ -734,9 +763,9 @@ impl FileData {
                 Ok(())
             }
             Err(e) => {
-                self.dirty
-                    .entry(idx)
-                    .or_insert_with(|| upload.bytes.to_vec());
+                if !self.dirty.contains_key(&idx) {
+                    self.dirty.insert(idx, upload.bytes.to_vec());
+                }
                 Err(e)
             }
         };
@@ -754,6 +783,7 @@ impl FileData {
     /// Pads in flight that will never be installed (the file is gone). Uploads still running
     /// give theirs back when they end, without anyone waiting for them.
     pub fn take_uploaded(&mut self, engine: &Engine) -> Vec<Chunk> {
+        (self.uploading_bytes, self.uploading_big) = (0, 0);
         let running: Vec<_> = std::mem::take(&mut self.uploading)
             .into_values()
             .map(|u| u.task)

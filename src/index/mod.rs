@@ -10,6 +10,7 @@ use crate::keys::PadSeed;
 
 pub mod free;
 pub mod persist;
+pub mod segments;
 
 pub use free::FreeList;
 
@@ -115,12 +116,11 @@ impl Chunk {
 /// more (EFBIG).
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 
-/// The most chunks of one file that hold data (the rest of a file is holes). A file's entry
-/// lives in one index page, which lives in one pad: at about 80 bytes a chunk this keeps the
-/// largest entry within a pad, so a file that grows past it is refused (EFBIG) at the write,
-/// never found too big for the index at a commit. With the default chunk size, about 180 GiB
-/// of data.
-pub const MAX_DATA_CHUNKS: usize = 45_000;
+/// The most chunks of one file that hold data (the rest of a file is holes): at the default
+/// chunk size, a 16 TiB file with no holes. A large file's chunks are stored in segments
+/// beside its index page (`segments.rs`), so this bounds memory and the journal record a
+/// change of the file takes (about 80 bytes a chunk), not the index.
+pub const MAX_DATA_CHUNKS: usize = 4_200_000;
 
 /// A file's stored chunks by chunk number. Chunk `i` covers bytes `[i * cs, (i + 1) * cs)` of
 /// the file; a number that is absent is a hole and reads as zeros, so a sparse file of any size
@@ -168,6 +168,11 @@ impl ChunkMap {
 
     pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
         self.0.keys().copied()
+    }
+
+    /// Whether any chunk numbered in `range` holds data.
+    pub fn any_in(&self, range: std::ops::Range<u64>) -> bool {
+        self.0.range(range).next().is_some()
     }
 
     /// How many chunks hold data.
@@ -413,7 +418,8 @@ pub struct Index {
     len: usize,
 }
 
-fn page_of(key: &str, pages: usize) -> usize {
+/// The page `key` belongs in, of `pages` pages.
+pub fn page_of(key: &str, pages: usize) -> usize {
     let h = sha256(key.as_bytes());
     (u64::from_le_bytes(h[..8].try_into().unwrap()) as usize) & (pages - 1)
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::segments::SegmentRef;
 use super::{Entry, PadRef};
 use crate::codec::{self, CodecError, Kind};
 
@@ -89,22 +90,36 @@ pub fn decode_free_page(bytes: &[u8], len: u32) -> Result<Vec<PadRef>, CodecErro
     Ok(pads)
 }
 
-pub fn encode_page(page: &BTreeMap<String, Entry>) -> Result<Vec<u8>, CodecError> {
+/// An index page: its entries, and where the chunks of its large files are (a large file's
+/// entry holds no chunks in the page; `segments.rs`). Before format version 6 a page was its
+/// entries alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub entries: BTreeMap<String, Entry>,
+    pub segments: BTreeMap<String, Vec<SegmentRef>>,
+}
+
+pub fn encode_page(page: &Page) -> Result<Vec<u8>, CodecError> {
     codec::encode(Kind::IndexPage, page)
 }
 
-pub fn decode_page(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, CodecError> {
-    match codec::open(Kind::IndexPage, bytes)? {
+pub fn decode_page(bytes: &[u8]) -> Result<Page, CodecError> {
+    let entries = match codec::open(Kind::IndexPage, bytes)? {
         (1, body) => {
             let old: BTreeMap<String, super::v1::Entry> = codec::decode_body(body)?;
-            Ok(old.into_iter().map(|(k, e)| (k, e.into())).collect())
+            old.into_iter().map(|(k, e)| (k, e.into())).collect()
         }
         (2, body) => {
             let old: BTreeMap<String, super::v2::Entry> = codec::decode_body(body)?;
-            Ok(old.into_iter().map(|(k, e)| (k, e.into())).collect())
+            old.into_iter().map(|(k, e)| (k, e.into())).collect()
         }
-        (_, body) => codec::decode_body(body),
-    }
+        (3..=5, body) => codec::decode_body(body)?,
+        (_, body) => return codec::decode_body(body),
+    };
+    Ok(Page {
+        entries,
+        segments: BTreeMap::new(),
+    })
 }
 
 #[cfg(test)]
@@ -183,7 +198,7 @@ mod tests {
         );
         let mut bytes = codec::encode(Kind::IndexPage, &page).unwrap();
         bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
-        let read = decode_page(&bytes).unwrap();
+        let read = decode_page(&bytes).unwrap().entries;
         assert_eq!(
             read["old"].chunks,
             ChunkMap::from_ordered([Chunk::in_pad(
@@ -194,9 +209,9 @@ mod tests {
             )])
         );
 
-        // And a page of today's format round-trips, inline bytes included.
-        let mut today = BTreeMap::new();
-        today.insert(
+        // And a page of today's format round-trips, inline bytes and segments included.
+        let mut today = Page::default();
+        today.entries.insert(
             "new".to_string(),
             Entry {
                 chunks: ChunkMap::from_ordered([Chunk::inline(b"small".to_vec())]),
@@ -205,7 +220,24 @@ mod tests {
                 link: None,
             },
         );
+        let segment = SegmentRef {
+            first: 4096,
+            chunks: 600,
+            pad: PadRef::fresh(),
+            hash: [3; 32],
+        };
+        (today.segments).insert("big".to_string(), vec![segment]);
+        today
+            .entries
+            .insert("big".to_string(), Entry::empty(Meta::file()));
         assert_eq!(decode_page(&encode_page(&today).unwrap()).unwrap(), today);
+
+        // A page of format version 5 is its entries alone.
+        let mut bytes = codec::encode(Kind::IndexPage, &today.entries).unwrap();
+        bytes[8..10].copy_from_slice(&5u16.to_le_bytes());
+        let read = decode_page(&bytes).unwrap();
+        assert_eq!(read.entries, today.entries);
+        assert!(read.segments.is_empty());
     }
 
     /// A chunk as format version 2 wrote it.
@@ -269,7 +301,7 @@ mod tests {
         bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
         assert!(bytes.len() > 8 << 20, "{} bytes", bytes.len());
         let read = decode_page(&bytes).unwrap();
-        let entry = &read["disk.img"];
+        let entry = &read.entries["disk.img"];
         assert_eq!(entry.size, size);
         assert_eq!(
             entry.chunks.iter().collect::<Vec<_>>(),
