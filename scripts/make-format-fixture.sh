@@ -7,11 +7,15 @@
 #
 # The archive holds `src/` (the tree as copied in, late.txt included) and `data/` (the old
 # version's data dir: key, store, journal; 64 KiB chunks so that a small file spans several).
+# CHUNK=bytes sets another chunk size; MANY=n adds `many.bin`, a file of n chunks (a file of
+# more than 512 chunks keeps them in segments from format 6 on).
 # Builds COMMIT in a temporary git worktree with the shared target dir, so the current
 # binary has to be built again afterwards.
 set -euo pipefail
 COMMIT=$1
 NAME=$2
+CHUNK=${CHUNK:-65536}
+MANY=${MANY:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mutant-mount/target}
 WORK=$(mktemp -d)
@@ -35,11 +39,14 @@ mkfifo "$SRC/fifo"
 printf 'accents\n' >"$SRC/é ü.txt"
 chmod 600 "$SRC/mid.bin"
 setfattr -n user.note -v hello "$SRC/small.txt"
+if [ "$MANY" -gt 0 ]; then
+    head -c $((MANY * CHUNK)) /dev/urandom >"$SRC/many.bin"
+fi
 # Hard links, where the version has them (format 3 on).
 ln "$SRC/multi.bin" "$SRC/dir/multi-link.bin"
 
 mount_old() {
-    "$WORK/old" -f --data-dir "$WORK/data" --chunk-size 65536 "$WORK/mnt" >>"$WORK/log" 2>&1 &
+    "$WORK/old" -f --data-dir "$WORK/data" --chunk-size "$CHUNK" "$WORK/mnt" >>"$WORK/log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do mountpoint -q "$WORK/mnt" && return; sleep 0.1; done
     echo "the old mount did not start:" >&2

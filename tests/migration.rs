@@ -148,3 +148,10 @@ fn a_store_of_format_2_mounts_replays_its_journal_and_migrates_through_kills() {
 fn a_store_of_format_4_mounts_replays_its_journal_and_migrates_through_kills() {
     check_fixture("format-4");
 }
+
+/// Format 5 (commit 97bb98d, chunks of 4 KiB): packs, and a file of 700 chunks whose whole
+/// chunk map was in its page; the first commit that rewrites its page moves it to segments.
+#[test]
+fn a_store_of_format_5_mounts_replays_its_journal_and_migrates_through_kills() {
+    check_fixture("format-5");
+}
