@@ -13,7 +13,7 @@ use mutant_mount::engine::{Engine, EngineOptions, Error, DEFAULT_SCRATCHPAD_SIZE
 use mutant_mount::index::persist::Root;
 use mutant_mount::index::{Meta, PadRef};
 use mutant_mount::keys::MasterKey;
-use mutant_mount::store::{LocalStore, PadStore, SimConfig, SimStore};
+use mutant_mount::store::{CountingStore, LocalStore, PadStore, SimConfig, SimStore};
 
 fn options(chunk: u32) -> EngineOptions {
     EngineOptions {
@@ -858,6 +858,55 @@ async fn three_hundred_thousand_free_pads_commit_in_a_small_root() {
     assert_eq!(engine.fetch("b").await.unwrap(), noise(2, 4096));
 }
 
+/// Bytes of every pad file of the local store at `dir`.
+fn store_bytes(dir: &Path) -> u64 {
+    pad_files(dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
+}
+
+/// On the local store a pad freed by a landed commit keeps its file (the free list reuses it)
+/// but not its content: a removed file's space is the disk's again. The pads are reused by
+/// the next writes (updates, no creates) and read back after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_pads_give_their_space_back_to_the_disk_and_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate();
+    let store: Arc<CountingStore<LocalStore>> =
+        Arc::new(CountingStore::new(LocalStore::open(dir.path()).unwrap()));
+    let open = || Engine::open(store.clone(), master.clone(), options(64 << 10));
+    let engine = open().await.unwrap();
+    engine
+        .store("big", &noise(1, 40 * (64 << 10)), Meta::file())
+        .await
+        .unwrap();
+    engine.commit().await.unwrap();
+    let with_big = store_bytes(dir.path());
+    assert!(with_big > 40 * (64 << 10), "{with_big}");
+
+    engine.remove("big").await.unwrap();
+    engine.commit().await.unwrap();
+    let after = store_bytes(dir.path());
+    assert!(after < 64 << 10, "{after} bytes left of {with_big}");
+    engine.check_accounting().await.unwrap();
+
+    let creates = store.stats().creates.load(Ordering::Relaxed);
+    engine
+        .store("next", &noise(2, 30 * (64 << 10)), Meta::file())
+        .await
+        .unwrap();
+    engine.commit().await.unwrap();
+    assert_eq!(store.stats().creates.load(Ordering::Relaxed), creates);
+    drop(engine);
+    let engine = open().await.unwrap();
+    assert_eq!(
+        engine.fetch("next").await.unwrap(),
+        noise(2, 30 * (64 << 10))
+    );
+    engine.check_accounting().await.unwrap();
+}
+
 /// A file of more chunks than an index page holds keeps them in segments beside its page: 60,000
 /// chunks (45,000 was the limit when a file's chunks had to fit its page) commit and read back
 /// after a reopen, in a handful of pages. A change to one chunk rewrites that chunk's segment
@@ -1002,14 +1051,19 @@ async fn reseal_as_bls(dir: &Path, master: &MasterKey) {
     .await;
 }
 
-/// The `data_encoding` of each pad file in the store.
+/// The `data_encoding` of each pad file in the store that holds a pad (a free pad's file is
+/// cut to its header: its space is the disk's).
 async fn encodings(dir: &Path) -> Vec<u64> {
     let store = LocalStore::open(dir).unwrap();
     let mut found = Vec::new();
     for path in pad_files(dir) {
         let owner = path.file_name().unwrap().to_string_lossy().to_string();
         let owner = autonomi::PublicKey::from_hex(&owner).unwrap();
-        found.push(store.get(&owner).await.unwrap().data_encoding());
+        match store.get(&owner).await {
+            Ok(pad) => found.push(pad.data_encoding()),
+            Err(_) if std::fs::metadata(&path).unwrap().len() < 1024 => {}
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
     }
     found
 }

@@ -685,7 +685,7 @@ async fn recovery_failing_half_way_loses_nothing() {
     b.verify_all().await.unwrap();
 }
 
-/// A store that serves an older root than one this machine saw (a restored pad file) is
+/// A store that serves an older root than one this machine saw (a backup of it restored) is
 /// refused; `accept_rollback` opens it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_root_is_refused() {
@@ -703,17 +703,28 @@ async fn an_older_root_is_refused() {
         ..options(data.path())
     };
     let store = LocalStore::open(store_dir.path()).unwrap();
-    let root_file = store.pad_path(&master.root_key().public_key());
     let e = Engine::open(Arc::new(store.clone()), master.clone(), opts(false))
         .await
         .unwrap();
     e.store("a", b"A", Meta::file()).await.unwrap();
     e.commit().await.unwrap();
-    let old_root = std::fs::read(&root_file).unwrap();
+    // A backup of the whole store, restored after a later commit.
+    let backup = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from.join("."))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(store_dir.path(), backup.path());
     e.store("b", b"B", Meta::file()).await.unwrap();
     e.commit().await.unwrap();
     drop(e);
-    std::fs::write(&root_file, &old_root).unwrap();
+    std::fs::remove_dir_all(store_dir.path().join("pads")).unwrap();
+    copy(backup.path(), store_dir.path());
 
     let refused = Engine::open(local(store_dir.path()), master.clone(), opts(false))
         .await

@@ -108,3 +108,85 @@ fn a_full_disk_is_enospc_and_the_mount_carries_on() {
     assert_eq!(fs::read(mount.path("d/x")).unwrap(), b"x");
     mount.unmount();
 }
+
+/// Waits until every change to the mount at `mnt` is committed (`mutant-mount sync`). On a
+/// disk left full by a failed copy the first try may find no room yet: the kernel sends the
+/// copy's last close (which gives its unsaved pads back) a moment after `cp` exits.
+fn commit(mnt: &Path) {
+    let mut tries = 0;
+    loop {
+        let out = Command::new(common::binary())
+            .arg("sync")
+            .arg(mnt)
+            .output()
+            .unwrap();
+        tries += 1;
+        if out.status.success() {
+            return;
+        }
+        assert!(tries < 10, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Free bytes of the file system holding `dir`.
+fn available(dir: &Path) -> u64 {
+    let out = sh(dir, "df --output=avail -B1 . | tail -1");
+    out.trim().parse().unwrap()
+}
+
+/// Deleting files gives their space back to the disk under the store, as on any file system:
+/// the pads they held stay on the free list for reuse, but hold nothing. So a disk filled to
+/// ENOSPC recovers once files are deleted (a pad is rewritten through a temporary file, which
+/// a full disk has no room for).
+#[test]
+fn deleting_files_gives_their_space_back_and_a_full_disk_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _disk = Tmpfs::mount(&data, "24m");
+    sh(
+        dir.path(),
+        "head -c 40000000 /dev/urandom > big.bin; head -c 12000000 /dev/urandom > next.bin",
+    );
+    let mount = Mount::start(&data, &dir.path().join("mnt"), &[]);
+    let out = sh_output(
+        &mount.mnt,
+        &format!("cp {}/big.bin .", dir.path().display()),
+    );
+    assert!(!out.status.success(), "a 40 MB copy fit a 24 MiB disk");
+
+    sh(&mount.mnt, "rm big.bin");
+    commit(&mount.mnt);
+    // The copy's last close, which gives back what it could not save, may still be on its way.
+    let mut free = available(&data);
+    for _ in 0..50 {
+        if free > 16 << 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        free = available(&data);
+    }
+    assert!(
+        free > 16 << 20,
+        "{free} bytes free of 24 MiB after the rm\n{}",
+        mount.log_tail()
+    );
+    let out = sh_output(
+        &mount.mnt,
+        &format!("cp {}/next.bin .", dir.path().display()),
+    );
+    assert!(
+        out.status.success(),
+        "cp after rm: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log_tail()
+    );
+    mount.unmount();
+
+    let mount = Mount::start(&data, &dir.path().join("mnt"), &[]);
+    assert_eq!(sh(&mount.mnt, "ls"), "next.bin\n");
+    assert!(
+        fs::read(mount.path("next.bin")).unwrap() == fs::read(dir.path().join("next.bin")).unwrap()
+    );
+    mount.unmount();
+}

@@ -69,20 +69,30 @@ impl Attempt {
     }
 }
 
+/// What a root tells of itself before its pages are read: its counter, generation and hash.
+pub(super) type RootSeen = (u64, u64, [u8; 32]);
+
 /// Reads the index root and its pages; `None` if the store has no index for this key.
+/// `check_root` may refuse the root (a rollback) before any of its pages is read: an older
+/// root's pages may hold other content by now, or none.
 pub(super) async fn load(
     pads: &PadIo,
     root_key: &SecretKey,
     parallelism: usize,
     local: Option<&super::page_cache::PageCache>,
+    check_root: &(dyn Fn(Option<RootSeen>) -> Result<()> + Sync),
 ) -> Result<Option<State>> {
     let (bytes, counter) = match pads.read_with_key(root_key.clone(), None).await {
         Ok(found) => found,
-        Err(Error::Store(StoreError::NotFound)) => return Ok(None),
+        Err(Error::Store(StoreError::NotFound)) => {
+            check_root(None)?;
+            return Ok(None);
+        }
         Err(e) => return Err(e),
     };
     let root = Root::decode(&bytes)?;
     let root_hash = sha256(&bytes);
+    check_root(Some((counter, root.generation, root_hash)))?;
     let parallelism = parallelism.max(1);
     // Owned page refs: a closure over references would make `Engine::open` not `Send`.
     let reads: Vec<_> = root
@@ -521,6 +531,10 @@ impl Engine {
                 Bytes::from(root_bytes),
             )
             .await;
+        if result.is_ok() {
+            let freed = plan.old_page_pads.iter().chain(&plan.releasing);
+            self.trim_freed(freed.map(|p| p.seed).collect()).await;
+        }
 
         let mut state = self.inner.state.lock().await;
         match result {

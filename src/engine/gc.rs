@@ -60,6 +60,8 @@ impl Engine {
     /// Returns `leaked` to the free list, commits, and forgets every suspect: those not
     /// returned are referenced or were never created.
     pub async fn reclaim(&self, leaked: &Leaked) -> Result<()> {
+        self.trim_freed(leaked.pads.iter().map(|p| p.seed).collect())
+            .await;
         {
             let mut state = self.inner.state.lock().await;
             state.free_unsaved = true;

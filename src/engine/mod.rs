@@ -242,10 +242,18 @@ impl Engine {
             .root_record
             .as_ref()
             .map(|place| RootRecord::new(place, &local_keys));
-        let loaded = commit::load(&pads, &root_key, opts.parallelism, page_cache.as_ref()).await?;
-        if let Some(record) = &root_record {
-            check_rollback(record, loaded.as_ref(), opts.accept_rollback)?;
-        }
+        let check = |found| match &root_record {
+            Some(record) => check_rollback(record, found, opts.accept_rollback),
+            None => Ok(()),
+        };
+        let loaded = commit::load(
+            &pads,
+            &root_key,
+            opts.parallelism,
+            page_cache.as_ref(),
+            &check,
+        )
+        .await?;
         let fresh = loaded.is_none();
         let fresh_log = (opts.journal_dir.as_deref())
             .map(|dir| fresh_pads::FreshLog::new(dir, local_keys.fresh_pads.clone()));
@@ -479,17 +487,19 @@ impl Engine {
 
     /// Replaces the state with the index the store holds now (after a conflict).
     async fn reload(&self) -> Result<()> {
+        let check = |found| match &self.inner.root_record {
+            Some(record) => check_rollback(record, found, self.inner.opts.accept_rollback),
+            None => Ok(()),
+        };
         let loaded = commit::load(
             &self.inner.pads,
             &self.inner.root_key,
             self.inner.opts.parallelism,
             self.inner.page_cache.as_ref(),
+            &check,
         )
         .await?
         .ok_or(Error::NoIndex)?;
-        if let Some(record) = &self.inner.root_record {
-            check_rollback(record, Some(&loaded), self.inner.opts.accept_rollback)?;
-        }
         *self.inner.state.lock().await = loaded;
         self.inner.pads.forget_freed();
         Ok(())
@@ -693,6 +703,28 @@ impl Engine {
         Err(first_error.expect("some write failed"))
     }
 
+    /// Gives the space of pads no longer needed back to the disk (the local store), before
+    /// they join the free list where a write could take them again: pads a landed commit
+    /// freed, and pads written for changes that were dropped or failed. Deleting files then
+    /// frees disk space as on any file system. Failing costs only the space.
+    async fn trim_freed(&self, freed: Vec<PadSeed>) {
+        let store = self.inner.pads.store();
+        if freed.is_empty() || !store.on_this_disk() {
+            return;
+        }
+        let master = self.inner.pads.master().clone();
+        let owners = tokio::task::spawn_blocking(move || {
+            (freed.iter())
+                .map(|seed| master.pad_key(seed).public_key())
+                .collect()
+        })
+        .await
+        .expect("key task panicked");
+        if let Err(e) = store.trim(owners).await {
+            tracing::warn!("could not give the space of freed pads back to the disk: {e}");
+        }
+    }
+
     /// Gives pads taken by `write_chunks` back to the free list (their chunks were not used).
     pub async fn discard_chunks(&self, chunks: &[Chunk]) {
         self.return_pads(chunks.iter().filter_map(|c| c.pad).collect())
@@ -707,6 +739,7 @@ impl Engine {
     }
 
     async fn return_pads(&self, pads: Vec<PadRef>) {
+        self.trim_freed(pads.iter().map(|p| p.seed).collect()).await;
         let mut state = self.inner.state.lock().await;
         for pad in &pads {
             state.in_flight.remove(&pad.seed);
@@ -1043,9 +1076,12 @@ async fn lock_journal(dir: &std::path::Path, wait: std::time::Duration) -> Resul
 
 /// Refuses a root older than the newest this machine recorded for the store (unless
 /// `accept`), and records the loaded one if it is newer.
-fn check_rollback(record: &RootRecord, loaded: Option<&State>, accept: bool) -> Result<()> {
+fn check_rollback(
+    record: &RootRecord,
+    found: Option<commit::RootSeen>,
+    accept: bool,
+) -> Result<()> {
     let seen = record.read();
-    let found = loaded.map(|s| (s.root_counter.unwrap_or(0), s.generation, s.root_hash));
     let older = match (seen, found) {
         (Some(seen), Some((counter, ..))) => counter < seen.counter,
         (Some(_), None) => true,

@@ -157,9 +157,8 @@ impl PadIo {
                     counter = stored + 1;
                 }
                 Err(StoreError::AlreadyExists) => {
-                    let current = self.store.get(&owner).await?;
                     update = true;
-                    counter = current.counter() + 1;
+                    counter = self.store.counter(&owner).await? + 1;
                 }
                 Err(e) => return Err(e.into()),
             }

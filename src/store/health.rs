@@ -67,6 +67,9 @@ impl<S: PadStore> PadStore for HealthStore<S> {
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.stats.note(self.inner.exists(owner).await)
     }
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        self.stats.note(self.inner.counter(owner).await)
+    }
     async fn get_part(
         &self,
         owner: &PublicKey,
@@ -79,5 +82,8 @@ impl<S: PadStore> PadStore for HealthStore<S> {
     }
     fn on_this_disk(&self) -> bool {
         self.inner.on_this_disk()
+    }
+    async fn trim(&self, owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        self.inner.trim(owners).await
     }
 }

@@ -417,6 +417,28 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Cuts the pad's file to its header: the pad still exists at its counter (an update
+    /// checks that), its content is gone and its space is the disk's again. A file of the
+    /// first format, whose counter lies in its content, is left whole.
+    fn trim_one(&self, owner: &PublicKey) -> Result<(), StoreError> {
+        let _guard = self.lock_for(owner);
+        let Some((file, Layout::Header(len))) = self.open_pad_file(owner)? else {
+            return Ok(());
+        };
+        let keep = 4 + len as u64;
+        let path = self.pad_path(owner);
+        let file_len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+        if file_len > keep {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_error(&path, e))?;
+            file.set_len(keep).map_err(|e| io_error(&path, e))?;
+            self.inner.part_files.lock().unwrap().pop(owner);
+        }
+        Ok(())
+    }
+
     /// Deletes the pad's file, if there is one.
     pub(crate) fn remove(&self, owner: &PublicKey) -> Result<(), StoreError> {
         let path = self.pad_path(owner);
@@ -592,6 +614,17 @@ impl PadStore for LocalStore {
             .await
     }
 
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        let owner = *owner;
+        self.blocking(move |s| s.stored_counter(&owner)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn trim(&self, owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        self.blocking(move |s| owners.iter().try_for_each(|owner| s.trim_one(owner)))
+            .await
+    }
+
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         let owner = *owner;
         self.blocking(move |s| Ok(s.pad_path(&owner).exists()))
@@ -659,6 +692,36 @@ mod tests {
             .create(pad(&SecretKey::random(), &fits, 0))
             .await
             .unwrap();
+    }
+
+    /// A trimmed pad gives its bytes back but still exists at its counter: the next update
+    /// must go past it, and then reads whole again.
+    #[tokio::test]
+    async fn a_trimmed_pad_keeps_its_counter_and_not_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let sk = SecretKey::random();
+        let pk = sk.public_key();
+        let data = vec![5u8; 3 << 20];
+        store.create(pad(&sk, &data, 4)).await.unwrap();
+        store
+            .trim(vec![pk, SecretKey::random().public_key()])
+            .await
+            .unwrap();
+        assert!(fs::metadata(store.pad_path(&pk)).unwrap().len() < 1024);
+        assert!(store.exists(&pk).await.unwrap());
+        assert!(matches!(store.get(&pk).await, Err(StoreError::Corrupt(_))));
+        assert_eq!(
+            store.update(pad(&sk, b"x", 4)).await.unwrap_err(),
+            StoreError::StaleCounter {
+                stored: 4,
+                offered: 4
+            }
+        );
+        store.update(pad(&sk, &data, 5)).await.unwrap();
+        let got = store.get(&pk).await.unwrap();
+        assert_eq!(got.counter(), 5);
+        assert!(got.decrypt_data(&sk).unwrap()[..] == data[..]);
     }
 
     /// File lengths on both sides of the block size, the page size and the O_DIRECT threshold.

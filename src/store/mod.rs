@@ -166,6 +166,11 @@ pub trait PadStore: Send + Sync + 'static {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
     /// Whether a pad exists, without fetching it.
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
+    /// The counter of the pad's current version (a writer that found it existing goes past
+    /// it). The local store reads it from the pad's header alone, which a trimmed pad keeps.
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        Ok(self.get(owner).await?.counter())
+    }
     /// Bytes `range` of the current version's `encrypted_data`, unchecked, or `None` if this
     /// store can only fetch whole pads (the network). Readers check parts against hashes of a
     /// version they checked whole.
@@ -190,6 +195,12 @@ pub trait PadStore: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// These pads' contents are no longer needed: nothing references them, and each will be
+    /// written whole before it is read again. A store on this disk gives their space back
+    /// (the pads stay, at their counters); others keep them as they are.
+    async fn trim(&self, _owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -212,6 +223,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         (**self).exists(owner).await
     }
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        (**self).counter(owner).await
+    }
     async fn get_part(
         &self,
         owner: &PublicKey,
@@ -227,6 +241,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn flush(&self) -> Result<(), StoreError> {
         (**self).flush().await
+    }
+    async fn trim(&self, owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        (**self).trim(owners).await
     }
 }
 

@@ -155,6 +155,10 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
         self.run("exists", || self.inner.exists(owner)).await
     }
 
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        self.run("counter", || self.inner.counter(owner)).await
+    }
+
     async fn get_part(
         &self,
         owner: &PublicKey,
@@ -168,5 +172,8 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
     }
     fn on_this_disk(&self) -> bool {
         self.inner.on_this_disk()
+    }
+    async fn trim(&self, owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        self.inner.trim(owners).await
     }
 }

@@ -109,6 +109,10 @@ impl<S: PadStore> PadStore for CountingStore<S> {
         Ok(pad)
     }
 
+    async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
+        self.inner.counter(owner).await
+    }
+
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         let found = self.inner.exists(owner).await?;
         self.stats.exists.fetch_add(1, Ordering::Relaxed);
@@ -134,6 +138,9 @@ impl<S: PadStore> PadStore for CountingStore<S> {
     }
     fn on_this_disk(&self) -> bool {
         self.inner.on_this_disk()
+    }
+    async fn trim(&self, owners: Vec<PublicKey>) -> Result<(), StoreError> {
+        self.inner.trim(owners).await
     }
 }
 
