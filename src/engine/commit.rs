@@ -48,7 +48,6 @@ pub(super) struct Attempt {
 
 /// How a commit changes where large files keep their chunks: the keys of the pages it
 /// rewrote lose their committed segments, and the pages it wrote name these.
-#[derive(Default)]
 pub(super) struct SegmentChange {
     replaced: Vec<String>,
     written: Vec<(String, Vec<SegmentRef>)>,
@@ -315,8 +314,8 @@ fn plan_free_list(
 
 /// A page a commit wrote: an index page by number, or a new free-list page by position.
 enum Written {
-    /// With the segments of the page's large files.
-    Page(usize, PageRef, Vec<(String, Vec<SegmentRef>)>),
+    /// With the segments of the page's large files, and the pads of those newly written.
+    Page(usize, PageRef, Vec<(String, Vec<SegmentRef>)>, Vec<PadRef>),
     FreePage(usize, FreePageRef),
 }
 
@@ -393,12 +392,8 @@ impl Engine {
 
         let mut new_page_pads: Vec<PadRef> = plan.writes.iter().map(|w| w.pad).collect();
         new_page_pads.extend(plan.free_writes.iter().map(|(_, pad)| *pad));
-        let segment_pads: Vec<PadRef> = (plan.writes.iter())
-            .flat_map(|w| &w.segments)
-            .map(|(_, _, _, pad)| *pad)
-            .collect();
-        new_page_pads.extend(&segment_pads);
-        let taken: HashSet<PadSeed> = segment_pads.iter().map(|p| p.seed).collect();
+        let segment_pads = plan.writes.iter().flat_map(|w| &w.segments);
+        new_page_pads.extend(segment_pads.map(|(_, _, _, pad)| *pad));
 
         // Owned inputs: a closure over references would make `commit()` not `Send`.
         let index_jobs = std::mem::take(&mut plan.writes).into_iter().map(|write| {
@@ -420,8 +415,10 @@ impl Engine {
                     .buffer_unordered(parallelism)
                     .try_collect()
                     .await?;
+                let mut new_pads = Vec::with_capacity(written.len());
                 for (key, i, pad) in written {
                     page.segments.get_mut(&key).expect("planned")[i].pad = pad;
+                    new_pads.push(pad);
                 }
                 let (bytes, page) = tokio::task::spawn_blocking(move || {
                     encode_page(&page).map(|bytes| (bytes, page))
@@ -439,7 +436,12 @@ impl Engine {
                 }
                 let pad = inner.write_record(write.pad, bytes, hash).await?;
                 let segments = page.segments.into_iter().collect();
-                Ok(Written::Page(write.n, PageRef { pad, hash }, segments))
+                Ok(Written::Page(
+                    write.n,
+                    PageRef { pad, hash },
+                    segments,
+                    new_pads,
+                ))
             }
             .boxed()
         });
@@ -485,9 +487,10 @@ impl Engine {
         };
         for written in written {
             match written {
-                Written::Page(n, page, written) => {
+                Written::Page(n, page, written, new_pads) => {
                     root.pages[n] = Some(page);
                     new_page_pads.push(page.pad);
+                    new_page_pads.extend(new_pads);
                     segments.written.extend(written);
                 }
                 Written::FreePage(i, page) => {
@@ -497,12 +500,6 @@ impl Engine {
             }
         }
         root.free_pages.extend(new_free_pages.into_iter().flatten());
-        let new_segments = segments.written.iter().flat_map(|(_, refs)| refs);
-        new_page_pads.extend(
-            new_segments
-                .filter(|s| taken.contains(&s.pad.seed))
-                .map(|s| s.pad),
-        );
         debug_assert_eq!(
             root.free_pages.len(),
             kept_free_pages + plan.free_writes.len()
