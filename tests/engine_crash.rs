@@ -575,6 +575,8 @@ enum Mode {
     FailRoot,
     /// The index root write lands, then reports failure.
     CutRoot,
+    /// The index root write lands, then takes a while to say so.
+    SlowRoot,
 }
 
 /// A store whose writes fail on command, for exact failure scenarios.
@@ -625,8 +627,47 @@ impl Switch {
         if mode == Mode::CutRoot && is_root {
             return failure();
         }
+        if mode == Mode::SlowRoot && is_root {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         Ok(())
     }
+}
+
+/// A commit whose caller stops waiting (a timeout, or the background committer aborted at
+/// unmount) goes on to its end: a root that landed is recorded, and the next commit is not
+/// taken for another writer's (a conflict, which set the mount's last changes aside).
+#[test]
+fn a_commit_its_caller_stopped_waiting_for_still_ends() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let switch = Arc::new(Switch {
+            inner: LocalStore::open(dir.path()).unwrap(),
+            root: master.root_key().public_key(),
+            mode: std::sync::Mutex::new(Mode::Pass),
+        });
+        let engine = Engine::open(switch.clone(), master.clone(), options(100))
+            .await
+            .unwrap();
+        engine.store("a", b"first", Meta::file()).await.unwrap();
+        *switch.mode.lock().unwrap() = Mode::SlowRoot;
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), engine.commit());
+        assert!(
+            waited.await.is_err(),
+            "the commit did not outlast its caller"
+        );
+        *switch.mode.lock().unwrap() = Mode::Pass;
+
+        engine.store("b", b"second", Meta::file()).await.unwrap();
+        engine.commit().await.unwrap();
+        drop(engine);
+        let engine = Engine::open(switch.clone(), master.clone(), options(100))
+            .await
+            .unwrap();
+        assert_eq!(engine.fetch("a").await.unwrap(), b"first");
+        assert_eq!(engine.fetch("b").await.unwrap(), b"second");
+    });
 }
 
 /// Invariant 2 when a commit fails: the pads a change released stay untouched until a commit

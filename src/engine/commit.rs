@@ -353,7 +353,19 @@ struct Plan {
 impl Engine {
     /// Makes every change so far durable in the store. Concurrent callers share commits: a
     /// commit covers every change made before it started.
+    ///
+    /// The commit runs in a task of its own, to its end whether or not the caller still waits
+    /// (a timeout, an aborted task): dropped between its root write and the bookkeeping after,
+    /// it would leave a root in the store this engine does not know it wrote, and the next
+    /// commit would take that root for another writer's.
     pub async fn commit(&self) -> Result<()> {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.commit_to_the_end().await })
+            .await
+            .expect("a commit task panicked")
+    }
+
+    async fn commit_to_the_end(&self) -> Result<()> {
         let _one_at_a_time = self.inner.commit_lock.lock().await;
         if self.inner.state.lock().await.conflict {
             return Err(Error::Conflict);

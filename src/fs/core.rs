@@ -263,13 +263,10 @@ impl FsCore {
     }
 
     /// An index commit, waited for until `deadline`: past it the caller hears `ETIMEDOUT` and
-    /// the commit goes on in its own task (a commit dropped half way would leave its pads
-    /// nowhere).
+    /// the commit goes on in its own task (`Engine::commit`).
     async fn commit_by(&self, deadline: tokio::time::Instant) -> FsResult<()> {
-        let engine = self.engine.clone();
-        let commit = tokio::spawn(async move { engine.commit().await });
-        match tokio::time::timeout_at(deadline, commit).await {
-            Ok(done) => Ok(done.expect("commit task panicked")?),
+        match tokio::time::timeout_at(deadline, self.engine.commit()).await {
+            Ok(done) => Ok(done?),
             Err(_) => {
                 tracing::warn!(
                     "the store did not take a commit within {:?}: ETIMEDOUT (the commit goes on)",
