@@ -566,8 +566,11 @@ async fn recovery_refuses_keys_that_leave_its_directory() {
         }
     }
     found.sort();
-    // The log of fresh pads is sealed and holds no name or content.
-    assert_eq!(found, ["fresh-pads", "journal", "journal.lock"]);
+    // The log of fresh pads is sealed and holds no name or content; the reserve is zeros.
+    assert_eq!(
+        found,
+        ["fresh-pads", "journal", "journal.lock", "journal.reserve"]
+    );
 }
 
 /// A journal with a damaged change in the middle is refused and left as it is: the changes

@@ -190,3 +190,46 @@ fn deleting_files_gives_their_space_back_and_a_full_disk_recovers() {
     );
     mount.unmount();
 }
+
+/// A disk filled to its last block by something other than the mount: deleting inside the
+/// mount still works, its commit lands, and the store still mounts, from the room the store
+/// keeps in reserve for its journal.
+#[test]
+fn a_disk_full_to_the_last_block_still_takes_deletes_and_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let _disk = Tmpfs::mount(&disk, "24m");
+    let data = disk.join("data");
+    let mnt = dir.path().join("mnt");
+    sh(
+        dir.path(),
+        "head -c 8000000 /dev/urandom > a.bin; printf 'kept\\n' > kept.txt",
+    );
+    let mount = Mount::start(&data, &mnt, &[]);
+    sh(
+        &mount.mnt,
+        &format!("cp {0}/a.bin {0}/kept.txt .", dir.path().display()),
+    );
+    commit(&mount.mnt);
+    fill(&disk, "filler");
+
+    sh(&mount.mnt, "rm a.bin");
+    commit(&mount.mnt);
+    assert_eq!(sh(&mount.mnt, "ls"), "kept.txt\n");
+    mount.unmount();
+
+    fill(&disk, "filler2");
+    let mount = Mount::start(&data, &mnt, &[]);
+    assert_eq!(sh(&mount.mnt, "ls"), "kept.txt\n");
+    assert_eq!(fs::read(mount.path("kept.txt")).unwrap(), b"kept\n");
+    sh(&disk, "rm filler filler2");
+    sh(&mount.mnt, "printf 'later\\n' > later.txt");
+    commit(&mount.mnt);
+    mount.unmount();
+}
+
+/// Writes zeros into `dir/name` until the disk has not one byte left.
+fn fill(dir: &Path, name: &str) {
+    sh(dir, &format!("cat /dev/zero > {name} 2>/dev/null || true"));
+    assert_eq!(available(dir), 0, "the disk is not full");
+}

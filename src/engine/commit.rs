@@ -389,6 +389,9 @@ impl Engine {
             match self.try_commit(gate).await {
                 // A page outgrew a pad: split the pages and write them all.
                 Err(Error::PageTooBig) => self.inner.state.lock().await.index.split_pages(),
+                // A disk filled by others: this commit (most likely of deletes, which give
+                // their space back when it lands) may use the room the journal keeps.
+                Err(e) if e.errno() == Some(libc::ENOSPC) && self.release_disk_reserve() => {}
                 other => return other,
             }
         }
@@ -744,6 +747,13 @@ impl Engine {
             settling,
             replaced_segments,
         }))
+    }
+
+    fn release_disk_reserve(&self) -> bool {
+        self.inner
+            .journal
+            .get()
+            .is_some_and(|journal| journal.release_reserve())
     }
 
     /// Drops the changes a landed commit covers from the journal. A failure only costs a

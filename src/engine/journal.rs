@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::at_rest::{LocalKey, OVERHEAD};
 use crate::codec::{self, Kind};
+use crate::engine::reserve::Reserve;
 use crate::index::{self, Entry, Meta};
 
 /// The start of a sealed journal. The unsealed format starts with a frame length, which these
@@ -153,6 +154,8 @@ pub struct Journal {
     path: PathBuf,
     key: LocalKey,
     file: Mutex<Open>,
+    /// Room on the disk for the journal's writes (and a commit's) when the disk is full.
+    reserve: Reserve,
     /// Held for the journal's life: two processes appending to one journal would garble it.
     _lock: File,
 }
@@ -203,6 +206,8 @@ pub fn lock(path: &Path, wait: std::time::Duration) -> io::Result<File> {
 
 struct Open {
     file: File,
+    /// The file's length: an append that fails is cut back to it, never left half-written.
+    len: u64,
     file_id: [u8; FILE_ID_LEN],
     next_frame: u64,
     next_seq: u64,
@@ -373,12 +378,16 @@ impl Journal {
         ops: Vec<Op>,
     ) -> io::Result<Journal> {
         let pending: Vec<(u64, Op)> = ops.into_iter().zip(1..).map(|(op, n)| (n, op)).collect();
-        let (file, file_id, next_frame) = write_new(path, &key, root_hash, &pending)?;
+        let reserve = Reserve::new(path.with_extension("reserve"));
+        let (file, len, file_id, next_frame) =
+            reserve.with_room(|| write_new(path, &key, root_hash, &pending))?;
         Ok(Journal {
             path: path.to_path_buf(),
             key,
+            reserve,
             file: Mutex::new(Open {
                 file,
+                len,
                 file_id,
                 next_frame,
                 next_seq: pending.len() as u64 + 1,
@@ -401,8 +410,7 @@ impl Journal {
                 op: op.clone(),
             },
         )?;
-        open.file.write_all(&bytes)?;
-        open.next_frame += 1;
+        self.write_frame(&mut open, &bytes, false)?;
         open.next_seq += 1;
         open.pending.push((seq, op.clone()));
         Ok(seq)
@@ -429,9 +437,34 @@ impl Journal {
             open.next_frame,
             &Record::Commit { upto, root_hash },
         )?;
-        open.file.write_all(&bytes)?;
+        self.write_frame(&mut open, &bytes, true)
+    }
+
+    /// Appends a frame (and syncs it if `sync`); a failure leaves the file as it was.
+    fn write_frame(&self, open: &mut Open, bytes: &[u8], sync: bool) -> io::Result<()> {
+        self.reserve.with_room(|| {
+            let written = open.file.write_all(bytes).and_then(|()| {
+                if sync {
+                    open.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            if written.is_err() {
+                // A torn frame would read as the journal's end, hiding the frames after it.
+                open.file.set_len(open.len)?;
+            }
+            written
+        })?;
+        open.len += bytes.len() as u64;
         open.next_frame += 1;
-        open.file.sync_data()
+        Ok(())
+    }
+
+    /// Gives the disk room kept for the journal back, for a commit that found the disk full
+    /// (its deletes give more back when it lands); `false` if none was left.
+    pub fn release_reserve(&self) -> bool {
+        self.reserve.release()
     }
 
     /// After the commit of the changes up to `upto` landed as the root with hash `root_hash`:
@@ -439,9 +472,12 @@ impl Journal {
     pub fn committed(&self, upto: u64, root_hash: [u8; 32]) -> io::Result<()> {
         let mut open = self.file.lock().unwrap();
         open.pending.retain(|(seq, _)| *seq > upto);
-        let (file, file_id, next_frame) =
-            write_new(&self.path, &self.key, root_hash, &open.pending)?;
-        (open.file, open.file_id, open.next_frame) = (file, file_id, next_frame);
+        let (file, len, file_id, next_frame) = self
+            .reserve
+            .with_room(|| write_new(&self.path, &self.key, root_hash, &open.pending))?;
+        (open.file, open.len, open.file_id, open.next_frame) = (file, len, file_id, next_frame);
+        drop(open);
+        self.reserve.refill();
         Ok(())
     }
 
@@ -478,13 +514,14 @@ fn read_unsealed(bytes: &[u8]) -> Leftover {
 }
 
 /// Writes a whole journal (mode 0600) next to `path` under a new file id, syncs it and renames
-/// it over; returns it open for appending, with its id and the number of its next frame.
+/// it over; returns it open for appending, with its length, its id and the number of its next
+/// frame.
 fn write_new(
     path: &Path,
     key: &LocalKey,
     root_hash: [u8; 32],
     ops: &[(u64, Op)],
-) -> io::Result<(File, [u8; FILE_ID_LEN], u64)> {
+) -> io::Result<(File, u64, [u8; FILE_ID_LEN], u64)> {
     let tmp = path.with_extension("new");
     let file_id: [u8; FILE_ID_LEN] = rand::random();
     let mut bytes = MAGIC.to_vec();
@@ -516,7 +553,7 @@ fn write_new(
         File::open(dir)?.sync_all()?;
     }
     let file = OpenOptions::new().append(true).open(path)?;
-    Ok((file, file_id, ops.len() as u64 + 1))
+    Ok((file, bytes.len() as u64, file_id, ops.len() as u64 + 1))
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ mod pack;
 pub mod pads;
 pub mod page_cache;
 mod recover;
+mod reserve;
+pub use reserve::available_bytes;
 pub mod root_record;
 
 pub use activity::Activity;
@@ -335,7 +337,13 @@ impl Engine {
     /// Changes made against a root someone else has since replaced are recovered into the file
     /// system instead (`recover.rs`), and the journal is rewritten only once they are committed.
     async fn start_journal(&self, dir: &std::path::Path, lock: std::fs::File) -> Result<()> {
-        let journal_err = |e: std::io::Error| Error::Journal(format!("{}: {e}", dir.display()));
+        let journal_err = |e: std::io::Error| {
+            let hint = match reserve::is_no_space(&e) {
+                true => " (the disk holding the data dir is full: make room on it and mount again)",
+                false => "",
+            };
+            Error::Journal(format!("{}: {e}{hint}", dir.display()))
+        };
         let path = dir.join("journal");
         let key = self.inner.local_keys.journal.clone();
         let left = Journal::read(&path, &key).map_err(journal_err)?;

@@ -1130,7 +1130,7 @@ impl FsCore {
         // Used: the bytes of our files. Free: what the disk under the store has left, or for
         // a store with no such bound, a large round figure.
         let free = match &self.cfg.space_probe {
-            Some(dir) => disk_space(dir).map_or(0, |avail| avail / bsize),
+            Some(dir) => crate::engine::available_bytes(dir).map_or(0, |avail| avail / bsize),
             None => 1 << 40,
         };
         Ok(StatFs {
@@ -1228,19 +1228,6 @@ impl FsCore {
         }
         Ok(())
     }
-}
-
-/// Bytes available to unprivileged users on the file system holding `dir`.
-fn disk_space(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    Some(st.f_bavail as u64 * frsize)
 }
 
 /// One name in a directory listing.
