@@ -74,7 +74,7 @@ fn with_the_store_silent_calls_fail_in_time_listing_does_not_wait_and_the_mount_
 
     // A fresh mount: nothing of "before" is cached.
     let profile = outage.profile();
-    let mount = Mount::start(&data, &mnt, &["--simulate", &profile, "--timeout", "2s"]);
+    let mount = Mount::start(&data, &mnt, &["--simulate", &profile, "--timeout", "4s"]);
     fs::create_dir(mount.path("dir")).unwrap();
     outage.begin();
     // What lists and describes files never waits for the store.
@@ -84,13 +84,35 @@ fn with_the_store_silent_calls_fail_in_time_listing_does_not_wait_and_the_mount_
     );
     assert!(listed.contains("9437184 regular file"), "{listed}");
     assert!(listed.ends_with("ok\n"), "{listed}");
-    // A read of data not cached fails with ETIMEDOUT.
-    let read = fs::read(mount.path("before")).unwrap_err();
+    // A read of data not cached and a close whose upload cannot finish wait until the
+    // timeout, then fail with ETIMEDOUT; meanwhile nothing else waits behind them: names
+    // come, move, list and go elsewhere in the mount.
+    let reader = std::thread::spawn({
+        let path = mount.path("before");
+        move || fs::read(path)
+    });
+    let closer = std::thread::spawn({
+        let path = mount.path("during");
+        move || {
+            let mut f = fs::File::create(path)?;
+            f.write_all(&content_for("during", 5 << 20))?;
+            close(f)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let meanwhile = run_ok(
+        &mnt,
+        "mkdir d2 && printf x > d2/x && mv d2 d3 && ls -l d3 >/dev/null && cat d3/x && \
+         rm d3/x && rmdir d3 && stat -c %s before",
+    );
+    assert_eq!(meanwhile, "x9437184\n");
+    assert!(
+        !reader.is_finished() && !closer.is_finished(),
+        "calls on other names waited for calls waiting on the store"
+    );
+    let read = reader.join().unwrap().unwrap_err();
     assert_eq!(read.raw_os_error(), Some(libc::ETIMEDOUT), "{read}");
-    // A close whose upload cannot finish reports it.
-    let mut f = fs::File::create(mount.path("during")).unwrap();
-    f.write_all(&content_for("during", 5 << 20)).unwrap();
-    let closed = close(f).unwrap_err();
+    let closed = closer.join().unwrap().unwrap_err();
     assert_eq!(closed.raw_os_error(), Some(libc::ETIMEDOUT), "{closed}");
     // So does fsync of a small file, whose change waits for an index commit.
     let mut f = fs::File::create(mount.path("small")).unwrap();
