@@ -599,14 +599,16 @@ pub fn open_engine(
         parallelism,
         // Local copies of index pages, beside the key; the store keeps them all too.
         index_cache_dir: cfg.key_file.parent().map(|dir| dir.join(INDEX_CACHE_DIR)),
-        // Changes not yet committed, per store; a read-only mount makes none.
-        journal_dir: (!cfg.read_only).then(|| match &cfg.store {
+        // Changes not yet committed, per store. A read-only mount makes none, but shows those
+        // a mount that stopped left in it.
+        journal_dir: Some(match &cfg.store {
             StoreChoice::Local => cfg.store_dir.join("journal"),
             StoreChoice::Network(net) => {
                 let data = cfg.key_file.parent().unwrap_or(Path::new("."));
                 data.join(format!("journal-{}", net.network))
             }
         }),
+        read_only: cfg.read_only,
         lock_wait: crate::engine::journal::LOCK_WAIT,
         discard_damaged_journal: cfg.discard_damaged_journal,
         root_record: cfg.key_file.parent().map(|dir| RootRecordPlace {

@@ -300,7 +300,7 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
             .await
             .err();
         assert!(
-            matches!(&check, Some(Error::Journal(msg)) if msg.contains("another mutant-mount")),
+            matches!(&check, Some(Error::InUse(msg)) if msg.contains("another mutant-mount")),
             "A's journal is locked while A is open: {check:?}"
         );
         assert_eq!(a.fetch("shared").await.unwrap(), b"v1");
@@ -516,7 +516,7 @@ async fn recovery_refuses_keys_that_leave_its_directory() {
     });
     std::fs::create_dir_all(&journal_dir).unwrap();
     let path = journal_dir.join("journal");
-    let lock = journal::lock(&path, Duration::ZERO).unwrap();
+    let lock = journal::lock(&path, Duration::ZERO, false).unwrap();
     // A base root the store never had: the journal is foreign, so it is recovered.
     drop(
         Journal::create(

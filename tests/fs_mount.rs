@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use common::{content_for, describe_tree, sh, sh_output, Mount};
 
@@ -628,6 +629,53 @@ fn a_read_only_mount_refuses_writes() {
     assert_eq!(fs::read(mount.path("kept")).unwrap(), b"kept");
     let err = fs::write(mount.path("new"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    mount.unmount();
+}
+
+/// A read-only mount shows what a killed mount had acknowledged (its journal) without writing
+/// it anywhere, and shares the store with no read-write mount.
+#[test]
+fn a_read_only_mount_shows_a_killed_mounts_changes_and_keeps_writers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    let mount = Mount::start(&data, &mnt, &[]);
+    fs::write(mount.path("a"), b"v1").unwrap();
+    fs::write(mount.path("b"), b"v1").unwrap();
+    sh(&mount.mnt, &format!("{} sync .", common::binary()));
+    fs::write(mount.path("a"), b"v2").unwrap();
+    fs::rename(mount.path("b"), mount.path("c")).unwrap();
+    mount.kill();
+
+    let check = |mount: &Mount| {
+        assert_eq!(fs::read(mount.path("a")).unwrap(), b"v2");
+        assert_eq!(fs::read(mount.path("c")).unwrap(), b"v1");
+        assert!(!mount.path("b").exists());
+    };
+    let read_only = Mount::start(&data, &mnt, &["--read-only"]);
+    check(&read_only);
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let refused = Command::new(common::binary())
+        .arg("-f")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a writer mounted beside a reader"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("the store is in use"), "{said}");
+    read_only.unmount();
+
+    // Left as it was: the next read-write mount commits it.
+    let mount = Mount::start(&data, &mnt, &[]);
+    check(&mount);
+    mount.unmount();
+    let mount = Mount::start(&data, &mnt, &["--read-only"]);
+    check(&mount);
     mount.unmount();
 }
 

@@ -358,7 +358,12 @@ impl Engine {
     /// (a timeout, an aborted task): dropped between its root write and the bookkeeping after,
     /// it would leave a root in the store this engine does not know it wrote, and the next
     /// commit would take that root for another writer's.
+    ///
+    /// A read-only engine writes nothing: its commits do nothing.
     pub async fn commit(&self) -> Result<()> {
+        if self.inner.opts.read_only {
+            return Ok(());
+        }
         let engine = self.clone();
         tokio::spawn(async move { engine.commit_to_the_end().await })
             .await

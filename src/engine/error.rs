@@ -25,6 +25,9 @@ pub enum Error {
     RootTooBig(usize),
     #[error("the local journal could not be written: {0}")]
     Journal(String),
+    /// Another process holds the store's journal lock (a mount, or a tool working on it).
+    #[error("the store is in use: {0}")]
+    InUse(String),
     /// The journal has a damaged frame with intact ones after it: left as it is.
     #[error("{0}")]
     JournalDamaged(String),

@@ -163,11 +163,12 @@ pub struct Journal {
 /// How long a mount waits for the lock of a process that is still finishing its unmount.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Takes the lock that makes a journal (and so the store, for this key) this process's alone.
-/// A process holding it is given up to `wait` to let go: `fusermount3 -u` returns while the
-/// old process still commits, and a mount started at once must neither fail nor read the root
-/// before that commit landed.
-pub fn lock(path: &Path, wait: std::time::Duration) -> io::Result<File> {
+/// Takes the lock that makes a journal (and so the store, for this key) this process's alone,
+/// or, `shared`, one that read-only mounts share with each other and with no writer. A process
+/// holding it is given up to `wait` to let go: `fusermount3 -u` returns while the old process
+/// still commits, and a mount started at once must neither fail nor read the root before that
+/// commit landed.
+pub fn lock(path: &Path, wait: std::time::Duration, shared: bool) -> io::Result<File> {
     use std::os::fd::AsRawFd;
     let file = OpenOptions::new()
         .create(true)
@@ -179,7 +180,8 @@ pub fn lock(path: &Path, wait: std::time::Duration) -> io::Result<File> {
     let mut said = false;
     loop {
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        let mode = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+        if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
             return Ok(file);
         }
         let e = io::Error::last_os_error();
@@ -189,7 +191,8 @@ pub fn lock(path: &Path, wait: std::time::Duration) -> io::Result<File> {
         if std::time::Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                "another mutant-mount is using this store with the same key (its journal is locked)",
+                "another mutant-mount is using this store with the same key (its journal is \
+                 locked); a read-only mount shares it only with other read-only mounts",
             ));
         }
         if !said {
@@ -582,17 +585,21 @@ mod tests {
         let (r0, r1, other) = ([0; 32], [1; 32], [9; 32]);
         let j = Journal::create(
             &path,
-            lock(&path, Duration::ZERO).unwrap(),
+            lock(&path, Duration::ZERO, false).unwrap(),
             key.clone(),
             r0,
             vec![remove("a")],
         )
         .unwrap();
-        assert_eq!(
-            lock(&path, Duration::from_millis(100)).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock,
-            "a second user of the journal is refused"
-        );
+        for shared in [false, true] {
+            assert_eq!(
+                lock(&path, Duration::from_millis(100), shared)
+                    .unwrap_err()
+                    .kind(),
+                io::ErrorKind::WouldBlock,
+                "a second user of the journal is refused (shared: {shared})"
+            );
+        }
         j.append(&remove("b")).unwrap();
         assert_eq!(j.last_seq(), 2);
         let read = || Journal::read(&path, &key).unwrap();
@@ -642,7 +649,7 @@ mod tests {
         let key = key();
         let j = Journal::create(
             &path,
-            lock(&path, Duration::ZERO).unwrap(),
+            lock(&path, Duration::ZERO, false).unwrap(),
             key.clone(),
             [0; 32],
             ops(&["a", "b", "c"]),
@@ -722,7 +729,7 @@ mod tests {
 
         let j = Journal::create(
             &path,
-            lock(&path, Duration::ZERO).unwrap(),
+            lock(&path, Duration::ZERO, false).unwrap(),
             key.clone(),
             [3; 32],
             kept,
@@ -742,6 +749,18 @@ mod tests {
             left.replay(&[3; 32]),
             Replay::Apply(ops(&["secret-name-xyz"]))
         );
+    }
+
+    #[test]
+    fn read_only_users_share_the_lock_and_keep_a_writer_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let first = lock(&path, Duration::ZERO, true).unwrap();
+        let second = lock(&path, Duration::ZERO, true).unwrap();
+        let writer = lock(&path, Duration::from_millis(50), false);
+        assert_eq!(writer.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop((first, second));
+        lock(&path, Duration::ZERO, false).unwrap();
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct EngineOptions {
     pub accept_rollback: bool,
     /// Pads per free-list page (`index::free::FREE_PAGE_PADS`; tests use tiny pages).
     pub free_page_pads: usize,
+    /// Write nothing, to the store or the journal: the journal's changes are applied in memory
+    /// only (shown, and left for the next read-write open) and commits do nothing.
+    pub read_only: bool,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +108,7 @@ impl Default for EngineOptions {
             root_record: None,
             accept_rollback: false,
             free_page_pads: crate::index::free::FREE_PAGE_PADS,
+            read_only: false,
         }
     }
 }
@@ -150,6 +154,8 @@ struct Inner {
     opts: EngineOptions,
     chunk_size: u32,
     journal: OnceLock<Journal>,
+    /// A read-only open's share of the journal's lock, held for the engine's life.
+    read_only_lock: OnceLock<std::fs::File>,
     /// The directory (a key) where this open recovered changes it could not replay.
     recovered: OnceLock<String>,
     /// When this mount's last commit landed (see `activity.rs`).
@@ -231,7 +237,15 @@ impl Engine {
         // The store's lock before its root: a process still finishing its unmount commits
         // first, and this open then reads the root it left.
         let journal_lock = match &opts.journal_dir {
-            Some(dir) => Some(lock_journal(dir, opts.lock_wait).await?),
+            Some(dir) => match lock_journal(dir, opts.lock_wait, opts.read_only).await {
+                Ok(lock) => Some(lock),
+                // A store on a read-only disk: no journal can be there, no writer either.
+                Err(Error::Journal(e)) if opts.read_only => {
+                    tracing::info!("read-only, without the journal's lock: {e}");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let pads = PadIo::with_gets_in_flight(store, master.clone(), opts.parallelism);
@@ -298,6 +312,7 @@ impl Engine {
                 opts,
                 chunk_size,
                 journal: OnceLock::new(),
+                read_only_lock: OnceLock::new(),
                 recovered: OnceLock::new(),
                 last_commit: Default::default(),
                 local_keys,
@@ -385,6 +400,7 @@ impl Engine {
                 old_recovered.display()
             );
         }
+        let read_only = self.inner.opts.read_only;
         let mut state = self.inner.state.lock().await;
         let (kept, foreign) = match left.replay(&state.root_hash) {
             Replay::Apply(ops) => {
@@ -404,7 +420,13 @@ impl Engine {
                         }
                     }
                 }
-                if !kept.is_empty() {
+                if !kept.is_empty() && read_only {
+                    tracing::info!(
+                        "showing {} changes from the journal that are not committed yet \
+                         (read-only: the next read-write mount commits them)",
+                        kept.len()
+                    );
+                } else if !kept.is_empty() {
                     tracing::info!(
                         "replayed {} uncommitted changes from the journal",
                         kept.len()
@@ -415,6 +437,17 @@ impl Engine {
             Replay::Foreign(ops) => (Vec::new(), ops),
         };
         drop(state);
+        if read_only {
+            if !foreign.is_empty() {
+                tracing::warn!(
+                    "the journal holds {} changes made against an index since replaced in the                      store: not shown; a read-write mount recovers them into lost+found/",
+                    foreign.len()
+                );
+            }
+            // The lock, shared with other read-only opens, keeps writers out while this lasts.
+            let _ = self.inner.read_only_lock.set(lock);
+            return Ok(());
+        }
         if !foreign.is_empty() {
             // Committed before the journal holding them is rewritten: a failure here leaves the
             // journal as it is, for the next open to try again.
@@ -1065,9 +1098,13 @@ fn not_owned() -> Error {
     ))
 }
 
-/// Makes the journal directory (0700) and takes its lock, waiting up to `wait` for a process
-/// that holds it.
-async fn lock_journal(dir: &std::path::Path, wait: std::time::Duration) -> Result<std::fs::File> {
+/// Makes the journal directory (0700) and takes its lock (`shared` for a read-only engine),
+/// waiting up to `wait` for a process that holds it.
+async fn lock_journal(
+    dir: &std::path::Path,
+    wait: std::time::Duration,
+    shared: bool,
+) -> Result<std::fs::File> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::DirBuilderExt;
@@ -1075,8 +1112,11 @@ async fn lock_journal(dir: &std::path::Path, wait: std::time::Duration) -> Resul
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .and_then(|()| journal::lock(&dir.join("journal"), wait))
-            .map_err(|e| Error::Journal(format!("{}: {e}", dir.display())))
+            .and_then(|()| journal::lock(&dir.join("journal"), wait, shared))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock => Error::InUse(e.to_string()),
+                _ => Error::Journal(format!("{}: {e}", dir.display())),
+            })
     })
     .await
     .expect("lock task panicked")
