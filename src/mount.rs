@@ -329,6 +329,12 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     // affected: their modes come with each request.
     // SAFETY: umask only sets the process's file creation mask.
     unsafe { libc::umask(0o077) };
+    // Until the handlers are in place (before the mount appears), SIGINT stops the process as
+    // SIGTERM does: a shell that starts it with `&` passes it on ignored, and a SIGINT during
+    // start-up was lost, the mount then staying up. Stopping there is a kill before mounting:
+    // the journal keeps what it held.
+    // SAFETY: resets one signal's disposition; no handler of ours is replaced.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     preflight(&cfg)?;
     let (key, new_key) = open_key(&cfg)?;
     let fingerprint = crate::key_backup::fingerprint(&key);
