@@ -440,7 +440,8 @@ impl Engine {
         if read_only {
             if !foreign.is_empty() {
                 tracing::warn!(
-                    "the journal holds {} changes made against an index since replaced in the                      store: not shown; a read-write mount recovers them into lost+found/",
+                    "the journal holds {} changes made against an index since replaced in the \
+                     store: not shown; a read-write mount recovers them into lost+found/",
                     foreign.len()
                 );
             }
