@@ -258,10 +258,7 @@ impl Engine {
             .root_record
             .as_ref()
             .map(|place| RootRecord::new(place, &local_keys));
-        let check = |found| match &root_record {
-            Some(record) => check_rollback(record, found, opts.accept_rollback),
-            None => Ok(()),
-        };
+        let check = |found| check_rollback(root_record.as_ref(), found, opts.accept_rollback);
         let loaded = commit::load(
             &pads,
             &root_key,
@@ -529,10 +526,11 @@ impl Engine {
 
     /// Replaces the state with the index the store holds now (after a conflict).
     async fn reload(&self) -> Result<()> {
-        let check = |found| match &self.inner.root_record {
-            Some(record) => check_rollback(record, found, self.inner.opts.accept_rollback),
-            None => Ok(()),
-        };
+        let (record, accept) = (
+            self.inner.root_record.as_ref(),
+            self.inner.opts.accept_rollback,
+        );
+        let check = |found| check_rollback(record, found, accept);
         let loaded = commit::load(
             &self.inner.pads,
             &self.inner.root_key,
@@ -1124,12 +1122,15 @@ async fn lock_journal(
 }
 
 /// Refuses a root older than the newest this machine recorded for the store (unless
-/// `accept`), and records the loaded one if it is newer.
+/// `accept`), and records the loaded one if it is newer; without a record, nothing to check.
 fn check_rollback(
-    record: &RootRecord,
+    record: Option<&RootRecord>,
     found: Option<commit::RootSeen>,
     accept: bool,
 ) -> Result<()> {
+    let Some(record) = record else {
+        return Ok(());
+    };
     let seen = record.read();
     let older = match (seen, found) {
         (Some(seen), Some((counter, ..))) => counter < seen.counter,
