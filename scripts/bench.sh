@@ -329,6 +329,7 @@ run_system() {
     mutant-lan | mutant-wan)
       # What the upload still needed once the copy was back (mutant-mount sync).
       record "mixed: upload left after" "$label" "$(calc "round($drain * 1000)")" ms "$s0" "$s1"
+      record "mixed: copy + upload" "$label" "$(calc "round($t + $drain, 2)")" s "$s0" "$s1"
       ;;
   esac
   case $sys in
@@ -372,14 +373,16 @@ notes+=("machine: $(nproc) cores, $(free -g | awk '/^Mem/ {print $2}') GiB RAM, 
 notes+=("seq write and reads: dd, 1 MiB blocks (the write copies a random file from the page cache and is timed to the end of close); random reads: fio, 4 KiB at queue depth 1")
 notes+=("sizes: sequential file ${SIZE_MB} MiB (${PROFILE_MB} MiB on the network profiles), ${SMALL_FILES} small files of 4 KiB and as many of 100 B to 64 KiB (${MIXED_MB} MB), random reads for ${RANDREAD_SECS} s, peak RSS while writing ${BIG_MB} MiB")
 notes+=("profiles: mutant-lan --simulate \"$PROFILE_LAN\"; mutant-wan --simulate \"$PROFILE_WAN\" (an internet-like guess); both --upload staged: writes return once in the local tier (seq write, rsync), and '+ upload' is timed until mutant-mount sync returns; their cold reads drop the tier's cache first")
-python3 - "$RESULTS" "$CHUNK_BYTES" "$PARALLELISM" "${notes[@]}" <<'EOF' | tee "$BENCH_DIR/results.md"
+MIXED_FILES=$SMALL_FILES MIXED_MIB=$MIXED_MB \
+  python3 - "$RESULTS" "$CHUNK_BYTES" "$PARALLELISM" "${notes[@]}" <<'EOF' | tee "$BENCH_DIR/results.md"
+import os
 import sys
 
 results, chunk_bytes, parallelism = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 notes = sys.argv[4:]
 rows = [line.rstrip("\n").split("\t") for line in open(results) if line.strip()]
 value = {(r[0], r[1]): float(r[2]) for r in rows}
-LOWER_IS_BETTER = {"ms"}
+LOWER_IS_BETTER = {"ms", "s"}
 
 
 def ms(s):
@@ -408,6 +411,20 @@ def ideal(profile, workload):
     return p * mib / (latency + mib * per_mib)
 
 
+def mixed_ideal_seconds(profile, system):
+    """The least a copy of the mixed tree into the tier and its upload can take: the copy's own
+    time (no byte goes up before it is written) plus one pad's write (the last pack written
+    still has to cross), or the tree at the profile's rate if that is longer."""
+    files_per_s = value.get(("rsync -a, mixed sizes", system))
+    if not files_per_s:
+        return None
+    cfg = dict(kv.split("=") for kv in profile.split(","))
+    latency, per_mib = (ms(t) for t in cfg["put"].split("+"))
+    mib = chunk_bytes / 2**20
+    copy = int(os.environ["MIXED_FILES"]) / files_per_s
+    return max(copy + latency + mib * per_mib, float(os.environ["MIXED_MIB"]) / ideal(profile, "seq write + upload"))
+
+
 def ratio(workload, unit, v, base):
     b = value.get((workload, base))
     if b is None or b == 0 or v == 0:
@@ -426,6 +443,9 @@ for workload, system, v, unit, ops, profile in rows:
         i = ideal(profile, workload)
         if i:
             frac = f"{v / i:.0%} of {i:.0f} MiB/s"
+        if workload == "mixed: copy + upload":
+            i = mixed_ideal_seconds(profile, system)
+            frac = f"{i / v:.0%} of {i:.1f} s" if i else ""
     shown = f"{v:g} {unit}"
     print(f"| {workload} | {system} | {shown} | "
           + " | ".join(ratio(workload, unit, v, b) if system != b else "1" for b in ("raw", "bindfs", "rclone"))

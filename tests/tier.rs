@@ -661,3 +661,72 @@ async fn flush_waits_until_the_commit_is_on_the_network() {
     let view = network_view(&net, &master).await.unwrap();
     assert_eq!(view.get("f").map(|v| &v.0), Some(&data));
 }
+
+/// Behind a network that holds none of the roots that freed them, a long write takes fresh
+/// pads rather than the freed ones (their uploads would wait for those roots, a pad's round
+/// trip each); once the network holds those roots, freed pads are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_write_takes_no_freed_pad_whose_upload_would_wait() {
+    const PAD: u32 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::gated(&tmp.path().join("net"));
+    let master = MasterKey::generate();
+    let tier = TieredStore::open(
+        net.clone(),
+        master.root_key().public_key(),
+        config(&tmp.path().join("tier")),
+    )
+    .await
+    .unwrap();
+    let opts = EngineOptions {
+        scratchpad_size: PAD,
+        ..options()
+    };
+    let engine = Engine::open(tier.clone(), master.clone(), opts)
+        .await
+        .unwrap();
+    let data = |seed: u8| vec![seed; 2 * PAD as usize];
+    let pads_of = |engine: Engine, key: &'static str| async move {
+        let snapshot = engine.snapshot().await;
+        let (_, entry) = snapshot.iter().find(|(k, _)| k == key).expect("stored");
+        entry.own_pads().map(|p| p.seed).collect::<Vec<_>>()
+    };
+    engine.store("a", &data(1), Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    let of_a = pads_of(engine.clone(), "a").await;
+    assert_eq!(of_a.len(), 2);
+    engine.remove("a").await.unwrap();
+    engine.commit().await.unwrap();
+
+    // The network holds no root yet: "b" leaves a's pads free.
+    engine.store("b", &data(2), Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    let of_b = pads_of(engine.clone(), "b").await;
+    assert!(
+        of_b.iter().all(|p| !of_a.contains(p)),
+        "b took a pad a freed"
+    );
+
+    // Once everything is up, "c" takes free pads rather than create some.
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    tier.flush().await.unwrap();
+    let logged = net.log.lock().unwrap().len();
+    engine.store("c", &data(3), Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    let created: Vec<PublicKey> = (net.log.lock().unwrap()[logged..].iter())
+        .filter(|(_, _, create)| *create)
+        .map(|(owner, _, _)| *owner)
+        .collect();
+    let of_c = pads_of(engine.clone(), "c").await;
+    let new_for_c = (of_c.iter())
+        .filter(|seed| created.contains(&master.pad_key(seed).public_key()))
+        .count();
+    assert_eq!(new_for_c, 0, "c created pads with pads free on the network");
+    let view = network_view(&net, &master)
+        .await
+        .expect("an index on the network");
+    let keys: Vec<&String> = view.keys().collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(view["c"].0, data(3));
+}

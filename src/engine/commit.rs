@@ -264,6 +264,7 @@ struct FreePlan {
 /// one at a time until there are enough.
 fn plan_free_list(
     state: &mut State,
+    pads: &PadIo,
     per_page: usize,
     old_page_pads: &mut Vec<PadRef>,
     releasing: &[PadRef],
@@ -290,7 +291,7 @@ fn plan_free_list(
         if taken.len() >= pages {
             break (kept, kept_len, pages);
         }
-        taken.push(state.take_pad());
+        taken.push(state.take_pad(pads, 0));
     };
     // Taken one too many (the last one shortened the list by a page): it stays free.
     state.index.free_pads.extend(taken.drain(pages..));
@@ -703,7 +704,8 @@ impl Engine {
                 let mut refs = Vec::with_capacity(cuts.len());
                 for (i, segment) in cuts.into_iter().enumerate() {
                     let kept = reusable.get_mut(&segment.hash).and_then(Vec::pop);
-                    let pad = kept.map_or_else(|| state.take_pad(), |kept| kept.pad);
+                    let pad =
+                        kept.map_or_else(|| state.take_pad(&self.inner.pads, 0), |kept| kept.pad);
                     refs.push(SegmentRef {
                         first: segment.first,
                         chunks: segment.chunks,
@@ -716,7 +718,7 @@ impl Engine {
                 }
                 page.segments.insert(key, refs);
             }
-            let pad = state.take_pad();
+            let pad = state.take_pad(&self.inner.pads, 0);
             writes.push(PageWrite {
                 n,
                 page,
@@ -728,6 +730,7 @@ impl Engine {
         state.free_unsaved = false;
         let free = plan_free_list(
             state,
+            &self.inner.pads,
             self.inner.opts.free_page_pads.max(1),
             &mut old_page_pads,
             &releasing,

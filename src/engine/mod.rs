@@ -176,6 +176,10 @@ struct Inner {
     retired: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
+/// The longest write that reuses a free pad waiting on roots not yet uploaded (see
+/// `State::take_pad`): an index page's round trip is short, a whole pad's is not.
+const LONGEST_WAITING_WRITE: usize = 256 << 10;
+
 /// What [`Engine::entry_meta`] reads of an entry.
 pub struct EntryMeta {
     pub size: u64,
@@ -676,7 +680,7 @@ impl Engine {
             let mut state = self.inner.state.lock().await;
             let mut taken = Vec::with_capacity(wanted);
             while taken.len() < wanted {
-                taken.push(state.take_pad());
+                taken.push(state.take_pad(&self.inner.pads, usize::MAX));
             }
             self.inner.log_fresh(&mut state);
             state.in_flight.extend(taken.iter().map(|p| p.seed));
@@ -1263,13 +1267,27 @@ impl State {
         }
     }
 
-    /// A pad for a new write: a free one, else a fresh one (noted for the log).
-    fn take_pad(&mut self) -> PadRef {
-        self.index.free_pads.pop().unwrap_or_else(|| {
-            let pad = PadRef::fresh();
-            self.fresh.unlogged.push(pad.seed);
-            pad
-        })
+    /// A pad for a write of `bytes`: a free one, else a fresh one (noted for the log). Of the
+    /// free pads, the last freed whose write `pads` can send on at once
+    /// (`PadIo::upload_wait`); behind a tier, a pad the last roots freed waits for them to
+    /// reach the network, so a long write takes a fresh pad rather than wait a round trip
+    /// per root (what a copy commits keeps it free for the short writes of later ones).
+    fn take_pad(&mut self, pads: &PadIo, bytes: usize) -> PadRef {
+        let cost = |pad: &PadRef| pads.upload_wait(&pad.seed);
+        let free = &mut self.index.free_pads;
+        let usable = match free.cheapest(cost) {
+            Some(0) => true,
+            Some(_) => bytes <= LONGEST_WAITING_WRITE,
+            None => false,
+        };
+        usable
+            .then(|| free.take_cheapest(cost))
+            .flatten()
+            .unwrap_or_else(|| {
+                let pad = PadRef::fresh();
+                self.fresh.unlogged.push(pad.seed);
+                pad
+            })
     }
 
     /// Whether `op` can be applied. A replayed install may also claim pads from the free list

@@ -206,7 +206,10 @@ impl Engine {
                 return Ok(());
             }
             let layouts = lay_out(pieces, self.chunk_size());
-            let pads: Vec<PadRef> = layouts.iter().map(|_| state.take_pad()).collect();
+            let pads: Vec<PadRef> = layouts
+                .iter()
+                .map(|layout| state.take_pad(&self.inner.pads, layout.len))
+                .collect();
             self.inner.log_fresh(&mut state);
             state.in_flight.extend(pads.iter().map(|p| p.seed));
             layouts.into_iter().zip(pads).collect::<Vec<_>>()

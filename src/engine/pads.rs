@@ -91,6 +91,19 @@ impl PadIo {
         freed.extend(pads.into_iter().map(|seed| (seed, root)));
     }
 
+    /// How long a write of free pad `seed` would wait to reach the store's destination: 0 if
+    /// it may go at once (free since before this mount, or freed with a root the destination
+    /// holds), else the root version it waits for.
+    pub fn upload_wait(&self, seed: &PadSeed) -> u64 {
+        let Some(&root) = self.freed.lock().unwrap().get(seed) else {
+            return 0;
+        };
+        match self.store.settled_root() {
+            Some(settled) if root <= settled => 0,
+            _ => root,
+        }
+    }
+
     /// Forgets every pad noted as freed: the index was replaced by one this mount did not
     /// write (another machine's, after a conflict).
     pub fn forget_freed(&self) {

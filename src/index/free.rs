@@ -10,6 +10,10 @@ use super::PadRef;
 /// than two pages' worth, so a list that grows and shrinks by a few pads writes no page.
 pub const FREE_PAGE_PADS: usize = 2048;
 
+/// How far down the list [`FreeList::take_cheapest`] looks: the pads freed lately lie at its
+/// end, and a pad found lower down shortens the committed prefix (pages rewritten) to there.
+const TAKE_LOOKS_AT: usize = 512;
+
 #[derive(Clone, Debug, Default)]
 pub struct FreeList {
     pads: Vec<PadRef>,
@@ -50,6 +54,35 @@ impl FreeList {
     pub fn pop(&mut self) -> Option<PadRef> {
         let pad = self.pads.pop()?;
         self.shorten_marks(self.pads.len());
+        Some(pad)
+    }
+
+    /// The lowest `cost` among the last [`TAKE_LOOKS_AT`] pads, and where (nearest the end).
+    fn find_cheapest(&self, cost: impl Fn(&PadRef) -> u64) -> Option<(usize, u64)> {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, pad) in self.pads.iter().enumerate().rev().take(TAKE_LOOKS_AT) {
+            let c = cost(pad);
+            if best.is_none_or(|(_, b)| c < b) {
+                best = Some((i, c));
+            }
+            if c == 0 {
+                break;
+            }
+        }
+        best
+    }
+
+    /// The cost [`take_cheapest`](Self::take_cheapest) would take a pad at.
+    pub fn cheapest(&self, cost: impl Fn(&PadRef) -> u64) -> Option<u64> {
+        self.find_cheapest(cost).map(|(_, c)| c)
+    }
+
+    /// Takes the pad nearest the end with the lowest `cost`, looking no further down than
+    /// [`TAKE_LOOKS_AT`] pads: the end, as [`pop`](Self::pop), unless pads there cost more.
+    pub fn take_cheapest(&mut self, cost: impl Fn(&PadRef) -> u64) -> Option<PadRef> {
+        let (i, _) = self.find_cheapest(cost)?;
+        let pad = self.pads.remove(i);
+        self.shorten_marks(i);
         Some(pad)
     }
 
@@ -109,6 +142,32 @@ impl<'a> Extend<&'a PadRef> for FreeList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cheapest_pad_nearest_the_end_is_taken() {
+        let pads: Vec<PadRef> = (0..6).map(|_| PadRef::fresh()).collect();
+        let cost_of = |costs: &'static [u64]| {
+            let pads = pads.clone();
+            move |pad: &PadRef| costs[pads.iter().position(|p| p == pad).unwrap()]
+        };
+        let mut list = FreeList::committed(pads.clone());
+        // Free at once beats waiting; of equal costs, the one nearest the end.
+        let cost = cost_of(&[5, 0, 0, 3, 7, 7]);
+        assert_eq!(list.cheapest(&cost), Some(0));
+        assert_eq!(list.take_cheapest(&cost), Some(pads[2]));
+        assert_eq!(
+            list.committed_prefix(),
+            2,
+            "the list changed from the taken pad on"
+        );
+        // All waiting: the shortest wait.
+        let cost = cost_of(&[5, 9, 0, 3, 7, 7]);
+        assert_eq!(list.take_cheapest(&cost), Some(pads[3]));
+        assert_eq!(list.len(), 4);
+        // No cost: a stack, as pop.
+        assert_eq!(list.take_cheapest(|_| 0), Some(pads[5]));
+        assert_eq!(FreeList::default().take_cheapest(|_| 0), None);
+    }
 
     #[test]
     fn the_committed_prefix_shrinks_with_every_change_below_it() {

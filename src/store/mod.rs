@@ -155,6 +155,12 @@ pub trait PadStore: Send + Sync + 'static {
     fn orders_by_root(&self) -> bool {
         false
     }
+    /// Of a store that orders by root: the newest root version its destination holds, if
+    /// known. A pad freed with that root or an earlier one goes up as soon as it is written;
+    /// one freed later waits for the roots between (the engine reuses the first kind first).
+    fn settled_root(&self) -> Option<u64> {
+        None
+    }
     /// [`update`](Self::update) of a pad that no index root names from root version `root`
     /// on (the engine freed it with that root, and writes it again now): a store that sends
     /// writes on in root order (the tier) may send this one as soon as its destination holds
@@ -213,6 +219,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     fn orders_by_root(&self) -> bool {
         (**self).orders_by_root()
+    }
+    fn settled_root(&self) -> Option<u64> {
+        (**self).settled_root()
     }
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
         (**self).update_freed(pad, root).await

@@ -1069,6 +1069,10 @@ impl PadStore for TieredStore {
         true
     }
 
+    fn settled_root(&self) -> Option<u64> {
+        lock(&self.shared.state).network_root
+    }
+
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
         (self.shared)
             .blocking(move |s| s.stage(&pad, Origin::Freed(root)))
