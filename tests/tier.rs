@@ -484,6 +484,32 @@ fn options() -> EngineOptions {
     }
 }
 
+/// An engine over a tier over a network whose writes wait at the gate.
+async fn engine_over_a_gated_network(
+    opts: EngineOptions,
+) -> (
+    tempfile::TempDir,
+    Arc<FakeNetwork>,
+    MasterKey,
+    Arc<TieredStore>,
+    Engine,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = FakeNetwork::gated(&tmp.path().join("net"));
+    let master = MasterKey::generate();
+    let tier = TieredStore::open(
+        net.clone(),
+        master.root_key().public_key(),
+        config(&tmp.path().join("tier")),
+    )
+    .await
+    .unwrap();
+    let engine = Engine::open(tier.clone(), master.clone(), opts)
+        .await
+        .unwrap();
+    (tmp, net, master, tier, engine)
+}
+
 /// What an engine opened on the network alone (no tier, no local state) reads; `None` if the
 /// network holds no index yet.
 async fn network_view(net: &Arc<FakeNetwork>, master: &MasterKey) -> Option<Model> {
@@ -516,19 +542,7 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let tmp = tempfile::tempdir().unwrap();
-        let net = FakeNetwork::gated(&tmp.path().join("net"));
-        let master = MasterKey::generate();
-        let tier = TieredStore::open(
-            net.clone(),
-            master.root_key().public_key(),
-            config(&tmp.path().join("tier")),
-        )
-        .await
-        .unwrap();
-        let engine = Engine::open(tier.clone(), master.clone(), options())
-            .await
-            .unwrap();
+        let (_tmp, net, master, tier, engine) = engine_over_a_gated_network(options()).await;
         let mut model = Model::new();
         // The states a root was written for, in order (the empty index first).
         let mut committed: Vec<Model> = vec![Model::new()];
@@ -632,19 +646,7 @@ fn a_freed_pad_reused_in_the_next_epoch_stays_behind_its_root() {
 /// network, not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_waits_until_the_commit_is_on_the_network() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = FakeNetwork::gated(&tmp.path().join("net"));
-    let master = MasterKey::generate();
-    let tier = TieredStore::open(
-        net.clone(),
-        master.root_key().public_key(),
-        config(&tmp.path().join("tier")),
-    )
-    .await
-    .unwrap();
-    let engine = Engine::open(tier.clone(), master.clone(), options())
-        .await
-        .unwrap();
+    let (_tmp, net, master, _tier, engine) = engine_over_a_gated_network(options()).await;
     let data = vec![7u8; 3 * CHUNK as usize];
     engine.store("f", &data, Meta::file()).await.unwrap();
     engine.commit().await.unwrap();
@@ -668,23 +670,11 @@ async fn flush_waits_until_the_commit_is_on_the_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_write_takes_no_freed_pad_whose_upload_would_wait() {
     const PAD: u32 = 1 << 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let net = FakeNetwork::gated(&tmp.path().join("net"));
-    let master = MasterKey::generate();
-    let tier = TieredStore::open(
-        net.clone(),
-        master.root_key().public_key(),
-        config(&tmp.path().join("tier")),
-    )
-    .await
-    .unwrap();
     let opts = EngineOptions {
         scratchpad_size: PAD,
         ..options()
     };
-    let engine = Engine::open(tier.clone(), master.clone(), opts)
-        .await
-        .unwrap();
+    let (_tmp, net, master, tier, engine) = engine_over_a_gated_network(opts).await;
     let data = |seed: u8| vec![seed; 2 * PAD as usize];
     let pads_of = |engine: Engine, key: &'static str| async move {
         let snapshot = engine.snapshot().await;
