@@ -29,6 +29,6 @@ if [ "${MUTANT_NETWORK_TESTS:-1}" != 0 ] && [ -x scripts/local-network.sh ] && [
   echo "== tests against a local Autonomi network"
   scripts/local-network.sh start
   trap 'scripts/local-network.sh stop' EXIT
-  cargo test --test network --test network_mount -- --ignored --test-threads=1
+  cargo test --test network --test network_mount -- --ignored --test-threads=1 --nocapture
 fi
 echo "== all tests passed"

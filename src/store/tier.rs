@@ -1099,10 +1099,15 @@ impl PadStore for TieredStore {
             }
         }
         let pad = shared.inner.get(owner).await?;
+        // Kept on the side: the reader has its pad, and a read of it before it is on disk
+        // only fetches it again.
         let kept = pad.clone();
-        if let Err(e) = shared.blocking(move |s| s.keep_fetched(&kept)).await {
-            tracing::warn!("could not keep a fetched pad in the tier: {e}");
-        }
+        let keeper = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = keeper.keep_fetched(&kept) {
+                tracing::warn!("could not keep a fetched pad in the tier: {e}");
+            }
+        });
         Ok(pad)
     }
 
