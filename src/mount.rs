@@ -230,6 +230,19 @@ pub fn open_local_store(dir: &Path, key: &MasterKey) -> Result<LocalStore, Start
     }
 }
 
+/// Memory the network client holds for each pad upload in flight: it encodes the pad for
+/// every peer it goes to, as a CBOR array about twice the pad's size (measured over the local
+/// network: about 70 MB of peak RSS per upload).
+pub const MEMORY_PER_UPLOAD: usize = 64 << 20;
+
+/// The tier's uploads in flight on the network for a `--memory` of `memory` bytes: the
+/// client's buffers for them take about half of it (writes drain to the tier's disk, so the
+/// write buffers rarely fill while uploads run), between 2 and
+/// [`UPLOADS_IN_FLIGHT`](crate::store::tier::UPLOADS_IN_FLIGHT) uploads.
+pub fn uploads_within(memory: usize) -> usize {
+    (memory / 2 / MEMORY_PER_UPLOAD).clamp(2, crate::store::tier::UPLOADS_IN_FLIGHT)
+}
+
 /// The chunk cache's and the write buffers' shares of `memory` bytes: the cache takes what was
 /// asked for it, up to half.
 pub fn split_memory(memory: usize, cache_wanted: usize) -> (usize, usize) {
@@ -744,10 +757,13 @@ async fn open_tier(
     network: Arc<dyn PadStore>,
 ) -> Result<Arc<TieredStore>, StartError> {
     let dir = tier_dir(cfg, name);
-    let tier_cfg = TierConfig {
+    let mut tier_cfg = TierConfig {
         max_bytes: cfg.tier.max_bytes,
         ..TierConfig::new(&dir)
     };
+    if matches!(cfg.store, StoreChoice::Network(_)) {
+        tier_cfg.uploads = uploads_within(cfg.memory_bytes);
+    }
     TieredStore::open(network, key.root_key().public_key(), tier_cfg)
         .await
         .map_err(|e| {
@@ -924,4 +940,21 @@ pub fn estimate(net: NetworkConfig, bytes: u64, chunk_size: u32) -> Result<Strin
             autonomi::AttoTokens::from_atto(total)
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_in_flight_follow_the_memory_budget() {
+        assert_eq!(uploads_within(DEFAULT_MEMORY), 4);
+        assert_eq!(uploads_within(1 << 30), 8);
+        assert_eq!(uploads_within(64 << 20), 2, "never fewer than two");
+        assert_eq!(
+            uploads_within(64 << 30),
+            16,
+            "never more than the tier's own bound"
+        );
+    }
 }
