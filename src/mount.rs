@@ -375,7 +375,12 @@ pub fn run(cfg: MountConfig) -> Result<(), StartError> {
     let fs_cfg = FsConfig {
         write_buffer_bytes: cfg.write_buffer_bytes.min(write_budget_bytes),
         write_budget_bytes,
-        uploads_in_flight: parallelism,
+        // Written straight to the network (`--upload sync`), each chunk upload costs the
+        // client's buffers as the tier's uploads do; into the tier, a local write.
+        uploads_in_flight: match (&cfg.store, &tier) {
+            (StoreChoice::Network(_), None) => uploads_within(cfg.memory_bytes),
+            _ => parallelism,
+        },
         timeout: cfg.timeout,
         read_only: cfg.read_only,
         space_probe: match cfg.store {
