@@ -1269,9 +1269,10 @@ impl State {
 
     /// A pad for a write of `bytes`: a free one, else a fresh one (noted for the log). Of the
     /// free pads, the last freed whose write `pads` can send on at once
-    /// (`PadIo::upload_wait`); behind a tier, a pad the last roots freed waits for them to
-    /// reach the network, so a long write takes a fresh pad rather than wait a round trip
-    /// per root (what a copy commits keeps it free for the short writes of later ones).
+    /// (`PadIo::upload_wait`). Behind a tier, a pad the last roots freed goes up only once
+    /// they are on the network, so a long write takes a fresh pad rather than hold its root
+    /// back by a whole pad's upload; the pads it skips stay free for short writes (an index
+    /// page's wait is a round trip) and for long ones once their roots are up.
     fn take_pad(&mut self, pads: &PadIo, bytes: usize) -> PadRef {
         let cost = |pad: &PadRef| pads.upload_wait(&pad.seed);
         let free = &mut self.index.free_pads;
