@@ -31,6 +31,8 @@ struct FakeNetwork {
     writes_done: AtomicU64,
     /// Every write that landed: (owner, counter, was a create).
     log: Mutex<Vec<(PublicKey, u64, bool)>>,
+    /// Pads served at an older version the next few gets (nodes back from a while away).
+    stale: Mutex<std::collections::HashMap<PublicKey, (Scratchpad, usize)>>,
 }
 
 impl FakeNetwork {
@@ -41,6 +43,7 @@ impl FakeNetwork {
             gate: Semaphore::new(Semaphore::MAX_PERMITS),
             writes_done: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            stale: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -90,6 +93,12 @@ impl PadStore for FakeNetwork {
     }
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         self.check_up()?;
+        if let Some((old, times)) = self.stale.lock().unwrap().get_mut(owner) {
+            if *times > 0 {
+                *times -= 1;
+                return Ok(old.clone());
+            }
+        }
         self.store.get(owner).await
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
@@ -719,4 +728,67 @@ async fn a_long_write_takes_no_freed_pad_whose_upload_would_wait() {
     let keys: Vec<&String> = view.keys().collect();
     assert_eq!(keys, ["b", "c"]);
     assert_eq!(view["c"].0, data(3));
+}
+
+/// Nodes back from a while away answer with a pad's version from before: a reader asks again
+/// rather than fail, and the tier keeps the version the index names, not the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
+    const PAD: u32 = 1 << 20;
+    let opts = EngineOptions {
+        scratchpad_size: PAD,
+        ..options()
+    };
+    let (tmp, net, master, tier, engine) = engine_over_a_gated_network(opts.clone()).await;
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    let data = |seed: u8| vec![seed; PAD as usize];
+    let pad_of = |engine: Engine, key: &'static str| async move {
+        let snapshot = engine.snapshot().await;
+        let (_, entry) = snapshot.iter().find(|(k, _)| k == key).expect("stored");
+        let seed = entry.own_pads().next().expect("a pad").seed;
+        seed
+    };
+    engine.store("f", &data(1), Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    let pad = pad_of(engine.clone(), "f").await;
+    let owner = master.pad_key(&pad).public_key();
+    let old = net.store.get(&owner).await.unwrap();
+    engine.remove("f").await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    engine.store("g", &data(2), Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    assert_eq!(
+        pad_of(engine.clone(), "g").await,
+        pad,
+        "g did not reuse f's pad"
+    );
+    drop(engine);
+
+    // A second machine: its first two gets of the pad find f's version.
+    net.stale.lock().unwrap().insert(owner, (old, 2));
+    let tier2 = TieredStore::open(
+        net.clone(),
+        master.root_key().public_key(),
+        config(&tmp.path().join("tier2")),
+    )
+    .await
+    .unwrap();
+    let reader = Engine::open(tier2.clone(), master.clone(), opts)
+        .await
+        .unwrap();
+    assert_eq!(reader.fetch("g").await.unwrap(), data(2));
+    assert_eq!(
+        net.stale.lock().unwrap()[&owner].1,
+        0,
+        "the old version was not served"
+    );
+    // What the tier kept is g's version: it reads with the network down.
+    net.down.store(true, Ordering::SeqCst);
+    drop(reader);
+    let reader = Engine::open(tier2, master.clone(), options()).await;
+    let reader = reader.unwrap();
+    assert_eq!(reader.fetch("g").await.unwrap(), data(2));
 }

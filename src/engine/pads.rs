@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lru::LruCache;
 use tokio::sync::Semaphore;
@@ -45,6 +46,17 @@ pub struct PadIo {
     /// A pad not here (free when the mount started) is written with no such promise.
     freed: Mutex<HashMap<PadSeed, u64>>,
 }
+
+/// Waits before asking a network again for a pad that came back older than the index's
+/// version: nodes back from a while away hold the versions from before it, and answer
+/// together until replication brings them the new one. Within the default `--timeout`.
+const STALE_RETRIES: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
 
 /// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
 const DEFAULT_GETS_IN_FLIGHT: usize = 16;
@@ -243,7 +255,9 @@ impl PadIo {
             .await
     }
 
-    /// Fetches and opens a whole pad, expected at `counter` if the caller knows it.
+    /// Fetches and opens a whole pad, expected at `counter` if the caller knows it. A version
+    /// older than that from a network is asked for again a few times (see [`STALE_RETRIES`]);
+    /// a copy that does not open is not kept by a caching store either way.
     async fn fetch_and_open(
         &self,
         sk: SecretKey,
@@ -252,14 +266,31 @@ impl PadIo {
         priority: Priority,
     ) -> Result<(Bytes, u64)> {
         let owner = sk.public_key();
-        let pad = {
-            let _place = match priority {
-                Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
-                Priority::Reader => None,
+        let mut retries = STALE_RETRIES.iter();
+        loop {
+            let pad = {
+                let _place = match priority {
+                    Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
+                    Priority::Reader => None,
+                };
+                self.store.get(&owner).await?
             };
-            self.store.get(&owner).await?
-        };
-        self.open_fetched(sk, pad, counter, hash, priority).await
+            let stale = counter.is_some_and(|c| pad.counter() < c);
+            let opened = self
+                .open_fetched(sk.clone(), pad, counter, hash, priority)
+                .await;
+            if opened.is_ok() {
+                return opened;
+            }
+            self.store.forget_fetched(&owner);
+            match retries.next() {
+                Some(wait) if stale && self.store.is_remote() => {
+                    tracing::debug!(pad = ?owner, "an older version than the index's; asking again");
+                    tokio::time::sleep(*wait).await;
+                }
+                _ => return opened,
+            }
+        }
     }
 
     /// Fetches a data or page pad and checks everything about it: its signature (which reads

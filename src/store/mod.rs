@@ -161,6 +161,9 @@ pub trait PadStore: Send + Sync + 'static {
     fn settled_root(&self) -> Option<u64> {
         None
     }
+    /// The copy of a pad this store keeps was found older than the index says, or damaged: a
+    /// store that caches what it fetched (the tier) drops it, so that the next get asks again.
+    fn forget_fetched(&self, _owner: &PublicKey) {}
     /// [`update`](Self::update) of a pad that no index root names from root version `root`
     /// on (the engine freed it with that root, and writes it again now): a store that sends
     /// writes on in root order (the tier) may send this one as soon as its destination holds
@@ -222,6 +225,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     fn settled_root(&self) -> Option<u64> {
         (**self).settled_root()
+    }
+    fn forget_fetched(&self, owner: &PublicKey) {
+        (**self).forget_fetched(owner)
     }
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
         (**self).update_freed(pad, root).await

@@ -1073,6 +1073,23 @@ impl PadStore for TieredStore {
         lock(&self.shared.state).network_root
     }
 
+    fn forget_fetched(&self, owner: &PublicKey) {
+        let shared = &self.shared;
+        let _pad = shared.lock_for(owner);
+        let mut state = lock(&shared.state);
+        // A staged version is this machine's own: the network's older copy is not it.
+        if state.staged.contains_key(owner) {
+            return;
+        }
+        if let Err(e) = shared.cache.remove(owner) {
+            tracing::warn!("could not drop a stale pad from the tier's cache: {e}");
+            return;
+        }
+        if let Some(bytes) = state.lru.pop(owner) {
+            state.cache_bytes -= bytes;
+        }
+    }
+
     async fn update_freed(&self, pad: Scratchpad, root: u64) -> Result<(), StoreError> {
         (self.shared)
             .blocking(move |s| s.stage(&pad, Origin::Freed(root)))
