@@ -1274,21 +1274,14 @@ impl State {
     /// back by a whole pad's upload; the pads it skips stay free for short writes (an index
     /// page's wait is a round trip) and for long ones once their roots are up.
     fn take_pad(&mut self, pads: &PadIo, bytes: usize) -> PadRef {
-        let cost = |pad: &PadRef| pads.upload_wait(&pad.seed);
-        let free = &mut self.index.free_pads;
-        let usable = match free.cheapest(cost) {
-            Some(0) => true,
-            Some(_) => bytes <= LONGEST_WAITING_WRITE,
-            None => false,
-        };
-        usable
-            .then(|| free.take_cheapest(cost))
-            .flatten()
-            .unwrap_or_else(|| {
-                let pad = PadRef::fresh();
-                self.fresh.unlogged.push(pad.seed);
-                pad
-            })
+        let waits = pads.upload_waits();
+        let cost = |pad: &PadRef| waits.of(&pad.seed);
+        let usable = |wait: u64| wait == 0 || bytes <= LONGEST_WAITING_WRITE;
+        (self.index.free_pads.take_cheapest(cost, usable)).unwrap_or_else(|| {
+            let pad = PadRef::fresh();
+            self.fresh.unlogged.push(pad.seed);
+            pad
+        })
     }
 
     /// Whether `op` can be applied. A replayed install may also claim pads from the free list

@@ -58,6 +58,24 @@ const STALE_RETRIES: [Duration; 5] = [
     Duration::from_secs(8),
 ];
 
+/// See [`PadIo::upload_waits`].
+pub struct UploadWaits<'a> {
+    freed: std::sync::MutexGuard<'a, HashMap<PadSeed, u64>>,
+    settled: Option<u64>,
+}
+
+impl UploadWaits<'_> {
+    /// 0 if a write of free pad `seed` may go at once (free since before this mount, or freed
+    /// with a root the destination holds), else the root version it waits for.
+    pub fn of(&self, seed: &PadSeed) -> u64 {
+        match (self.freed.get(seed), self.settled) {
+            (None, _) => 0,
+            (Some(&root), Some(settled)) if root <= settled => 0,
+            (Some(&root), _) => root,
+        }
+    }
+}
+
 /// Pad gets in flight unless the engine says otherwise (`EngineOptions::parallelism`).
 const DEFAULT_GETS_IN_FLIGHT: usize = 16;
 
@@ -103,16 +121,12 @@ impl PadIo {
         freed.extend(pads.into_iter().map(|seed| (seed, root)));
     }
 
-    /// How long a write of free pad `seed` would wait to reach the store's destination: 0 if
-    /// it may go at once (free since before this mount, or freed with a root the destination
-    /// holds), else the root version it waits for.
-    pub fn upload_wait(&self, seed: &PadSeed) -> u64 {
-        let Some(&root) = self.freed.lock().unwrap().get(seed) else {
-            return 0;
-        };
-        match self.store.settled_root() {
-            Some(settled) if root <= settled => 0,
-            _ => root,
+    /// How long writes of free pads would wait to reach the store's destination, as of now
+    /// ([`UploadWaits::of`]); holds the freed list while it lives.
+    pub fn upload_waits(&self) -> UploadWaits<'_> {
+        UploadWaits {
+            freed: self.freed.lock().unwrap(),
+            settled: self.store.settled_root(),
         }
     }
 

@@ -57,8 +57,14 @@ impl FreeList {
         Some(pad)
     }
 
-    /// The lowest `cost` among the last [`TAKE_LOOKS_AT`] pads, and where (nearest the end).
-    fn find_cheapest(&self, cost: impl Fn(&PadRef) -> u64) -> Option<(usize, u64)> {
+    /// Takes the pad nearest the end with the lowest `cost` among the last [`TAKE_LOOKS_AT`]
+    /// (the end, as [`pop`](Self::pop), unless pads there cost more), if `accept` takes its
+    /// cost; else leaves the list as it is.
+    pub fn take_cheapest(
+        &mut self,
+        cost: impl Fn(&PadRef) -> u64,
+        accept: impl FnOnce(u64) -> bool,
+    ) -> Option<PadRef> {
         let mut best: Option<(usize, u64)> = None;
         for (i, pad) in self.pads.iter().enumerate().rev().take(TAKE_LOOKS_AT) {
             let c = cost(pad);
@@ -69,18 +75,10 @@ impl FreeList {
                 break;
             }
         }
-        best
-    }
-
-    /// The cost [`take_cheapest`](Self::take_cheapest) would take a pad at.
-    pub fn cheapest(&self, cost: impl Fn(&PadRef) -> u64) -> Option<u64> {
-        self.find_cheapest(cost).map(|(_, c)| c)
-    }
-
-    /// Takes the pad nearest the end with the lowest `cost`, looking no further down than
-    /// [`TAKE_LOOKS_AT`] pads: the end, as [`pop`](Self::pop), unless pads there cost more.
-    pub fn take_cheapest(&mut self, cost: impl Fn(&PadRef) -> u64) -> Option<PadRef> {
-        let (i, _) = self.find_cheapest(cost)?;
+        let (i, c) = best?;
+        if !accept(c) {
+            return None;
+        }
         let pad = self.pads.remove(i);
         self.shorten_marks(i);
         Some(pad)
@@ -153,8 +151,13 @@ mod tests {
         let mut list = FreeList::committed(pads.clone());
         // Free at once beats waiting; of equal costs, the one nearest the end.
         let cost = cost_of(&[5, 0, 0, 3, 7, 7]);
-        assert_eq!(list.cheapest(&cost), Some(0));
-        assert_eq!(list.take_cheapest(&cost), Some(pads[2]));
+        assert_eq!(list.take_cheapest(&cost, |c| c > 0), None, "a cost refused");
+        assert_eq!(list.len(), 6, "a refused pad stays");
+        let took = list.take_cheapest(&cost, |c| {
+            assert_eq!(c, 0);
+            true
+        });
+        assert_eq!(took, Some(pads[2]));
         assert_eq!(
             list.committed_prefix(),
             2,
@@ -162,11 +165,11 @@ mod tests {
         );
         // All waiting: the shortest wait.
         let cost = cost_of(&[5, 9, 0, 3, 7, 7]);
-        assert_eq!(list.take_cheapest(&cost), Some(pads[3]));
+        assert_eq!(list.take_cheapest(&cost, |_| true), Some(pads[3]));
         assert_eq!(list.len(), 4);
         // No cost: a stack, as pop.
-        assert_eq!(list.take_cheapest(|_| 0), Some(pads[5]));
-        assert_eq!(FreeList::default().take_cheapest(|_| 0), None);
+        assert_eq!(list.take_cheapest(|_| 0, |_| true), Some(pads[5]));
+        assert_eq!(FreeList::default().take_cheapest(|_| 0, |_| true), None);
     }
 
     #[test]

@@ -700,19 +700,26 @@ impl Shared {
                     None => return,
                 }
             };
-            let _pad = self.lock_for(&victim);
-            let mut state = lock(&self.state);
-            if state.staged.contains_key(&victim) {
-                continue;
-            }
-            if let Err(e) = self.cache.remove(&victim) {
+            if let Err(e) = self.drop_cached(&victim) {
                 tracing::warn!("could not evict a pad from the tier's cache: {e}");
                 return;
             }
-            if let Some(bytes) = state.lru.pop(&victim) {
-                state.cache_bytes -= bytes;
-            }
         }
+    }
+
+    /// Removes `owner`'s cached copy unless a version of it is staged (this machine's own,
+    /// never dropped before its upload).
+    fn drop_cached(&self, owner: &PublicKey) -> Result<(), StoreError> {
+        let _pad = self.lock_for(owner);
+        let mut state = lock(&self.state);
+        if state.staged.contains_key(owner) {
+            return Ok(());
+        }
+        self.cache.remove(owner)?;
+        if let Some(bytes) = state.lru.pop(owner) {
+            state.cache_bytes -= bytes;
+        }
+        Ok(())
     }
 
     /// Drops the cache if the network's root is not the one this disk holds: another machine
@@ -1074,19 +1081,8 @@ impl PadStore for TieredStore {
     }
 
     fn forget_fetched(&self, owner: &PublicKey) {
-        let shared = &self.shared;
-        let _pad = shared.lock_for(owner);
-        let mut state = lock(&shared.state);
-        // A staged version is this machine's own: the network's older copy is not it.
-        if state.staged.contains_key(owner) {
-            return;
-        }
-        if let Err(e) = shared.cache.remove(owner) {
+        if let Err(e) = self.shared.drop_cached(owner) {
             tracing::warn!("could not drop a stale pad from the tier's cache: {e}");
-            return;
-        }
-        if let Some(bytes) = state.lru.pop(owner) {
-            state.cache_bytes -= bytes;
         }
     }
 
