@@ -105,6 +105,9 @@ async fn pad_store_round_trip() {
     let (r, took) = timed("get (missing)", store.get(&pk)).await;
     assert_eq!(r.unwrap_err(), StoreError::NotFound);
     assert!(took < Duration::from_secs(5), "a missing get took {took:?}");
+    let (r, took) = timed("get newest (missing)", store.get_newest(&pk)).await;
+    assert_eq!(r.unwrap_err(), StoreError::NotFound);
+    assert!(took < Duration::from_secs(5), "a missing get took {took:?}");
     let (r, _) = timed("update (missing)", store.update(pad(&sk, b"x", 1))).await;
     assert_eq!(r, Err(StoreError::NotFound));
 
@@ -141,6 +144,9 @@ async fn pad_store_round_trip() {
         got.decrypt_data(&sk).unwrap(),
         Bytes::from_static(b"version 1")
     );
+    // Every node asked, the newest version is the one just written.
+    let (got, _) = timed("get newest (small)", store.get_newest(&pk)).await;
+    assert_eq!(got.unwrap(), v1);
     // The same pad again is a no-op the nodes accept.
     store.update(v1).await.unwrap();
 

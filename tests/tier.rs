@@ -31,8 +31,11 @@ struct FakeNetwork {
     writes_done: AtomicU64,
     /// Every write that landed: (owner, counter, was a create).
     log: Mutex<Vec<(PublicKey, u64, bool)>>,
-    /// Pads served at an older version the next few gets (nodes back from a while away).
+    /// Pads `get` serves at an older version the next few times (nodes back from a while away
+    /// form the majority); `get_newest`, which asks every holder, finds the newest.
     stale: Mutex<std::collections::HashMap<PublicKey, (Scratchpad, usize)>>,
+    /// Calls of `get_newest`.
+    newest_gets: AtomicU64,
 }
 
 impl FakeNetwork {
@@ -44,6 +47,7 @@ impl FakeNetwork {
             writes_done: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             stale: Mutex::new(std::collections::HashMap::new()),
+            newest_gets: AtomicU64::new(0),
         })
     }
 
@@ -99,6 +103,11 @@ impl PadStore for FakeNetwork {
                 return Ok(old.clone());
             }
         }
+        self.store.get(owner).await
+    }
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.check_up()?;
+        self.newest_gets.fetch_add(1, Ordering::SeqCst);
         self.store.get(owner).await
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
@@ -737,8 +746,8 @@ async fn a_long_write_takes_no_freed_pad_whose_upload_would_wait() {
     assert_eq!(view["c"].0, data(3));
 }
 
-/// Nodes back from a while away answer with a pad's version from before: a reader asks again
-/// rather than fail, and the tier keeps the version the index names, not the old one.
+/// Nodes back from a while away answer with a pad's version from before: a reader asks every
+/// holder rather than fail, and the tier keeps the version the index names, not the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
     const PAD: u32 = 1 << 20;
@@ -774,8 +783,8 @@ async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
     );
     drop(engine);
 
-    // A second machine: its first two gets of the pad find f's version.
-    net.stale.lock().unwrap().insert(owner, (old, 2));
+    // A second machine: every majority get of the pad finds f's version.
+    net.stale.lock().unwrap().insert(owner, (old, usize::MAX));
     let tier2 = TieredStore::open(
         net.clone(),
         master.root_key().public_key(),
@@ -789,7 +798,7 @@ async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
     assert_eq!(reader.fetch("g").await.unwrap(), data(2));
     assert_eq!(
         net.stale.lock().unwrap()[&owner].1,
-        0,
+        usize::MAX - 1,
         "the old version was not served"
     );
     // What the tier kept is g's version: it reads with the network down.
@@ -798,4 +807,37 @@ async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
     let reader = Engine::open(tier2, master.clone(), options()).await;
     let reader = reader.unwrap();
     assert_eq!(reader.fetch("g").await.unwrap(), data(2));
+}
+
+/// A fresh data dir that has only the key reads the index root from every node that may hold
+/// it: a majority of nodes back from a while away would serve the root from before the last
+/// commit, and with it files that are gone and pads that hold other content by now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_reader_takes_the_newest_root_not_the_one_a_majority_holds() {
+    let (tmp, net, master, tier, engine) = engine_over_a_gated_network(options()).await;
+    net.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    let root = master.root_key().public_key();
+    engine.store("a", b"first", Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    let old_root = net.store.get(&root).await.unwrap();
+    engine.remove("a").await.unwrap();
+    engine.store("b", b"second", Meta::file()).await.unwrap();
+    engine.commit().await.unwrap();
+    tier.flush().await.unwrap();
+    drop(engine);
+
+    net.stale
+        .lock()
+        .unwrap()
+        .insert(root, (old_root, usize::MAX));
+    let tier2 = TieredStore::open(net.clone(), root, config(&tmp.path().join("tier2")))
+        .await
+        .unwrap();
+    let reader = Engine::open(tier2, master.clone(), options())
+        .await
+        .unwrap();
+    assert_eq!(reader.fetch("b").await.unwrap(), b"second");
+    assert!(reader.fetch("a").await.is_err(), "the old root was read");
+    assert!(net.newest_gets.load(Ordering::SeqCst) >= 1);
 }

@@ -47,11 +47,12 @@ pub struct PadIo {
     freed: Mutex<HashMap<PadSeed, u64>>,
 }
 
-/// Waits before asking a network again for a pad that came back older than the index's
-/// version: nodes back from a while away hold the versions from before it, and answer
-/// together until replication brings them the new one. Within the default `--timeout`.
+/// Waits before asking a network again, every node of the pad's close group this time
+/// ([`PadStore::get_newest`]), for a pad that came back older than the index's version: nodes
+/// back from a while away hold the versions from before it, and can form a majority. One of
+/// the group holds the new version unless it is still spreading. Within the default `--timeout`.
 const STALE_RETRIES: [Duration; 5] = [
-    Duration::from_millis(500),
+    Duration::ZERO,
     Duration::from_secs(1),
     Duration::from_secs(2),
     Duration::from_secs(4),
@@ -271,7 +272,8 @@ impl PadIo {
 
     /// Fetches and opens a whole pad, expected at `counter` if the caller knows it. A version
     /// older than that from a network is asked for again a few times (see [`STALE_RETRIES`]);
-    /// a copy that does not open is not kept by a caching store either way.
+    /// a copy that does not open is not kept by a caching store either way. A pad whose version
+    /// nothing vouches for (the index root) is asked of every node that may hold it.
     async fn fetch_and_open(
         &self,
         sk: SecretKey,
@@ -280,6 +282,8 @@ impl PadIo {
         priority: Priority,
     ) -> Result<(Bytes, u64)> {
         let owner = sk.public_key();
+        let remote = self.store.is_remote();
+        let mut newest = counter.is_none() && remote;
         let mut retries = STALE_RETRIES.iter();
         loop {
             let pad = {
@@ -287,7 +291,10 @@ impl PadIo {
                     Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
                     Priority::Reader => None,
                 };
-                self.store.get(&owner).await?
+                match newest {
+                    true => self.store.get_newest(&owner).await?,
+                    false => self.store.get(&owner).await?,
+                }
             };
             let stale = counter.is_some_and(|c| pad.counter() < c);
             let opened = self
@@ -298,9 +305,10 @@ impl PadIo {
             }
             self.store.forget_fetched(&owner);
             match retries.next() {
-                Some(wait) if stale && self.store.is_remote() => {
-                    tracing::debug!(pad = ?owner, "an older version than the index's; asking again");
+                Some(wait) if stale && remote => {
+                    tracing::debug!(pad = ?owner, "an older version than the index's; asking every holder");
                     tokio::time::sleep(*wait).await;
+                    newest = true;
                 }
                 _ => return opened,
             }

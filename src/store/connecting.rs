@@ -85,6 +85,9 @@ impl<S: PadStore> PadStore for ConnectingStore<S> {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         self.joined()?.get(owner).await
     }
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.joined()?.get_newest(owner).await
+    }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.joined()?.exists(owner).await
     }

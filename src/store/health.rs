@@ -64,6 +64,9 @@ impl<S: PadStore> PadStore for HealthStore<S> {
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         self.stats.note(self.inner.get(owner).await)
     }
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.stats.note(self.inner.get_newest(owner).await)
+    }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.stats.note(self.inner.exists(owner).await)
     }

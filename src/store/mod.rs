@@ -173,6 +173,14 @@ pub trait PadStore: Send + Sync + 'static {
     }
     /// The current version of the pad owned by `owner`.
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
+    /// The newest version of the pad that any place holding it has, asked for harder than
+    /// [`get`](Self::get): a network store asks each of the pad's closest nodes and takes the
+    /// newest signed version, where `get` takes what a majority answers first (which nodes
+    /// back from an absence can form with a version they kept). Slower; for a pad whose
+    /// version nothing else vouches for, or that `get` returned older than the index says.
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.get(owner).await
+    }
     /// Whether a pad exists, without fetching it.
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError>;
     /// The counter of the pad's current version (a writer that found it existing goes past
@@ -234,6 +242,9 @@ impl<T: PadStore + ?Sized> PadStore for std::sync::Arc<T> {
     }
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         (**self).get(owner).await
+    }
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        (**self).get_newest(owner).await
     }
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         (**self).exists(owner).await

@@ -5,7 +5,10 @@
 //!   transaction (`payments.rs`). If the put fails after the payment went through, the receipt
 //!   is kept and the next `create` of that pad reuses it, so a retried creation is paid once.
 //! - `update` is `Client::scratchpad_put_update`: a pre-signed pad, no payment, no read.
-//! - `get` is `Client::scratchpad_get`, `exists` is `Client::scratchpad_check_existence`.
+//! - `get` is a DHT query at a majority of the pad's close group, taking the newest version the
+//!   nodes that answered hold when fewer answer; with no answer, each of the closest nodes is
+//!   asked directly. `get_newest` always asks them all. `exists` is
+//!   `Client::scratchpad_check_existence`.
 //!
 //! Nodes keep a new version of a scratchpad only if its counter is strictly higher than theirs
 //! (an identical copy is accepted as a no-op). A refusal comes back to the client as the string
@@ -241,6 +244,13 @@ fn newest_of(records: Vec<Record>, address: &ScratchpadAddress) -> Option<Scratc
         .max_by_key(|p| p.counter())
 }
 
+/// How many of a pad's closest nodes [`NetworkStore::ask_closest`] asks (as autonomi's own
+/// fallback does): the close group that stores it and the nodes replication may have reached.
+const CLOSEST_ASKED: usize = 20;
+
+/// How long a node asked directly for a pad has to answer.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn permanent(what: impl std::fmt::Display) -> StoreError {
     StoreError::Permanent(what.to_string())
 }
@@ -267,6 +277,49 @@ impl NetworkStore {
             _ => return None,
         };
         newest_of(records, address)
+    }
+
+    /// Every version the pad's closest nodes hold, each node asked directly (the fallback of
+    /// autonomi's own get wants 20 nodes, more than a small or degraded network has). A node
+    /// that does not answer within [`ASK_TIMEOUT`] is left out. An error if no node was found
+    /// to ask: that says nothing of whether the pad exists.
+    async fn ask_closest(&self, address: &ScratchpadAddress) -> Result<Vec<Record>, StoreError> {
+        let at = NetworkAddress::from(*address);
+        let network = self.client.network();
+        let peers = match network
+            .get_closest_peers_kad_only(at.clone(), Some(CLOSEST_ASKED))
+            .await
+        {
+            Ok(peers) | Err(NetworkError::InsufficientPeers { peers, .. }) => peers,
+            Err(NetworkError::IncompatibleNetworkProtocol) => {
+                return Err(permanent(NetworkError::IncompatibleNetworkProtocol))
+            }
+            Err(e) => return Err(StoreError::Transient(e.to_string())),
+        };
+        if peers.is_empty() {
+            return Err(StoreError::Transient(
+                "no node found to ask for the pad".into(),
+            ));
+        }
+        let asked = peers.len();
+        let asks = peers.into_iter().map(|peer| {
+            let at = at.clone();
+            async move {
+                match tokio::time::timeout(ASK_TIMEOUT, network.get_record_from_peer(at, peer))
+                    .await
+                {
+                    Ok(Ok(record)) => record,
+                    _ => None,
+                }
+            }
+        });
+        let records: Vec<Record> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        tracing::debug!(pad = %short(address.owner()), asked, held = records.len(), "asked the closest nodes");
+        Ok(records)
     }
 
     /// Joins the network and loads the wallet.
@@ -664,10 +717,9 @@ impl PadStore for NetworkStore {
         let mut result = match self.get_from_holders(&address).await {
             Some(pad) => Ok(pad),
             None => self
-                .client
-                .scratchpad_get(&address)
+                .ask_closest(&address)
                 .await
-                .map_err(|e| map_error(None, 0, e)),
+                .and_then(|records| newest_of(records, &address).ok_or(StoreError::NotFound)),
         };
         if result == Err(StoreError::NotFound) && self.exists(owner).await == Ok(true) {
             // A get answers "no record" when its query reached no node holding the pad (a young
@@ -690,6 +742,22 @@ impl PadStore for NetworkStore {
             }
         }
         result
+    }
+
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let started = Instant::now();
+        let address = ScratchpadAddress::new(*owner);
+        let records = self.ask_closest(&address).await?;
+        match newest_of(records, &address) {
+            Some(pad) => {
+                self.stats.gets.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(pad = %short(owner), counter = pad.counter(), elapsed = ?started.elapsed(), "got the newest version");
+                Ok(pad)
+            }
+            // No node that answered holds it: the usual get decides between "missing" and
+            // "not found yet".
+            None => self.get(owner).await,
+        }
     }
 
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {

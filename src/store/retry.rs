@@ -151,6 +151,10 @@ impl<S: PadStore> PadStore for RetryingStore<S> {
         self.run("get", || self.inner.get(owner)).await
     }
 
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        self.run("get", || self.inner.get_newest(owner)).await
+    }
+
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
         self.run("exists", || self.inner.exists(owner)).await
     }

@@ -82,6 +82,14 @@ impl<S: PadStore> CountingStore<S> {
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
+
+    fn count_get(&self, pad: Scratchpad) -> Scratchpad {
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
+        pad
+    }
 }
 
 #[async_trait]
@@ -102,11 +110,12 @@ impl<S: PadStore> PadStore for CountingStore<S> {
 
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         let pad = self.inner.get(owner).await?;
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_read
-            .fetch_add(pad.payload_size() as u64, Ordering::Relaxed);
-        Ok(pad)
+        Ok(self.count_get(pad))
+    }
+
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let pad = self.inner.get_newest(owner).await?;
+        Ok(self.count_get(pad))
     }
 
     async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {

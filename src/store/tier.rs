@@ -341,6 +341,19 @@ fn same_version(a: &Scratchpad, b: &Scratchpad) -> bool {
 }
 
 impl TieredStore {
+    /// A pad fetched from the network, kept on the side: the reader has its pad, and a read of
+    /// it before it is on disk only fetches it again.
+    fn keep_on_the_side(&self, pad: Scratchpad) -> Scratchpad {
+        let kept = pad.clone();
+        let keeper = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = keeper.keep_fetched(&kept) {
+                tracing::warn!("could not keep a fetched pad in the tier: {e}");
+            }
+        });
+        pad
+    }
+
     /// Opens (creating if needed) the tier in `cfg.dir` for the index whose root pad `root_owner`
     /// owns, in front of `inner`, and starts uploading what an earlier run left staged. Must be
     /// called within a tokio runtime.
@@ -1112,16 +1125,23 @@ impl PadStore for TieredStore {
             }
         }
         let pad = shared.inner.get(owner).await?;
-        // Kept on the side: the reader has its pad, and a read of it before it is on disk
-        // only fetches it again.
-        let kept = pad.clone();
-        let keeper = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = keeper.keep_fetched(&kept) {
-                tracing::warn!("could not keep a fetched pad in the tier: {e}");
-            }
-        });
-        Ok(pad)
+        Ok(self.keep_on_the_side(pad))
+    }
+
+    /// A staged pad is this mount's own write, newer than anything uploaded. Otherwise the
+    /// network's newest version, or the copy here if that is as new (or the network cannot
+    /// answer: a mount without the network starts from what the tier holds).
+    async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
+        let staged = lock(&self.shared.state).staged.contains_key(owner);
+        if staged {
+            return self.get(owner).await;
+        }
+        let here = self.shared.cache.get(owner).await.ok();
+        match (self.shared.inner.get_newest(owner).await, here) {
+            (Ok(there), Some(here)) if here.counter() >= there.counter() => Ok(here),
+            (Ok(there), _) => Ok(self.keep_on_the_side(there)),
+            (Err(e), here) => here.ok_or(e),
+        }
     }
 
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
