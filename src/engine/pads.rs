@@ -324,7 +324,7 @@ impl PadIo {
         let owner = sk.public_key();
         let fetched = {
             let _place = self.gets.acquire().await.expect("never closed");
-            self.store.get(&owner).await?
+            self.store.get_newest(&owner).await?
         };
         let (checked, signed) = blocking(Priority::Background, move || {
             let signed = seal::signature_ok(&fetched);

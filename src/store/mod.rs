@@ -171,13 +171,14 @@ pub trait PadStore: Send + Sync + 'static {
     async fn update_freed(&self, pad: Scratchpad, _root: u64) -> Result<(), StoreError> {
         self.update(pad).await
     }
-    /// The current version of the pad owned by `owner`.
+    /// A version of the pad owned by `owner`: the current one, except that a network store
+    /// answers with the first version a node returns, which may be older (a node that was
+    /// away). Readers that know the version to expect check it.
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError>;
-    /// The newest version of the pad that any place holding it has, asked for harder than
-    /// [`get`](Self::get): a network store asks each of the pad's closest nodes and takes the
-    /// newest signed version, where `get` takes what a majority answers first (which nodes
-    /// back from an absence can form with a version they kept). Slower; for a pad whose
-    /// version nothing else vouches for, or that `get` returned older than the index says.
+    /// The newest version of the pad any place holding it has: a network store waits for
+    /// every node of the pad's close group that answers and takes the newest signed version.
+    /// Slower than [`get`](Self::get); for a pad whose version nothing else vouches for (the
+    /// index root), or that `get` returned older than the index says.
     async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
         self.get(owner).await
     }
@@ -186,7 +187,7 @@ pub trait PadStore: Send + Sync + 'static {
     /// The counter of the pad's current version (a writer that found it existing goes past
     /// it). The local store reads it from the pad's header alone, which a trimmed pad keeps.
     async fn counter(&self, owner: &PublicKey) -> Result<u64, StoreError> {
-        Ok(self.get(owner).await?.counter())
+        Ok(self.get_newest(owner).await?.counter())
     }
     /// Bytes `range` of the current version's `encrypted_data`, unchecked, or `None` if this
     /// store can only fetch whole pads (the network). Readers check parts against hashes of a

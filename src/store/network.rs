@@ -5,10 +5,10 @@
 //!   transaction (`payments.rs`). If the put fails after the payment went through, the receipt
 //!   is kept and the next `create` of that pad reuses it, so a retried creation is paid once.
 //! - `update` is `Client::scratchpad_put_update`: a pre-signed pad, no payment, no read.
-//! - `get` is a DHT query at a majority of the pad's close group, taking the newest version the
-//!   nodes that answered hold when fewer answer; with no answer, each of the closest nodes is
-//!   asked directly. `get_newest` always asks them all. `exists` is
-//!   `Client::scratchpad_check_existence`.
+//! - `get` is a DHT query that ends with the first node to return the pad; `get_newest` one
+//!   that waits for the whole close group, taking the newest version of those that answer
+//!   (some may be gone). With no answer, each of the closest nodes is asked directly.
+//!   `exists` is `Client::scratchpad_check_existence`.
 //!
 //! Nodes keep a new version of a scratchpad only if its counter is strictly higher than theirs
 //! (an identical copy is accepted as a no-op). A refusal comes back to the client as the string
@@ -37,6 +37,7 @@ use autonomi::{
     AttoTokens, BootstrapConfig, Client, ClientConfig, ClientOperatingStrategy, Multiaddr,
     PublicKey, Wallet,
 };
+use futures::StreamExt;
 
 use super::payments::Payer;
 use super::{PadStore, StoreError};
@@ -248,42 +249,84 @@ fn newest_of(records: Vec<Record>, address: &ScratchpadAddress) -> Option<Scratc
 /// fallback does): the close group that stores it and the nodes replication may have reached.
 const CLOSEST_ASKED: usize = 20;
 
-/// How long a node asked directly for a pad has to answer.
+/// How long the nodes asked directly for a pad have to answer.
 const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the other nodes asked have to answer once one has returned the pad: a node that
+/// is up answers within milliseconds, one that is gone never does.
+const ASK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn permanent(what: impl std::fmt::Display) -> StoreError {
     StoreError::Permanent(what.to_string())
 }
 
 impl NetworkStore {
-    /// One query for the pad, at the usual majority of its close group. When fewer nodes than
-    /// that answer (nodes of the group gone), autonomi's own get asks again and again until it
-    /// gives up, so a read fails whenever a third of the network is away; the versions the
-    /// nodes that did answer returned are kept instead, the newest of them. `None` when no
-    /// node returned the pad: the full get (retries, the direct fallback, "not found") decides.
-    async fn get_from_holders(&self, address: &ScratchpadAddress) -> Option<Scratchpad> {
-        let at = NetworkAddress::from(*address);
-        let records = match self.client.network().get_record(at, Quorum::Majority).await {
+    /// The pad, found by one DHT query that ends once `quorum` nodes of its close group have
+    /// returned the same version, or when the query does. Fewer than that (nodes of the group
+    /// gone) is no failure here, where autonomi's own get would ask again and again and give
+    /// up: the newest version the nodes that answered returned is taken. With no such node,
+    /// each of the closest nodes is asked directly; then "not found", or "not found yet" if
+    /// the network says the pad exists.
+    async fn find(&self, owner: &PublicKey, quorum: Quorum) -> Result<Scratchpad, StoreError> {
+        let address = ScratchpadAddress::new(*owner);
+        let at = NetworkAddress::from(address);
+        let records = match self.client.network().get_record(at, quorum).await {
             Ok(Some(record)) => vec![record],
             Err(NetworkError::GetRecordQuorumFailed { holders, .. }) => {
                 tracing::debug!(
-                    pad = %short(address.owner()),
+                    pad = %short(owner),
                     answered = holders.len(),
-                    "fewer nodes than a majority returned the pad: the newest they hold"
+                    ?quorum,
+                    "fewer nodes than asked for returned the pad: the newest they hold"
                 );
                 holders.into_values().collect()
             }
             Err(NetworkError::SplitRecord(versions)) => versions.into_values().collect(),
-            _ => return None,
+            _ => Vec::new(),
         };
-        newest_of(records, address)
+        if let Some(pad) = newest_of(records, &address) {
+            return Ok(pad);
+        }
+        let asked = self.ask_closest(&address).await;
+        let result = asked.and_then(|r| newest_of(r, &address).ok_or(StoreError::NotFound));
+        if result == Err(StoreError::NotFound) && self.exists(owner).await == Ok(true) {
+            // A get answers "no record" when its query reached no node holding the pad (a young
+            // network, a pad written moments ago, peers churning); the existence check asks the
+            // closest nodes directly. A pad some node holds is there to be read on a retry.
+            return Err(StoreError::Transient(
+                "the pad exists but no node returned it yet".into(),
+            ));
+        }
+        result
     }
 
-    /// Every version the pad's closest nodes hold, each node asked directly (the fallback of
-    /// autonomi's own get wants 20 nodes, more than a small or degraded network has). A node
-    /// that does not answer within [`ASK_TIMEOUT`] is left out. An error if no node was found
-    /// to ask: that says nothing of whether the pad exists.
+    /// [`find`](Self::find), counted and logged.
+    async fn counted_get(
+        &self,
+        owner: &PublicKey,
+        quorum: Quorum,
+    ) -> Result<Scratchpad, StoreError> {
+        let started = Instant::now();
+        let result = self.find(owner, quorum).await;
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(pad) => {
+                tracing::trace!(pad = %short(owner), counter = pad.counter(), ?quorum, elapsed = ?started.elapsed(), "got pad")
+            }
+            Err(e) => {
+                tracing::debug!(pad = %short(owner), error = %e, ?quorum, elapsed = ?started.elapsed(), "get failed")
+            }
+        }
+        result
+    }
+
+    /// The versions the pad's closest nodes hold, each node asked directly (the fallback of
+    /// autonomi's own get wants 20 nodes, more than a small or degraded network has). Nodes
+    /// that are gone never answer: once one node has returned the pad, the others have
+    /// [`ASK_GRACE`] more, and none more than [`ASK_TIMEOUT`] in all. An error if no node was
+    /// found to ask: that says nothing of whether the pad exists.
     async fn ask_closest(&self, address: &ScratchpadAddress) -> Result<Vec<Record>, StoreError> {
+        let started = Instant::now();
         let at = NetworkAddress::from(*address);
         let network = self.client.network();
         let peers = match network
@@ -301,24 +344,29 @@ impl NetworkStore {
                 "no node found to ask for the pad".into(),
             ));
         }
-        let asked = peers.len();
-        let asks = peers.into_iter().map(|peer| {
-            let at = at.clone();
-            async move {
-                match tokio::time::timeout(ASK_TIMEOUT, network.get_record_from_peer(at, peer))
-                    .await
-                {
-                    Ok(Ok(record)) => record,
-                    _ => None,
-                }
-            }
-        });
-        let records: Vec<Record> = futures::future::join_all(asks)
-            .await
+        let (asked, found_peers) = (peers.len(), started.elapsed());
+        let mut asks: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
-            .flatten()
+            .map(|peer| network.get_record_from_peer(at.clone(), peer))
             .collect();
-        tracing::debug!(pad = %short(address.owner()), asked, held = records.len(), "asked the closest nodes");
+        let mut until = tokio::time::Instant::now() + ASK_TIMEOUT;
+        let mut records = Vec::new();
+        while let Ok(Some(answer)) = tokio::time::timeout_at(until, asks.next()).await {
+            if let Ok(Some(record)) = answer {
+                if records.is_empty() {
+                    until = until.min(tokio::time::Instant::now() + ASK_GRACE);
+                }
+                records.push(record);
+            }
+        }
+        tracing::debug!(
+            pad = %short(address.owner()),
+            asked,
+            held = records.len(),
+            ?found_peers,
+            elapsed = ?started.elapsed(),
+            "asked the closest nodes"
+        );
         Ok(records)
     }
 
@@ -711,53 +759,17 @@ impl PadStore for NetworkStore {
         result
     }
 
+    /// The first version a node returns: at once, however many of the pad's close group are
+    /// gone. It may be older than the newest (a node that was away); readers that know the
+    /// version to expect check it and ask [`get_newest`](PadStore::get_newest) when it is.
     async fn get(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        let started = Instant::now();
-        let address = ScratchpadAddress::new(*owner);
-        let mut result = match self.get_from_holders(&address).await {
-            Some(pad) => Ok(pad),
-            None => self
-                .ask_closest(&address)
-                .await
-                .and_then(|records| newest_of(records, &address).ok_or(StoreError::NotFound)),
-        };
-        if result == Err(StoreError::NotFound) && self.exists(owner).await == Ok(true) {
-            // A get answers "no record" when its query reached no node holding the pad (a young
-            // network, a pad written moments ago, peers churning); the existence check asks the
-            // closest nodes directly. A pad some node holds is there to be read on a retry.
-            result = Err(StoreError::Transient(
-                "the pad exists but no node returned it yet".into(),
-            ));
-        }
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        match &result {
-            Ok(pad) if pad.owner() != owner => {
-                return Err(StoreError::Corrupt("pad of another owner".into()));
-            }
-            Ok(pad) => {
-                tracing::trace!(pad = %short(owner), counter = pad.counter(), elapsed = ?started.elapsed(), "got pad")
-            }
-            Err(e) => {
-                tracing::debug!(pad = %short(owner), error = %e, elapsed = ?started.elapsed(), "get failed")
-            }
-        }
-        result
+        self.counted_get(owner, Quorum::One).await
     }
 
+    /// The newest version the whole close group holds (the nodes that answer, if some are
+    /// gone).
     async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        let started = Instant::now();
-        let address = ScratchpadAddress::new(*owner);
-        let records = self.ask_closest(&address).await?;
-        match newest_of(records, &address) {
-            Some(pad) => {
-                self.stats.gets.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(pad = %short(owner), counter = pad.counter(), elapsed = ?started.elapsed(), "got the newest version");
-                Ok(pad)
-            }
-            // No node that answered holds it: the usual get decides between "missing" and
-            // "not found yet".
-            None => self.get(owner).await,
-        }
+        self.counted_get(owner, Quorum::All).await
     }
 
     async fn exists(&self, owner: &PublicKey) -> Result<bool, StoreError> {
