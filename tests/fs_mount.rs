@@ -17,6 +17,45 @@ fn setup() -> (tempfile::TempDir, Mount) {
     (dir, mount)
 }
 
+/// Inode numbers survive a remount, as on a disk: git compares them in its index, and a changed
+/// number makes `git status` read every file again ("refreshing the index"). A file made again
+/// under a name just removed gets a new number, as the kernel may still know the old one.
+#[test]
+fn inode_numbers_survive_a_remount() {
+    let (dir, mount) = setup();
+    let mnt = mount.mnt.clone();
+    sh(
+        &mnt,
+        "mkdir -p d/e && printf a > d/a && printf b > d/e/b && ln -s a d/link
+         printf h > h1 && ln h1 h2",
+    );
+    let numbers = |mnt: &Path| sh_output(mnt, "find . -printf '%p %i\\n' | sort").stdout;
+    let before = String::from_utf8(numbers(&mnt)).unwrap();
+    assert_eq!(before.lines().count(), 8, "{before}");
+    let distinct: std::collections::HashSet<&str> = before
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(distinct.len(), 7, "h1 and h2 share one number: {before}");
+    let a = fs::metadata(mnt.join("d/a")).unwrap().ino();
+    fs::remove_file(mnt.join("d/a")).unwrap();
+    fs::write(mnt.join("d/a"), b"again").unwrap();
+    assert_ne!(fs::metadata(mnt.join("d/a")).unwrap().ino(), a);
+    mount.unmount();
+
+    let mount = Mount::start(&dir.path().join("data"), &mnt, &[]);
+    let after = String::from_utf8(numbers(&mnt)).unwrap();
+    let unchanged = |listing: &str| -> Vec<String> {
+        listing
+            .lines()
+            .filter(|l| !l.starts_with("./d/a "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(unchanged(&after), unchanged(&before));
+    mount.unmount();
+}
+
 /// A tree with nested dirs, symlinks, odd modes, empty files and files larger than one pad.
 fn make_tree(root: &Path) {
     sh(

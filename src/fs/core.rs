@@ -757,8 +757,11 @@ impl FsCore {
         let id = match ns.get(ino).and_then(|n| n.link) {
             Some(id) => id,
             None => {
+                // The file's number, so that it keeps it at the next mount (namespace.rs).
+                let mut candidates =
+                    std::iter::once(ino).chain(std::iter::repeat_with(rand::random::<u64>));
                 let id = loop {
-                    let id = rand::random::<u64>();
+                    let id = candidates.next().expect("endless");
                     if self.engine.entry_meta(&inode_key(id)).await.is_none() {
                         break id;
                     }

@@ -1,8 +1,13 @@
 //! The directory tree in memory: inode numbers, names and parents. The index keys are paths
-//! (`dir/sub/file`, the root is the empty key); the tree is rebuilt from them at mount, and inode
-//! numbers are stable for the life of a mount.
+//! (`dir/sub/file`, the root is the empty key); the tree is rebuilt from them at mount.
+//!
+//! A node's inode number is derived from its index key, so a file not renamed keeps its number
+//! from one mount to the next, as programs that remember numbers expect (git's index, backup
+//! tools' file caches: a changed number makes them read the file again). Within a mount a
+//! number is never given twice, even after its file is gone (the kernel may still know it): a
+//! number taken goes to the next free one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::children::Children;
@@ -10,6 +15,9 @@ use super::open_file::OpenFile;
 use crate::index::{inode_key, FileKind};
 
 pub const ROOT_INO: u64 = 1;
+
+/// Inode numbers have 63 bits: some programs keep them signed.
+const INO_MASK: u64 = u64::MAX >> 1;
 
 /// Key under which a file unlinked while open lives until its last handle closes. A NUL byte
 /// cannot occur in a path, so these never clash with a file name.
@@ -59,7 +67,8 @@ impl Node {
 
 pub struct Namespace {
     nodes: HashMap<u64, Node>,
-    next_ino: u64,
+    /// Every inode number given in this mount.
+    given: HashSet<u64>,
     /// File number (hard links) -> inode.
     linked: HashMap<u64, u64>,
 }
@@ -78,9 +87,29 @@ impl Namespace {
         nodes.insert(ROOT_INO, Node::new(ROOT_INO, String::new(), FileKind::Dir));
         Namespace {
             nodes,
-            next_ino: ROOT_INO + 1,
+            given: HashSet::from([ROOT_INO]),
             linked: HashMap::new(),
         }
+    }
+
+    /// A number for the node whose entry lives under `key`: the key's own (see the module's
+    /// doc), or the next one free in this mount.
+    fn number_for(&mut self, key: &str) -> u64 {
+        let hash = blake3::hash(key.as_bytes());
+        let mut ino = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap()) & INO_MASK;
+        while ino <= ROOT_INO || !self.given.insert(ino) {
+            ino = (ino + 1) & INO_MASK;
+        }
+        ino
+    }
+
+    /// A number for the file numbered `id` (hard links): `id` itself, which `link(2)` takes
+    /// from the number the file had when it got its second name, so that it keeps it.
+    fn number_for_link(&mut self, id: u64) -> u64 {
+        if id > ROOT_INO && id <= INO_MASK && self.given.insert(id) {
+            return id;
+        }
+        self.number_for(&inode_key(id))
     }
 
     /// Builds the tree from index keys (sorted, so a parent comes before its children). Keys
@@ -105,7 +134,11 @@ impl Namespace {
                             ino
                         }
                         None => {
-                            let ino = ns.insert(parent, &name, info.kind);
+                            let ino = match info.link {
+                                Some(id) => ns.number_for_link(id),
+                                None => ns.number_for(&info.key),
+                            };
+                            ns.insert_numbered(ino, parent, &name, info.kind);
                             if let Some(id) = info.link {
                                 ns.set_link(ino, id);
                             }
@@ -173,9 +206,15 @@ impl Namespace {
         Some(join(&self.path(parent)?, name))
     }
 
+    /// Puts a new node in the tree, numbered by its path.
     pub fn insert(&mut self, parent: u64, name: &str, kind: FileKind) -> u64 {
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let key = self.name_key(parent, name).expect("parent exists");
+        let ino = self.number_for(&key);
+        self.insert_numbered(ino, parent, name, kind);
+        ino
+    }
+
+    fn insert_numbered(&mut self, ino: u64, parent: u64, name: &str, kind: FileKind) {
         self.nodes
             .insert(ino, Node::new(parent, name.to_string(), kind));
         self.nodes
@@ -183,7 +222,6 @@ impl Namespace {
             .expect("parent exists")
             .children
             .insert(name.to_string(), ino, kind == FileKind::Dir);
-        ino
     }
 
     /// Marks a node as the file numbered `id` (it lives under its inode key from now on).
@@ -411,5 +449,46 @@ mod tests {
         assert_eq!(ns.child(ROOT_INO, "three"), Some(ino));
         assert_eq!(ns.detach(ROOT_INO, "three"), Some(false));
         assert!(ns.get(ino).is_none() && ns.linked(7).is_none());
+    }
+
+    #[test]
+    fn a_file_keeps_its_number_across_mounts_and_no_number_is_given_twice() {
+        let keys = || {
+            vec![
+                key("d", FileKind::Dir, None),
+                key("d/f", FileKind::File, None),
+                key("d/one", FileKind::File, Some(7)),
+                key("two", FileKind::File, Some(7)),
+            ]
+        };
+        let (first, _) = Namespace::build(keys());
+        let mut reversed = keys();
+        reversed.reverse();
+        let (mut ns, _) = Namespace::build(reversed);
+        let d = ns.child(ROOT_INO, "d").unwrap();
+        let f = ns.child(d, "f").unwrap();
+        for (parent, name) in [(ROOT_INO, "d"), (d, "f"), (d, "one"), (ROOT_INO, "two")] {
+            let other_parent = match parent {
+                ROOT_INO => ROOT_INO,
+                _ => first.child(ROOT_INO, "d").unwrap(),
+            };
+            assert_eq!(ns.child(parent, name), first.child(other_parent, name));
+        }
+        let numbers: HashSet<u64> = [d, f, ns.child(d, "one").unwrap(), ROOT_INO].into();
+        assert_eq!(numbers.len(), 4);
+
+        // Gone and made again in the same mount: a new number, as the kernel may still hold
+        // the old one. Renamed: the same number.
+        assert_eq!(ns.detach(d, "f"), Some(false));
+        let again = ns.insert(d, "f", FileKind::File);
+        assert_ne!(again, f);
+        ns.move_name(d, "f", ROOT_INO, "g");
+        assert_eq!(ns.child(ROOT_INO, "g"), Some(again));
+        // A number's neighbours taken, the next free one is given.
+        let mut crowded = Namespace::new();
+        let wanted = crowded.number_for("k");
+        let mut fresh = Namespace::new();
+        fresh.given.extend([wanted, wanted + 1]);
+        assert_eq!(fresh.number_for("k"), wanted + 2);
     }
 }
