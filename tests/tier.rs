@@ -521,17 +521,51 @@ async fn engine_over_a_gated_network(
     let tmp = tempfile::tempdir().unwrap();
     let net = FakeNetwork::gated(&tmp.path().join("net"));
     let master = MasterKey::generate();
-    let tier = TieredStore::open(
-        net.clone(),
-        master.root_key().public_key(),
-        config(&tmp.path().join("tier")),
-    )
-    .await
-    .unwrap();
+    let (tier, engine) = engine_over(&net, &master, &tmp.path().join("tier"), opts).await;
+    (tmp, net, master, tier, engine)
+}
+
+/// What `attempt` gives once `done` holds of it, tried for up to 5 s: the tier keeps what it
+/// fetched in the background, so a read with the network gone finds it only after a moment.
+/// ([`eventually`] waits on a condition checked without waiting.)
+async fn once_kept<T, F: std::future::Future<Output = T>>(
+    mut attempt: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    for _ in 0..500 {
+        let got = attempt().await;
+        if done(&got) {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    attempt().await
+}
+
+/// Opens an engine on `store` and reads `key` with it.
+async fn open_and_fetch(
+    store: Arc<TieredStore>,
+    master: &MasterKey,
+    key: &str,
+) -> Result<Vec<u8>, Error> {
+    let engine = Engine::open(store, master.clone(), options()).await?;
+    engine.fetch(key).await
+}
+
+/// An engine on a tier in `dir` in front of `net`: a machine of its own.
+async fn engine_over(
+    net: &Arc<FakeNetwork>,
+    master: &MasterKey,
+    dir: &Path,
+    opts: EngineOptions,
+) -> (Arc<TieredStore>, Engine) {
+    let tier = TieredStore::open(net.clone(), master.root_key().public_key(), config(dir))
+        .await
+        .unwrap();
     let engine = Engine::open(tier.clone(), master.clone(), opts)
         .await
         .unwrap();
-    (tmp, net, master, tier, engine)
+    (tier, engine)
 }
 
 /// What an engine opened on the network alone (no tier, no local state) reads; `None` if the
@@ -785,16 +819,7 @@ async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
 
     // A second machine: every majority get of the pad finds f's version.
     net.stale.lock().unwrap().insert(owner, (old, usize::MAX));
-    let tier2 = TieredStore::open(
-        net.clone(),
-        master.root_key().public_key(),
-        config(&tmp.path().join("tier2")),
-    )
-    .await
-    .unwrap();
-    let reader = Engine::open(tier2.clone(), master.clone(), opts)
-        .await
-        .unwrap();
+    let (tier2, reader) = engine_over(&net, &master, &tmp.path().join("tier2"), opts).await;
     assert_eq!(reader.fetch("g").await.unwrap(), data(2));
     assert_eq!(
         net.stale.lock().unwrap()[&owner].1,
@@ -804,14 +829,14 @@ async fn a_pad_served_at_an_older_version_is_asked_for_again_and_not_kept() {
     // What the tier kept is g's version: it reads with the network down.
     net.down.store(true, Ordering::SeqCst);
     drop(reader);
-    let reader = Engine::open(tier2, master.clone(), options()).await;
-    let reader = reader.unwrap();
-    assert_eq!(reader.fetch("g").await.unwrap(), data(2));
+    let read = || open_and_fetch(tier2.clone(), &master, "g");
+    assert_eq!(once_kept(read, Result::is_ok).await.unwrap(), data(2));
 }
 
-/// A fresh data dir that has only the key reads the index root from every node that may hold
-/// it: a majority of nodes back from a while away would serve the root from before the last
-/// commit, and with it files that are gone and pads that hold other content by now.
+/// A reader reads the index root from every node that may hold it: a majority of nodes back
+/// from a while away would serve the root from before the last commit, and with it files that
+/// are gone and pads that hold other content by now. The newer root replaces the old one the
+/// reader's tier kept, so that it is what the reader sees with the network gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_reader_takes_the_newest_root_not_the_one_a_majority_holds() {
     let (tmp, net, master, tier, engine) = engine_over_a_gated_network(options()).await;
@@ -821,6 +846,16 @@ async fn a_fresh_reader_takes_the_newest_root_not_the_one_a_majority_holds() {
     engine.commit().await.unwrap();
     tier.flush().await.unwrap();
     let old_root = net.store.get(&root).await.unwrap();
+    // The reader's tier keeps the root it read (on the side, so wait until it has).
+    let reader_dir = tmp.path().join("tier2");
+    let (tier2, reader) = engine_over(&net, &master, &reader_dir, options()).await;
+    assert_eq!(reader.fetch("a").await.unwrap(), b"first");
+    drop(reader);
+    net.down.store(true, Ordering::SeqCst);
+    let kept = once_kept(|| tier2.get(&root), Result::is_ok).await;
+    assert_eq!(kept.unwrap(), old_root);
+    drop(tier2);
+    net.down.store(false, Ordering::SeqCst);
     engine.remove("a").await.unwrap();
     engine.store("b", b"second", Meta::file()).await.unwrap();
     engine.commit().await.unwrap();
@@ -830,14 +865,20 @@ async fn a_fresh_reader_takes_the_newest_root_not_the_one_a_majority_holds() {
     net.stale
         .lock()
         .unwrap()
-        .insert(root, (old_root, usize::MAX));
-    let tier2 = TieredStore::open(net.clone(), root, config(&tmp.path().join("tier2")))
-        .await
-        .unwrap();
-    let reader = Engine::open(tier2, master.clone(), options())
-        .await
-        .unwrap();
+        .insert(root, (old_root.clone(), usize::MAX));
+    let (tier2, reader) = engine_over(&net, &master, &reader_dir, options()).await;
     assert_eq!(reader.fetch("b").await.unwrap(), b"second");
     assert!(reader.fetch("a").await.is_err(), "the old root was read");
     assert!(net.newest_gets.load(Ordering::SeqCst) >= 1);
+
+    drop(reader);
+    net.down.store(true, Ordering::SeqCst);
+    let counter_kept = || async { tier2.get(&root).await.ok().map(|pad| pad.counter()) };
+    let kept = once_kept(counter_kept, |kept| *kept > Some(old_root.counter())).await;
+    assert!(
+        kept > Some(old_root.counter()),
+        "the tier kept the old root"
+    );
+    let read = || open_and_fetch(tier2.clone(), &master, "b");
+    assert_eq!(once_kept(read, Result::is_ok).await.unwrap(), b"second");
 }

@@ -291,9 +291,10 @@ impl PadIo {
                     Priority::Background => Some(self.gets.acquire().await.expect("never closed")),
                     Priority::Reader => None,
                 };
-                match newest {
-                    true => self.store.get_newest(&owner).await?,
-                    false => self.store.get(&owner).await?,
+                if newest {
+                    self.store.get_newest(&owner).await?
+                } else {
+                    self.store.get(&owner).await?
                 }
             };
             let stale = counter.is_some_and(|c| pad.counter() < c);

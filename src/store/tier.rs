@@ -1129,18 +1129,28 @@ impl PadStore for TieredStore {
     }
 
     /// A staged pad is this mount's own write, newer than anything uploaded. Otherwise the
-    /// network's newest version, or the copy here if that is as new (or the network cannot
-    /// answer: a mount without the network starts from what the tier holds).
+    /// network's newest version, which replaces an older copy here; the copy here if it is
+    /// newer, or if the network cannot answer (a mount without it starts from the tier).
     async fn get_newest(&self, owner: &PublicKey) -> Result<Scratchpad, StoreError> {
-        let staged = lock(&self.shared.state).staged.contains_key(owner);
-        if staged {
+        let shared = &self.shared;
+        if lock(&shared.state).staged.contains_key(owner) {
             return self.get(owner).await;
         }
-        let here = self.shared.cache.get(owner).await.ok();
-        match (self.shared.inner.get_newest(owner).await, here) {
-            (Ok(there), Some(here)) if here.counter() >= there.counter() => Ok(here),
-            (Ok(there), _) => Ok(self.keep_on_the_side(there)),
-            (Err(e), here) => here.ok_or(e),
+        // The counter alone: the copy is read only if it is the one to return.
+        let here = shared.cache.counter(owner).await.ok();
+        let there = match shared.inner.get_newest(owner).await {
+            Ok(there) => there,
+            Err(e) if here.is_none() => return Err(e),
+            Err(_) => return self.get(owner).await,
+        };
+        match here {
+            Some(here) if here > there.counter() => self.get(owner).await,
+            Some(here) if here == there.counter() => Ok(there),
+            Some(_) => {
+                self.forget_fetched(owner);
+                Ok(self.keep_on_the_side(there))
+            }
+            None => Ok(self.keep_on_the_side(there)),
         }
     }
 
