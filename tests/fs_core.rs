@@ -998,6 +998,12 @@ enum FileOp {
         seed: u8,
     },
     Truncate(usize),
+    /// `fallocate(2)` with one of the modes the core supports.
+    Fallocate {
+        at: usize,
+        len: usize,
+        mode: i32,
+    },
     Read {
         at: usize,
         len: usize,
@@ -1015,10 +1021,34 @@ fn file_op() -> impl proptest::strategy::Strategy<Value = FileOp> {
         6 => (0..span, 0..2 * CHUNK, any::<u8>())
             .prop_map(|(at, len, seed)| FileOp::Write { at, len, seed }),
         2 => (0..span).prop_map(FileOp::Truncate),
+        2 => (0..span, 1..2 * CHUNK, proptest::sample::select(FALLOCATE_MODES.to_vec()))
+            .prop_map(|(at, len, mode)| FileOp::Fallocate { at, len, mode }),
         3 => (0..span + CHUNK, 0..2 * CHUNK).prop_map(|(at, len)| FileOp::Read { at, len }),
         1 => Just(FileOp::Reopen),
         1 => Just(FileOp::Remount),
     ]
+}
+
+const FALLOCATE_MODES: [i32; 5] = [
+    0,
+    libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    libc::FALLOC_FL_ZERO_RANGE,
+    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+];
+
+/// What `fallocate(2)` in `mode` does to a file's bytes, as on ext4 (space is not reserved).
+fn fallocate_model(model: &mut Vec<u8>, at: usize, len: usize, mode: i32) {
+    let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+    let zeroes = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+    let end = at + len;
+    if zeroes && at < model.len() {
+        let zero_end = end.min(model.len());
+        model[at..zero_end].fill(0);
+    }
+    if !keep_size && model.len() < end {
+        model.resize(end, 0);
+    }
 }
 
 /// Runs `ops` on one file (a write buffer of two chunks, so uploads start while it is open)
@@ -1059,6 +1089,10 @@ async fn run_file_ops(ops: Vec<FileOp>) -> Result<(), proptest::test_runner::Tes
                 fs.setattr(ino, set).await.unwrap();
                 model.resize(size, 0);
             }
+            FileOp::Fallocate { at, len, mode } => {
+                fs.fallocate(fh, at as u64, len as u64, mode).await.unwrap();
+                fallocate_model(&mut model, at, len, mode);
+            }
             FileOp::Read { at, len } => {
                 let got = fs.read(fh, at as u64, len as u32).await.unwrap();
                 let want = &model[at.min(model.len())..(at + len).min(model.len())];
@@ -1094,7 +1128,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
     #[test]
-    fn a_file_reads_back_what_a_model_of_its_writes_and_truncations_holds(
+    fn a_file_reads_back_what_a_model_of_its_writes_truncations_and_fallocates_holds(
         ops in proptest::collection::vec(file_op(), 1..40),
     ) {
         tokio::runtime::Builder::new_multi_thread()
@@ -1676,4 +1710,76 @@ async fn rename_exchange_swaps_two_names_for_good() {
     let fh = fs.open(b, libc::O_RDONLY).await.unwrap();
     let got = fs.read(fh, 0, 2 * CHUNK as u32).await.unwrap();
     assert!(got[..] == bytes(1, 2 * CHUNK)[..]);
+}
+
+/// `fallocate(2)`: punching chunks out of a committed file gives their pads back to the free
+/// list and the bytes back to `st_blocks` and `df`; the modes the core has no meaning for, an
+/// empty range and a range past the largest file are refused as ext4 refuses them.
+#[tokio::test]
+async fn punched_chunks_free_their_pads_and_unsupported_modes_are_refused() {
+    use mutant_mount::index::MAX_FILE_SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let (fs, _) = core_over(dir.path(), &key, SimConfig::default(), FsConfig::default()).await;
+    let (attr, fh) = fs
+        .create(ROOT_INO, "f", 0o644, libc::O_RDWR, ME)
+        .await
+        .unwrap();
+    let data = bytes(7, 6 * CHUNK);
+    fs.write(fh, 0, &data).await.unwrap();
+    fs.fsync(fh).await.unwrap();
+    let stored_before = fs.getattr(attr.ino).await.unwrap().stored;
+    let used_before = fs.statfs().await.unwrap().blocks - fs.statfs().await.unwrap().bfree;
+    let free_before = fs.engine().stats().await.free_pads;
+
+    // Chunks 1 to 4 whole, and the last 10 bytes of chunk 0.
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let from = CHUNK as u64 - 10;
+    fs.fallocate(fh, from, 4 * CHUNK as u64 + 10, punch)
+        .await
+        .unwrap();
+    fs.fsync(fh).await.unwrap();
+    let after = fs.getattr(attr.ino).await.unwrap();
+    assert_eq!(after.size, data.len() as u64, "KEEP_SIZE keeps the size");
+    assert!(
+        after.stored <= stored_before - 4 * CHUNK as u64,
+        "{} stored bytes, {stored_before} before",
+        after.stored
+    );
+    let used_after = fs.statfs().await.unwrap().blocks - fs.statfs().await.unwrap().bfree;
+    assert!(
+        used_after < used_before,
+        "df used {used_after} >= {used_before}"
+    );
+    assert!(
+        fs.engine().stats().await.free_pads >= free_before + 4,
+        "the four punched chunks' pads are free again"
+    );
+    let got = fs.read(fh, 0, data.len() as u32).await.unwrap();
+    let mut want = data.clone();
+    want[from as usize..5 * CHUNK].fill(0);
+    assert!(got[..] == want[..]);
+
+    for mode in [
+        libc::FALLOC_FL_COLLAPSE_RANGE,
+        libc::FALLOC_FL_INSERT_RANGE,
+        libc::FALLOC_FL_PUNCH_HOLE,
+        libc::FALLOC_FL_UNSHARE_RANGE,
+    ] {
+        assert_eq!(
+            fs.fallocate(fh, 0, CHUNK as u64, mode).await,
+            Err(Errno(libc::EOPNOTSUPP)),
+            "mode {mode:#x}"
+        );
+    }
+    assert_eq!(fs.fallocate(fh, 0, 0, 0).await, Err(Errno(libc::EINVAL)));
+    assert_eq!(
+        fs.fallocate(fh, MAX_FILE_SIZE - 1, 2, 0).await,
+        Err(Errno(libc::EFBIG))
+    );
+    assert_eq!(fs.fallocate(9999, 0, 1, 0).await, Err(Errno(libc::EBADF)));
+    // Preallocating to the largest size is allowed, and stores nothing.
+    fs.fallocate(fh, MAX_FILE_SIZE - 1, 1, 0).await.unwrap();
+    assert_eq!(fs.getattr(attr.ino).await.unwrap().size, MAX_FILE_SIZE);
+    fs.release(fh).await.unwrap();
 }

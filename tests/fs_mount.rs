@@ -837,3 +837,64 @@ fn small_files_share_pads_and_read_back_after_a_remount() {
     );
     mount.unmount();
 }
+
+/// `fallocate(1)` as download managers, databases and `posix_fallocate` use it: preallocation
+/// extends a file without storing zeros, `--keep-size` leaves it as it is, `--punch-hole` and
+/// `--zero-range` make a range read as zeros and give back what they cover whole (`du`
+/// drops), `--dig-holes` keeps the bytes it punches around, and the modes a file here
+/// cannot do are refused with "Operation not supported". Checked after a remount.
+#[test]
+fn fallocate_preallocates_punches_and_zeroes() {
+    const CHUNK: usize = 4190208;
+    let (dir, mount) = setup();
+    let mut want = content_for("f", 3 * CHUNK);
+    fs::write(mount.path("f"), &want).unwrap();
+    let mut zeros_then_data = content_for("z", 1000);
+    zeros_then_data.resize(2 * CHUNK + 5000, 0);
+    zeros_then_data.extend_from_slice(b"tail");
+    fs::write(mount.path("z"), &zeros_then_data).unwrap();
+    let du = |name: &str| fs::metadata(mount.path(name)).unwrap().blocks() * 512;
+    let before = du("f");
+    sh(
+        &mount.mnt,
+        &format!(
+            "fallocate -l 1G pre && printf hello > kept && fallocate -n -l 1G kept
+            fallocate -p -o {CHUNK} -l {CHUNK} f
+            fallocate -z -o 100 -l 50 f
+            fallocate -p -o {} -l 100 f
+            fallocate -d z",
+            3 * CHUNK - 10
+        ),
+    );
+    want[CHUNK..2 * CHUNK].fill(0);
+    want[100..150].fill(0);
+    want[3 * CHUNK - 10..].fill(0);
+    let refused = sh_output(&mount.mnt, "fallocate -c -o 0 -l 4096 f");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let check = |mount: &Mount| {
+        let size = |name: &str| fs::metadata(mount.path(name)).unwrap().len();
+        assert_eq!((size("pre"), size("kept")), (1 << 30, 5));
+        assert!(fs::read(mount.path("f")).unwrap() == want, "f's bytes");
+        assert!(
+            fs::read(mount.path("z")).unwrap() == zeros_then_data,
+            "z's bytes"
+        );
+        let du = |name: &str| fs::metadata(mount.path(name)).unwrap().blocks() * 512;
+        assert!(
+            du("pre") < 1 << 20,
+            "preallocation stored {} bytes",
+            du("pre")
+        );
+        assert!(du("f") <= before - CHUNK as u64, "{} of {before}", du("f"));
+    };
+    check(&mount);
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    check(&mount);
+    mount.unmount();
+}

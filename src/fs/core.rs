@@ -981,6 +981,41 @@ impl FsCore {
         Ok(written as u32)
     }
 
+    /// `fallocate(2)`. Space is not reserved ahead (the store has no such notion), so plain
+    /// allocation only extends the file, sparsely, unless `FALLOC_FL_KEEP_SIZE` is given;
+    /// `PUNCH_HOLE` and `ZERO_RANGE` make the range read as zeros and free the pads of the
+    /// chunks it covers whole. `COLLAPSE_RANGE`, `INSERT_RANGE` and the rest are
+    /// `EOPNOTSUPP`, as on file systems without them.
+    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let zeroes = match mode {
+            0 | KEEP_SIZE => false,
+            PUNCH_HOLE => true,
+            _ if mode & !KEEP_SIZE == ZERO_RANGE => true,
+            _ => return err(libc::EOPNOTSUPP),
+        };
+        self.writable()?;
+        let (ino, _) = self.handle(fh)?;
+        if len == 0 {
+            return err(libc::EINVAL);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(Errno(libc::EFBIG))?;
+        let open = self.open_of(ino).await?;
+        let keep_size = mode & KEEP_SIZE != 0;
+        if zeroes {
+            open.zero_range(&self.engine, offset, end, keep_size, self.deadline())
+                .await?;
+        } else if !keep_size && end > open.size() {
+            open.truncate(&self.engine, end, self.deadline()).await?;
+        }
+        Ok(())
+    }
+
     /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) starts at or after `offset`
     /// ([`OpenFile::seek`]: a hole is a chunk without data or the part of a chunk past what it
     /// holds; the end of the file counts as one).

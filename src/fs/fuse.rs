@@ -612,13 +612,20 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(fuser::Errno::from_i32(libc::EOPNOTSUPP));
+        reply_empty(
+            reply,
+            self.run(
+                "fallocate",
+                Some(fh.0),
+                self.core.fallocate(fh.0, offset, length, mode),
+            ),
+        );
     }
 
     /// No ioctl is supported. Programs probe with them routinely (terminal checks,

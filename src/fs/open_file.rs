@@ -298,6 +298,55 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Makes `[offset, end)` read as zeros (`fallocate` with `PUNCH_HOLE` or `ZERO_RANGE`):
+    /// chunks the range covers whole become holes, and give their pads back at the commit;
+    /// the chunks at its two ends are zeroed in their buffers. Without `keep_size` a range
+    /// reaching past the end extends the file.
+    pub async fn zero_range(
+        &self,
+        engine: &Engine,
+        offset: u64,
+        end: u64,
+        keep_size: bool,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
+        let mut data = by_deadline(deadline, async { Ok(self.data.lock().await) }).await?;
+        data.reap_uploads(engine, true, deadline).await?;
+        let size = self.size();
+        let zero_end = end.min(size);
+        let cs = data.chunk_size;
+        let touched = match offset < zero_end {
+            true => offset / cs..zero_end.div_ceil(cs),
+            false => 0..0,
+        };
+        let held: Vec<u64> = data.held().range(touched).copied().collect();
+        for idx in held {
+            let start = idx * cs;
+            let extent = (start + cs).min(size) - start;
+            let from = offset.saturating_sub(start);
+            let to = (zero_end - start).min(extent);
+            if from == 0 && to == extent {
+                data.dirty.insert(idx, Vec::new());
+                continue;
+            }
+            let (from, to) = (from as usize, to as usize);
+            let mut buf = data
+                .prepare_chunk(engine, idx, size, from, to - from, deadline)
+                .await?;
+            let len = buf.len();
+            if to >= len {
+                buf.truncate(from.min(len));
+            } else {
+                buf[from..to].fill(0);
+            }
+        }
+        data.recount();
+        data.changed = true;
+        let new_size = if keep_size { size } else { size.max(end) };
+        self.set_size(new_size, true);
+        Ok(())
+    }
+
     /// Up to `len` bytes at `offset`, including writes not yet committed. A read within one
     /// stored chunk (the common case: the kernel asks for at most 1 MiB) shares the cached
     /// plaintext instead of copying it.
