@@ -898,3 +898,80 @@ fn fallocate_preallocates_punches_and_zeroes() {
     check(&mount);
     mount.unmount();
 }
+
+/// Names that are not UTF-8 (Latin-1 names from old archives, a cut multi-byte character, a
+/// first byte of 0xff) are ordinary names, as on ext4: created, listed byte for byte, renamed,
+/// linked, copied in with `rsync -a`, looked up by `find`, and all the same after a remount.
+#[test]
+fn names_that_are_not_utf8_work_like_any_other() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, mount) = setup();
+    let name = |bytes: &[u8]| OsStr::from_bytes(bytes).to_owned();
+    let latin1 = name(b"caf\xe9.txt");
+    let top = name(b"\xff\xfe first byte");
+    let cut = name(b"\xe6\x97\xa5\xe6\x9c");
+    let sub = name(b"r\xe9pertoire");
+    fs::write(mount.path("").join(&latin1), b"latin-1").unwrap();
+    fs::write(mount.path("").join(&top), b"top").unwrap();
+    fs::create_dir(mount.path("").join(&sub)).unwrap();
+    fs::write(mount.path("").join(&sub).join(&cut), b"cut").unwrap();
+    fs::hard_link(
+        mount.path("").join(&latin1),
+        mount.path("").join(&sub).join(&latin1),
+    )
+    .unwrap();
+    fs::rename(
+        mount.path("").join(&top),
+        mount.path("").join(name(b"renamed \xfe")),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&latin1, mount.path("").join(name(b"link\x80"))).unwrap();
+
+    // The same names made on the disk beneath, copied in whole by rsync.
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join(&sub)).unwrap();
+    fs::write(src.join(&sub).join(&cut), content_for("cut", 10_000)).unwrap();
+    fs::write(src.join(&latin1), b"from rsync").unwrap();
+    sh(
+        dir.path(),
+        &format!("rsync -a src/ {}/copied/", mount.mnt.display()),
+    );
+
+    let listing = |mount: &Mount| {
+        sh(
+            &mount.mnt,
+            "find . -printf '%p %y %s %n %l\\n' | LC_ALL=C sort | od -An -c",
+        )
+    };
+    let before = listing(&mount);
+    assert!(
+        before.contains("351"),
+        "the byte 0xe9 is listed as it is: {before}"
+    );
+    let check = |mount: &Mount| {
+        let read = |path: std::path::PathBuf| fs::read(path).unwrap();
+        assert_eq!(read(mount.path("").join(&sub).join(&latin1)), b"latin-1");
+        assert_eq!(read(mount.path("").join(name(b"renamed \xfe"))), b"top");
+        assert_eq!(read(mount.path("").join(name(b"link\x80"))), b"latin-1");
+        assert_eq!(read(mount.path("copied").join(&latin1)), b"from rsync");
+        assert_eq!(
+            read(mount.path("copied").join(&sub).join(&cut)),
+            content_for("cut", 10_000)
+        );
+        assert!(!mount.path("").join(&top).exists());
+        sh(
+            dir.path(),
+            &format!("diff -r src {}/copied", mount.mnt.display()),
+        );
+    };
+    check(&mount);
+    mount.unmount();
+    let mount = Mount::start(&dir.path().join("data"), &dir.path().join("mnt"), &[]);
+    assert_eq!(listing(&mount), before);
+    check(&mount);
+    // Removing them all leaves nothing behind.
+    sh(&mount.mnt, "rm -r -- * && ls -A | wc -l");
+    assert_eq!(sh(&mount.mnt, "ls -A | wc -l").trim(), "0");
+    mount.unmount();
+}

@@ -58,7 +58,7 @@ fn describe(file: &Damaged) -> String {
         false => file
             .names
             .iter()
-            .map(|n| format!("/{}", n.escape_debug()))
+            .map(|n| format!("/{}", mutant_mount::index::names::display(n)))
             .collect::<Vec<_>>()
             .join(", "),
     };

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use super::recover::{fresh_dir, make_parents, shown, write_text};
 use super::{Engine, Result};
-use crate::index::{inode_key, inode_of_key, Chunk, ChunkMap};
+use crate::index::{inode_key, is_internal_key, Chunk, ChunkMap};
 use crate::keys::PadSeed;
 
 /// A file with damaged data: the index key holding its chunks, the names it has, and each
@@ -56,7 +56,7 @@ impl Engine {
             for (key, entry) in state.index.entries() {
                 match entry.link {
                     Some(id) => names.entry(inode_key(id)).or_default().push(key.clone()),
-                    None if inode_of_key(key).is_none() && !key.starts_with('\0') => {
+                    None if !is_internal_key(key) => {
                         names.entry(key.clone()).or_default().push(key.clone())
                     }
                     None => {}

@@ -17,8 +17,8 @@ use crate::codec::HashKind;
 use crate::index::persist::{FreePageRef, PageRef};
 use crate::index::segments::{self, SegmentRef};
 use crate::index::{
-    inode_key, inode_of_key, is_retired_key, Chunk, ChunkMap, Entry, FileKind, Index, Meta, PadRef,
-    MAX_DATA_CHUNKS, MAX_FILE_SIZE,
+    inode_key, inode_of_key, is_internal_key, is_retired_key, Chunk, ChunkMap, Entry, FileKind,
+    Index, Meta, PadRef, MAX_DATA_CHUNKS, MAX_FILE_SIZE,
 };
 use crate::keys::{MasterKey, PadSeed};
 use crate::store::PadStore;
@@ -1005,7 +1005,7 @@ impl Engine {
             stats.pads_in_use += entry.own_pads().count();
             // What a user counts: each file once however many names it has, not the root,
             // not a name's link to its file, not a file deleted while still open.
-            let internal = key.starts_with('\0') && inode_of_key(key).is_none();
+            let internal = is_internal_key(key) && inode_of_key(key).is_none();
             if !key.is_empty() && entry.link.is_none() && !internal {
                 stats.files += 1;
             }

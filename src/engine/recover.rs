@@ -15,7 +15,9 @@ use autonomi::Bytes;
 
 use super::journal::Op;
 use super::{Engine, Error, Result};
-use crate::index::{inode_key, inode_of_key, ChunkMap, Entry, FileKind, Meta, Timestamp};
+use crate::index::{
+    inode_key, inode_of_key, is_internal_key, names, ChunkMap, Entry, FileKind, Meta, Timestamp,
+};
 
 /// The top-level directory recovered changes go under.
 pub const LOST_FOUND: &str = "lost+found";
@@ -100,7 +102,7 @@ fn summarize(ops: &[Op]) -> (String, BTreeMap<String, Entry>) {
     });
     let _ = writeln!(changes, "\nrecovered here:");
     // Files unlinked while open (kept under internal keys) were deleted by the user.
-    written.retain(|key, _| !key.starts_with('\0'));
+    written.retain(|key, _| !is_internal_key(key));
     written.retain(|key, _| {
         let ok = is_safe_relative(key);
         if !ok {
@@ -111,15 +113,11 @@ fn summarize(ops: &[Op]) -> (String, BTreeMap<String, Entry>) {
     (changes, written)
 }
 
-/// Whether `key` is a relative path of ordinary components: not empty, no `.` or `..`, no
-/// empty component (so not absolute), no NUL. Only such keys may be joined under the
-/// recovery directory.
+/// Whether `key` is a relative path of names a file may have: not empty, no `.` or `..`, no
+/// empty component (so not absolute), nothing but the index's escapes of bytes that are not
+/// UTF-8 ([`names`]). Only such keys may be joined under the recovery directory.
 pub(super) fn is_safe_relative(key: &str) -> bool {
-    !key.is_empty()
-        && !key.contains('\0')
-        && key
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
+    !key.is_empty() && key.split('/').all(names::is_valid_name)
 }
 
 async fn copy_all(
@@ -282,7 +280,7 @@ pub(super) fn shown(key: &str) -> String {
     if key.is_empty() {
         "/".into()
     } else {
-        key.escape_debug().to_string()
+        names::display(key)
     }
 }
 

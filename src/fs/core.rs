@@ -15,6 +15,7 @@ use super::children::FIRST_COOKIE;
 use super::namespace::{is_orphan_key, join, orphan_key, KeyInfo, Namespace, ROOT_INO};
 use super::open_file::OpenFile;
 use crate::engine::{Engine, EntryMeta, Error as EngineError};
+use crate::index::names;
 use crate::index::{inode_key, inode_of_key, Entry, FileKind, Meta, Timestamp, MAX_FILE_SIZE};
 
 /// An errno for the kernel.
@@ -164,11 +165,13 @@ fn key_moves(ns: &Namespace, ino: u64, from: &str, to: &str) -> Vec<(String, Str
     .collect()
 }
 
+/// Checks a new name, in the index's form ([`names`]): its bytes as the kernel
+/// sees them are what ext4 would accept.
 fn check_name(name: &str) -> FsResult<()> {
-    if name.len() > NAME_MAX {
+    if names::from_key_name(name).is_some_and(|bytes| bytes.len() > NAME_MAX) {
         return err(libc::ENAMETOOLONG);
     }
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    if !names::is_valid_name(name) {
         return err(libc::EINVAL);
     }
     Ok(())
@@ -429,7 +432,7 @@ impl FsCore {
         if dir.kind != FileKind::Dir {
             return err(libc::ENOTDIR);
         }
-        if name.len() > NAME_MAX {
+        if names::from_key_name(name).is_some_and(|bytes| bytes.len() > NAME_MAX) {
             return err(libc::ENAMETOOLONG);
         }
         let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;

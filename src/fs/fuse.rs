@@ -1,8 +1,9 @@
 //! The thin fuser adapter: each request becomes one call on the core, run to completion on the
 //! tokio runtime, and its result or errno goes back to the kernel.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::borrow::Cow;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +18,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use super::core::{Attr, Caller, Errno, FsCore, SetAttr, SetTime};
+use crate::index::names;
 use crate::index::{FileKind, Timestamp};
 
 /// How long the kernel may cache attributes and names. Every change goes through this mount,
@@ -43,9 +45,17 @@ fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    // Index keys are UTF-8; other names are refused rather than mangled.
-    std::str::from_utf8(name.as_bytes()).map_err(|_| Errno(libc::EILSEQ))
+fn name_str(name: &OsStr) -> Result<Cow<'_, str>, Errno> {
+    Ok(names::to_key_name(name.as_bytes()))
+}
+
+/// A name from the index as the kernel's bytes. The index holds only names the mount made
+/// with [`names::to_key_name`], so every name has bytes.
+fn kernel_name(name: &str) -> Cow<'_, OsStr> {
+    match names::from_key_name(name) {
+        Some(Cow::Owned(bytes)) => Cow::Owned(OsString::from_vec(bytes)),
+        _ => Cow::Borrowed(OsStr::new(name)),
+    }
 }
 
 fn to_system_time(t: Timestamp) -> SystemTime {
@@ -177,7 +187,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = name_str(name)
-            .and_then(|name| self.run("lookup", Some(parent.0), self.core.lookup(parent.0, name)));
+            .and_then(|name| self.run("lookup", Some(parent.0), self.core.lookup(parent.0, &name)));
         self.reply_entry(reply, result);
     }
 
@@ -242,7 +252,7 @@ impl Filesystem for FuseAdapter {
             self.run(
                 "mknod",
                 Some(parent.0),
-                self.core.mknod(parent.0, name, mode, rdev, caller(req)),
+                self.core.mknod(parent.0, &name, mode, rdev, caller(req)),
             )
         });
         self.reply_entry(reply, result);
@@ -261,7 +271,7 @@ impl Filesystem for FuseAdapter {
             self.run(
                 "mkdir",
                 Some(parent.0),
-                self.core.mkdir(parent.0, name, mode & !umask, caller(req)),
+                self.core.mkdir(parent.0, &name, mode & !umask, caller(req)),
             )
         });
         self.reply_entry(reply, result);
@@ -269,13 +279,13 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = name_str(name)
-            .and_then(|name| self.run("unlink", Some(parent.0), self.core.unlink(parent.0, name)));
+            .and_then(|name| self.run("unlink", Some(parent.0), self.core.unlink(parent.0, &name)));
         reply_empty(reply, result);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = name_str(name)
-            .and_then(|name| self.run("rmdir", Some(parent.0), self.core.rmdir(parent.0, name)));
+            .and_then(|name| self.run("rmdir", Some(parent.0), self.core.rmdir(parent.0, &name)));
         reply_empty(reply, result);
     }
 
@@ -292,7 +302,7 @@ impl Filesystem for FuseAdapter {
                 "symlink",
                 Some(parent.0),
                 self.core
-                    .symlink(parent.0, name, target.as_os_str().as_bytes(), caller(req)),
+                    .symlink(parent.0, &name, target.as_os_str().as_bytes(), caller(req)),
             )
         });
         self.reply_entry(reply, result);
@@ -314,7 +324,7 @@ impl Filesystem for FuseAdapter {
                 "rename",
                 Some(parent.0),
                 self.core
-                    .rename(parent.0, name, newparent.0, newname, flags.bits()),
+                    .rename(parent.0, &name, newparent.0, &newname, flags.bits()),
             )
         });
         reply_empty(reply, result);
@@ -332,7 +342,7 @@ impl Filesystem for FuseAdapter {
             self.run(
                 "link",
                 Some(ino.0),
-                self.core.link(ino.0, newparent.0, name),
+                self.core.link(ino.0, newparent.0, &name),
             )
         });
         self.reply_entry(reply, result);
@@ -470,7 +480,12 @@ impl Filesystem for FuseAdapter {
         ) {
             Ok(entries) => {
                 for (next, entry) in entries {
-                    if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
+                    if reply.add(
+                        INodeNo(entry.ino),
+                        next,
+                        file_type(entry.kind),
+                        kernel_name(&entry.name),
+                    ) {
                         break;
                     }
                 }
@@ -496,7 +511,14 @@ impl Filesystem for FuseAdapter {
             Ok(entries) => {
                 for (next, name, attr) in entries {
                     let ino = INodeNo(attr.ino);
-                    if reply.add(ino, next, &name, &TTL, &to_fuse(&attr), Generation(0)) {
+                    if reply.add(
+                        ino,
+                        next,
+                        kernel_name(&name),
+                        &TTL,
+                        &to_fuse(&attr),
+                        Generation(0),
+                    ) {
                         break;
                     }
                 }
@@ -593,7 +615,7 @@ impl Filesystem for FuseAdapter {
                 "create",
                 Some(parent.0),
                 self.core
-                    .create(parent.0, name, mode & !umask, flags, caller(req)),
+                    .create(parent.0, &name, mode & !umask, flags, caller(req)),
             )
         });
         match result {

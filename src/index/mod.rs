@@ -9,6 +9,7 @@ use crate::codec::{sha256, HashKind};
 use crate::keys::PadSeed;
 
 pub mod free;
+pub mod names;
 pub mod persist;
 pub mod segments;
 
@@ -335,8 +336,8 @@ pub struct Entry {
     pub link: Option<u64>,
 }
 
-/// The prefix of the keys of files with several names. A NUL cannot occur in a path, so these
-/// never clash with a name.
+/// The prefix of the keys of files with several names. Internal keys start with NUL and a
+/// letter that is not a hex digit: no name, escaped or not ([`names`]), begins so.
 const INODE_PREFIX: &str = "\0inode/";
 
 /// The prefix of the keys that keep a compacted pack referenced until the next mount (see
@@ -351,6 +352,14 @@ pub fn retired_key(seed: &PadSeed) -> String {
 
 pub fn is_retired_key(key: &str) -> bool {
     key.starts_with(RETIRED_PREFIX)
+}
+
+/// Whether `key` is one the index keeps for itself (a file with several names, a retired
+/// pack, a file deleted while open) rather than a path.
+pub fn is_internal_key(key: &str) -> bool {
+    key.strip_prefix('\0')
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| !c.is_ascii_hexdigit())
 }
 
 /// Where the file with several names numbered `id` lives.
