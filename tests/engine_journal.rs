@@ -48,6 +48,16 @@ fn options(journal: &Path) -> EngineOptions {
     }
 }
 
+/// Options for opening the journal of an engine just dropped ("killed"): as a restarted mount
+/// does, wait for it to be let go, since the dropped engine's commit or upload tasks hold it
+/// until they end.
+fn reopen_options(journal: &Path) -> EngineOptions {
+    EngineOptions {
+        lock_wait: std::time::Duration::from_secs(30),
+        ..options(journal)
+    }
+}
+
 fn local(dir: &Path) -> Arc<dyn PadStore> {
     Arc::new(LocalStore::open(dir).unwrap())
 }
@@ -135,7 +145,7 @@ async fn run(ops: Vec<Op>, crash_after: u64, seed: u64) -> Result<(), TestCaseEr
     let reopened = Engine::open(
         local(store_dir.path()),
         master.clone(),
-        options(journal.path()),
+        reopen_options(journal.path()),
     )
     .await
     .expect("reopen with the journal");
@@ -237,9 +247,13 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
 
         let saved = if killed {
             drop(b);
-            let b2 = Engine::open(store.clone(), master.clone(), options(journal_b.path()))
-                .await
-                .unwrap();
+            let b2 = Engine::open(
+                store.clone(),
+                master.clone(),
+                reopen_options(journal_b.path()),
+            )
+            .await
+            .unwrap();
             // B's journal does not apply to A's index: nothing of it is replayed...
             assert_eq!(b2.entry("dir/from-b").await, None);
             assert_eq!(b2.fetch("from-a").await.unwrap(), b"written by A");
@@ -253,9 +267,13 @@ async fn a_refused_commit_keeps_the_changes_recoverable() {
                 .expect("changes to save");
             drop(b);
             // Saved once: the journal no longer holds them.
-            let b2 = Engine::open(store.clone(), master.clone(), options(journal_b.path()))
-                .await
-                .unwrap();
+            let b2 = Engine::open(
+                store.clone(),
+                master.clone(),
+                reopen_options(journal_b.path()),
+            )
+            .await
+            .unwrap();
             assert_eq!(b2.recovered_at(), None);
             saved
         };
