@@ -19,7 +19,8 @@ fn setup() -> (tempfile::TempDir, Mount) {
 
 /// Inode numbers survive a remount, as on a disk: git compares them in its index, and a changed
 /// number makes `git status` read every file again ("refreshing the index"). A file made again
-/// under a name just removed gets a new number, as the kernel may still know the old one.
+/// under a name removed while open gets a new number, as the old file is still there; once
+/// the kernel has forgotten a removed file, its number is free again, as on ext4.
 #[test]
 fn inode_numbers_survive_a_remount() {
     let (dir, mount) = setup();
@@ -37,10 +38,22 @@ fn inode_numbers_survive_a_remount() {
         .map(|l| l.split(' ').nth(1).unwrap())
         .collect();
     assert_eq!(distinct.len(), 7, "h1 and h2 share one number: {before}");
-    let a = fs::metadata(mnt.join("d/a")).unwrap().ino();
+    let held = fs::File::open(mnt.join("d/a")).unwrap();
+    let a = held.metadata().unwrap().ino();
     fs::remove_file(mnt.join("d/a")).unwrap();
     fs::write(mnt.join("d/a"), b"again").unwrap();
     assert_ne!(fs::metadata(mnt.join("d/a")).unwrap().ino(), a);
+    assert_eq!(held.metadata().unwrap().ino(), a);
+    drop(held);
+    // The kernel forgets a removed file once nothing holds it (FUSE FORGET, sent when it
+    // gets round to it): then the name made again gets its number back.
+    let reused = (0..100).any(|_| {
+        fs::remove_file(mnt.join("d/a")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fs::write(mnt.join("d/a"), b"again").unwrap();
+        fs::metadata(mnt.join("d/a")).unwrap().ino() == a
+    });
+    assert!(reused, "the number of a forgotten file is given again");
     mount.unmount();
 
     let mount = Mount::start(&dir.path().join("data"), &mnt, &[]);

@@ -426,8 +426,11 @@ impl FsCore {
         self.attr_of(&ns, ino).await
     }
 
+    /// The attributes of `name` in `parent`. This and every call that answers with an entry
+    /// (`mkdir`, `mknod`, `symlink`, `create`, `link`, `readdir_plus`) counts as one more
+    /// lookup the kernel holds, until [`forget`](Self::forget).
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        let ns = self.ns.lock().await;
+        let mut ns = self.ns.lock().await;
         let dir = ns.get(parent).ok_or(Errno(libc::ENOENT))?;
         if dir.kind != FileKind::Dir {
             return err(libc::ENOTDIR);
@@ -436,7 +439,15 @@ impl FsCore {
             return err(libc::ENAMETOOLONG);
         }
         let ino = ns.child(parent, name).ok_or(Errno(libc::ENOENT))?;
-        self.attr_of(&ns, ino).await
+        let attr = self.attr_of(&ns, ino).await?;
+        ns.told_kernel(ino);
+        Ok(attr)
+    }
+
+    /// The kernel forgot `ino` `count` times (FUSE `forget`): once it holds the number no more
+    /// and no file has it, it may be given again.
+    pub async fn forget(&self, ino: u64, count: u64) {
+        self.ns.lock().await.kernel_forgot(ino, count);
     }
 
     /// Bumps a directory's mtime and ctime (its entries changed).
@@ -489,7 +500,9 @@ impl FsCore {
             .await?;
         let ino = ns.insert(parent, name, kind);
         self.touch_dir(&ns, parent).await?;
-        self.attr_of(&ns, ino).await
+        let attr = self.attr_of(&ns, ino).await?;
+        ns.told_kernel(ino);
+        Ok(attr)
     }
 
     pub async fn mkdir(
@@ -566,8 +579,13 @@ impl FsCore {
         let attr = self
             .mknod(parent, name, (mode & 0o7777) | libc::S_IFREG, 0, caller)
             .await?;
-        let fh = self.open(attr.ino, flags).await?;
-        Ok((attr, fh))
+        match self.open(attr.ino, flags).await {
+            Ok(fh) => Ok((attr, fh)),
+            Err(e) => {
+                self.forget(attr.ino, 1).await;
+                Err(e)
+            }
+        }
     }
 
     /// Takes a name out of the tree and the index. A file left without names but still open
@@ -785,7 +803,9 @@ impl FsCore {
             .update_meta(&inode_key(id), |m| m.ctime = now)
             .await?;
         self.touch_dir(&ns, new_parent).await?;
-        self.attr_of(&ns, ino).await
+        let attr = self.attr_of(&ns, ino).await?;
+        ns.told_kernel(ino);
+        Ok(attr)
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
@@ -1156,10 +1176,17 @@ impl FsCore {
         offset: u64,
         max: usize,
     ) -> FsResult<Vec<(u64, String, Attr)>> {
-        let ns = self.ns.lock().await;
+        let mut ns = self.ns.lock().await;
         let mut out = Vec::new();
         for (next, entry) in dir_entries(&ns, ino, offset, max)? {
             out.push((next, entry.name, self.attr_of(&ns, entry.ino).await?));
+        }
+        // The kernel counts a lookup for every entry but `.` and `..`; the caller forgets
+        // those it could not send.
+        for (_, name, attr) in &out {
+            if name != "." && name != ".." {
+                ns.told_kernel(attr.ino);
+            }
         }
         Ok(out)
     }

@@ -509,16 +509,24 @@ impl Filesystem for FuseAdapter {
             self.core.readdir_plus(ino.0, offset, READDIRPLUS_BATCH),
         ) {
             Ok(entries) => {
-                for (next, name, attr) in entries {
-                    let ino = INodeNo(attr.ino);
-                    if reply.add(
-                        ino,
+                let mut entries = entries.into_iter();
+                for (next, name, attr) in entries.by_ref() {
+                    let full = reply.add(
+                        INodeNo(attr.ino),
                         next,
                         kernel_name(&name),
                         &TTL,
                         &to_fuse(&attr),
                         Generation(0),
-                    ) {
+                    );
+                    if full {
+                        // Not sent, nor those after it: the kernel holds no lookup of them.
+                        let unsent =
+                            std::iter::once((name, attr)).chain(entries.map(|e| (e.1, e.2)));
+                        let forget = unsent
+                            .filter(|(name, _)| name != "." && name != "..")
+                            .map(|(_, attr)| self.core.forget(attr.ino, 1));
+                        self.rt.block_on(futures::future::join_all(forget));
                         break;
                     }
                 }
@@ -526,6 +534,13 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    /// The kernel dropped `nlookup` of its lookups of `ino` ([`FsCore::forget`]). The core
+    /// counts a lookup before the reply naming it is sent, so its count never falls below the
+    /// kernel's and a number is not given again while the kernel holds it.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.rt.block_on(self.core.forget(ino.0, nlookup));
     }
 
     fn fsyncdir(

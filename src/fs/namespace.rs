@@ -4,8 +4,10 @@
 //! A node's inode number is derived from its index key, so a file not renamed keeps its number
 //! from one mount to the next, as programs that remember numbers expect (git's index, backup
 //! tools' file caches: a changed number makes them read the file again). Within a mount a
-//! number is never given twice, even after its file is gone (the kernel may still know it): a
-//! number taken goes to the next free one.
+//! number is not given again while its node exists or the kernel may still know it (it was
+//! named in a reply and not yet forgotten, FUSE's lookup count): a number taken goes to the
+//! next free one. Numbers the kernel forgot are given back, so a mount that creates and
+//! deletes files for months does not keep one for every file it ever made.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -67,8 +69,11 @@ impl Node {
 
 pub struct Namespace {
     nodes: HashMap<u64, Node>,
-    /// Every inode number given in this mount.
+    /// The inode numbers that may not be given now: those of the nodes, and those the kernel
+    /// still knows.
     given: HashSet<u64>,
+    /// How many times each number was named to the kernel and not yet forgotten.
+    known: HashMap<u64, u64>,
     /// File number (hard links) -> inode.
     linked: HashMap<u64, u64>,
 }
@@ -88,6 +93,7 @@ impl Namespace {
         Namespace {
             nodes,
             given: HashSet::from([ROOT_INO]),
+            known: HashMap::new(),
             linked: HashMap::new(),
         }
     }
@@ -270,6 +276,41 @@ impl Namespace {
         if let Some(id) = self.nodes.remove(&ino).and_then(|n| n.link) {
             self.linked.remove(&id);
         }
+        self.release_number(ino);
+    }
+
+    /// The kernel was given `ino` in a reply that counts as a lookup (an entry from `lookup`,
+    /// `create`, `mkdir`, `mknod`, `symlink`, `link`, or `readdirplus` other than `.` and
+    /// `..`). Called before the reply goes out, so a `forget` can never come first.
+    pub fn told_kernel(&mut self, ino: u64) {
+        if ino != ROOT_INO {
+            *self.known.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// The kernel forgot `ino` `count` times (FUSE `forget`). A number it no longer holds and
+    /// no node has is free again.
+    pub fn kernel_forgot(&mut self, ino: u64, count: u64) {
+        let Some(held) = self.known.get_mut(&ino) else {
+            return;
+        };
+        *held = held.saturating_sub(count);
+        if *held == 0 {
+            self.known.remove(&ino);
+            self.release_number(ino);
+        }
+    }
+
+    fn release_number(&mut self, ino: u64) {
+        if ino != ROOT_INO && !self.nodes.contains_key(&ino) && !self.known.contains_key(&ino) {
+            self.given.remove(&ino);
+        }
+    }
+
+    /// How many numbers are held (by nodes or the kernel): what the mount's memory for numbers
+    /// grows with.
+    pub fn numbers_held(&self) -> usize {
+        self.given.len()
     }
 
     /// Moves one name of a node to a new parent and name (the target name must be free).
@@ -477,13 +518,28 @@ mod tests {
         let numbers: HashSet<u64> = [d, f, ns.child(d, "one").unwrap(), ROOT_INO].into();
         assert_eq!(numbers.len(), 4);
 
-        // Gone and made again in the same mount: a new number, as the kernel may still hold
-        // the old one. Renamed: the same number.
+        // Gone and made again in the same mount while the kernel still holds the old number:
+        // a new number. Renamed: the same number.
+        ns.told_kernel(f);
+        ns.told_kernel(f);
         assert_eq!(ns.detach(d, "f"), Some(false));
         let again = ns.insert(d, "f", FileKind::File);
         assert_ne!(again, f);
         ns.move_name(d, "f", ROOT_INO, "g");
         assert_eq!(ns.child(ROOT_INO, "g"), Some(again));
+        // Once the kernel has forgotten it as often as it was told, the number is free: the
+        // name made again gets it back, and no number is kept for the file that went.
+        let held = ns.numbers_held();
+        ns.kernel_forgot(f, 1);
+        assert_ne!(ns.insert(d, "f", FileKind::File), f);
+        assert_eq!(ns.detach(d, "f"), Some(false));
+        ns.kernel_forgot(f, 1);
+        assert_eq!(ns.numbers_held(), held - 1);
+        assert_eq!(ns.insert(d, "f", FileKind::File), f);
+        // A node still in the tree keeps its number whatever the kernel forgets.
+        ns.told_kernel(again);
+        ns.kernel_forgot(again, 5);
+        assert!(ns.given.contains(&again));
         // A number's neighbours taken, the next free one is given.
         let mut crowded = Namespace::new();
         let wanted = crowded.number_for("k");
