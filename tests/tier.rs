@@ -27,6 +27,9 @@ struct FakeNetwork {
     down: AtomicBool,
     /// Writes wait here for a permit (tests add permits; `open` adds plenty).
     gate: Semaphore,
+    /// Writes waiting at the gate now: a test lets exactly these through by waiting for them
+    /// to arrive first (the gate serves its waiters in order).
+    at_gate: AtomicU64,
     /// Writes that got through the gate and finished.
     writes_done: AtomicU64,
     /// Every write that landed: (owner, counter, was a create).
@@ -44,6 +47,7 @@ impl FakeNetwork {
             store: LocalStore::open(dir).unwrap(),
             down: AtomicBool::new(false),
             gate: Semaphore::new(Semaphore::MAX_PERMITS),
+            at_gate: AtomicU64::new(0),
             writes_done: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             stale: Mutex::new(std::collections::HashMap::new()),
@@ -66,7 +70,9 @@ impl FakeNetwork {
     }
 
     async fn write(&self, pad: Scratchpad, create: bool) -> Result<(), StoreError> {
+        self.at_gate.fetch_add(1, Ordering::SeqCst);
         self.gate.acquire().await.unwrap().forget();
+        self.at_gate.fetch_sub(1, Ordering::SeqCst);
         let result = match self.check_up() {
             Ok(()) => {
                 let (owner, counter) = (*pad.owner(), pad.counter());
@@ -152,6 +158,16 @@ async fn tier_over_a_network(
     .await
     .unwrap();
     (tmp, net, root, tier)
+}
+
+/// Lets the `n` writes waiting at the gate through, once they are all there: a write that
+/// arrives later (a root its epoch's last pad let start) waits for the next permits.
+async fn let_through(net: &FakeNetwork, n: u64) {
+    eventually("writes at the gate", || {
+        net.at_gate.load(Ordering::SeqCst) >= n
+    })
+    .await;
+    net.gate.add_permits(n as usize);
 }
 
 /// Waits (with a generous bound, never part of what a test asserts) for `done`.
@@ -399,7 +415,7 @@ async fn an_epoch_waits_for_the_root_before_it_but_new_pads_do_not() {
     tier.create(pad(&c, b"c0", 0)).await.unwrap();
     // Two writes let through: epoch 1's pad and c, both waiting at the gate (in either
     // order); root 1 and b wait.
-    net.gate.add_permits(2);
+    let_through(&net, 2).await;
     eventually("two writes", || {
         net.writes_done.load(Ordering::SeqCst) >= before + 2
     })
@@ -440,7 +456,7 @@ async fn a_pad_freed_with_a_root_goes_up_once_that_root_is_up() {
     net.gate.add_permits(1);
     eventually("root 1", || net.writes_done.load(Ordering::SeqCst) > before).await;
     // Root 1 is up: x (epoch 2's) and b (epoch 3's) both start; root 2 waits for x.
-    net.gate.add_permits(2);
+    let_through(&net, 2).await;
     eventually("two more writes", || {
         net.writes_done.load(Ordering::SeqCst) >= before + 3
     })
