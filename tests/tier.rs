@@ -474,6 +474,7 @@ async fn a_pad_freed_with_a_root_goes_up_once_that_root_is_up() {
     tier.create(pad(&d, b"d0", 0)).await.unwrap();
     tier.update(pad(&root, b"root3", 3)).await.unwrap();
     tier.update_freed(pad(&d, b"d1", 1), 2).await.unwrap();
+    eventually("d0's upload", || tier.backlog().uploading >= 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         tier.backlog().uploading,
